@@ -1,0 +1,46 @@
+//! One error type for everything a user's files or input can get wrong.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SdError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Safetensors { path: String, reason: String },
+    #[error("{file}: missing weight `{key}`")]
+    MissingKey { file: String, key: String },
+    #[error("{file}: weight `{key}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        file: String,
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{file}: weight `{key}` has dtype {dtype}, expected a float tensor (f32, f16 or bf16)")]
+    Dtype {
+        file: String,
+        key: String,
+        dtype: String,
+    },
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error(
+        "{path}: pickle checkpoints (.ckpt/.bin/.pt) are never loaded, since unpickling runs arbitrary code; \
+         convert it to .safetensors first (e.g. `python -c \"import torch, safetensors.torch as s; \
+         s.save_file(torch.load('{path}', weights_only=True)['state_dict'], 'model.safetensors')\"`)"
+    )]
+    Pickle { path: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("device: {0}")]
+    Device(String),
+}
+
+pub type Result<T, E = SdError> = std::result::Result<T, E>;
