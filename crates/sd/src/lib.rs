@@ -1,1 +1,22 @@
-pub fn _x(){}
+//! Stable Diffusion v1.x networks on Burn: the CLIP tokenizer and text encoder, the UNet and the
+//! VAE, with weights loaded from diffusers folders and single-file checkpoints.
+//!
+//! One file per diffusers module, field names equal to checkpoint keys, configs read from the
+//! model folder's `config.json`.
+
+pub mod attention;
+pub mod backend;
+pub mod clip;
+pub mod embeddings;
+pub mod error;
+pub mod model;
+pub mod nn;
+pub mod resnet;
+pub mod single_file;
+pub mod tokenizer;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;
+pub mod weights;
+
+pub use error::{Result, SdError};

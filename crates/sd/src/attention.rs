@@ -1,0 +1,204 @@
+//! diffusers `attention_processor.Attention` and `attention.BasicTransformerBlock`, plus the
+//! scaled-dot-product attention they share with CLIP.
+
+use burn::module::Module;
+use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Tensor};
+
+use crate::Result;
+use crate::nn::{group_norm, layer_norm, linear};
+use crate::weights::VarBuilder;
+
+/// Most attention-score elements one kernel may hold at once: 2^24 f32 = 64 MiB, half of
+/// WebGPU's default 128 MiB storage-buffer binding limit. SD1.5 at 512×512 has 4096 tokens,
+/// so its self-attention (batch 2 × 8 heads × 4096²) runs in query chunks of 512.
+pub const MAX_SCORE_ELEMENTS: usize = 1 << 24;
+
+/// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks small enough
+/// that no score buffer exceeds [`MAX_SCORE_ELEMENTS`]. `causal` hides later keys (CLIP).
+/// Plain matmul + softmax kernels: deterministic, and identical natively and in browsers.
+pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let [b, h, n_q, d] = q.dims();
+    let n_k = k.dims()[2];
+    let scale = 1.0 / (d as f64).sqrt();
+    let kt = k.swap_dims(2, 3);
+    let chunk = (MAX_SCORE_ELEMENTS / (b * h * n_k)).clamp(1, n_q.max(1));
+    let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
+    let mut start = 0;
+    while start < n_q {
+        let len = chunk.min(n_q - start);
+        let qc = if len == n_q { q.clone() } else { q.clone().narrow(2, start, len) };
+        let mut scores = qc.matmul(kt.clone()).mul_scalar(scale);
+        if causal {
+            // true where key j lies after query start+i
+            let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
+            scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, len, n_k]), f32::NEG_INFINITY);
+        }
+        outs.push(softmax(scores, 3).matmul(v.clone()));
+        start += len;
+    }
+    if outs.len() == 1 {
+        outs.pop().expect("one chunk")
+    } else {
+        Tensor::cat(outs, 2)
+    }
+}
+
+/// `[b, n, heads·d] → [b, heads, n, d]`
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, n, c] = x.dims();
+    x.reshape([b, n, heads, c / heads]).swap_dims(1, 2)
+}
+
+/// `[b, heads, n, d] → [b, n, heads·d]`
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, n, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, n, h * d])
+}
+
+/// diffusers `Attention`: `to_q`, `to_k`, `to_v` (no bias in the UNet, bias in the VAE) and
+/// `to_out.0`; keys and values come from `context` for cross-attention.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+}
+
+impl Attention {
+    pub fn load(
+        vb: &VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: linear(&vb.pp("to_q"), query_dim, inner, qkv_bias)?,
+            to_k: linear(&vb.pp("to_k"), context_dim, inner, qkv_bias)?,
+            to_v: linear(&vb.pp("to_v"), context_dim, inner, qkv_bias)?,
+            to_out: linear(&vb.pp("to_out.0"), inner, query_dim, true)?,
+            heads,
+        })
+    }
+
+    /// `x: [b, n, query_dim]`, `context: [b, m, context_dim]` (None = self-attention).
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+        let ctx = context.unwrap_or_else(|| x.clone());
+        let q = split_heads(self.to_q.forward(x), self.heads);
+        let k = split_heads(self.to_k.forward(ctx.clone()), self.heads);
+        let v = split_heads(self.to_v.forward(ctx), self.heads);
+        self.to_out
+            .forward(merge_heads(scaled_dot_product(q, k, v, false)))
+    }
+}
+
+/// diffusers `GEGLU` feed-forward: `net.0.proj` doubles as value and gate, `net.2` projects back.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    pub proj: Linear,
+    pub out: Linear,
+}
+
+impl FeedForward {
+    pub fn load(vb: &VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: linear(&vb.pp("net.0.proj"), dim, inner * 2, true)?,
+            out: linear(&vb.pp("net.2"), inner, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mut halves = self.proj.forward(x).chunk(2, 2).into_iter();
+        let (h, gate) = (halves.next().expect("2 chunks"), halves.next().expect("2 chunks"));
+        self.out.forward(h * gelu(gate))
+    }
+}
+
+/// diffusers `BasicTransformerBlock`: pre-LN self-attention, cross-attention, GEGLU MLP.
+#[derive(Module, Debug)]
+pub struct BasicTransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn load(vb: &VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: layer_norm(&vb.pp("norm1"), dim, 1e-5)?,
+            attn1: Attention::load(&vb.pp("attn1"), dim, dim, heads, head_dim, false)?,
+            norm2: layer_norm(&vb.pp("norm2"), dim, 1e-5)?,
+            attn2: Attention::load(&vb.pp("attn2"), dim, context_dim, heads, head_dim, false)?,
+            norm3: layer_norm(&vb.pp("norm3"), dim, 1e-5)?,
+            ff: FeedForward::load(&vb.pp("ff"), dim)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
+        self.ff.forward(self.norm3.forward(x.clone())) + x
+    }
+}
+
+/// diffusers `Transformer2DModel` for SD: GroupNorm, `proj_in` (1×1 conv, or linear when
+/// `use_linear_projection`), transformer blocks over the h·w tokens, `proj_out`, residual.
+#[derive(Module, Debug)]
+pub struct Transformer2DModel {
+    pub norm: GroupNorm,
+    /// A 1×1 convolution and a linear layer are the same map on channels: SD1.x stores conv
+    /// weights `[C, C, 1, 1]`, SD2.x linear `[C, C]`, and the loader reads both as `[C, C]`.
+    pub proj_in: Linear,
+    pub transformer_blocks: Vec<BasicTransformerBlock>,
+    pub proj_out: Linear,
+}
+
+impl Transformer2DModel {
+    pub fn load(
+        vb: &VarBuilder,
+        channels: usize,
+        heads: usize,
+        layers: usize,
+        context_dim: usize,
+        groups: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(&vb.pp("norm"), groups, channels, 1e-6)?,
+            proj_in: linear(&vb.pp("proj_in"), channels, channels, true)?,
+            transformer_blocks: (0..layers)
+                .map(|i| {
+                    BasicTransformerBlock::load(
+                        &vb.pp("transformer_blocks").pp(i),
+                        channels,
+                        heads,
+                        context_dim,
+                    )
+                })
+                .collect::<Result<_>>()?,
+            proj_out: linear(&vb.pp("proj_out"), channels, channels, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, context: Tensor<3>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let residual = x.clone();
+        let tokens = self.norm.forward(x).reshape([b, c, h * w]).swap_dims(1, 2);
+        let mut t = self.proj_in.forward(tokens);
+        for block in &self.transformer_blocks {
+            t = block.forward(t, context.clone());
+        }
+        let t = self.proj_out.forward(t);
+        t.swap_dims(1, 2).reshape([b, c, h, w]) + residual
+    }
+}

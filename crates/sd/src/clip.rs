@@ -1,0 +1,196 @@
+//! transformers `CLIPTextModel`: the text encoder of SD1.x (ViT-L/14's text tower).
+
+use burn::module::Module;
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::Deserialize;
+
+use crate::attention::{merge_heads, scaled_dot_product, split_heads};
+use crate::nn::{embedding, layer_norm, linear};
+use crate::weights::VarBuilder;
+use crate::{Result, SdError};
+
+/// `text_encoder/config.json` (the fields the forward pass needs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ClipConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "ln_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn quick_gelu() -> String {
+    "quick_gelu".into()
+}
+fn ln_eps() -> f64 {
+    1e-5
+}
+
+impl ClipConfig {
+    /// SD1.x's text encoder (openai/clip-vit-large-patch14).
+    pub fn sd15() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            hidden_act: quick_gelu(),
+            layer_norm_eps: ln_eps(),
+        }
+    }
+
+    pub fn from_json(text: &str, path: &str) -> Result<Self> {
+        let c: Self = serde_json::from_str(text).map_err(|e| SdError::Config {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let bad = |reason: String| SdError::Config {
+            path: path.into(),
+            reason,
+        };
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(bad(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                c.hidden_size, c.num_attention_heads
+            )));
+        }
+        if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(bad(format!("unsupported hidden_act `{}`", c.hidden_act)));
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub heads: usize,
+}
+
+impl ClipAttention {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let q = split_heads(self.q_proj.forward(x.clone()), self.heads);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.heads);
+        let v = split_heads(self.v_proj.forward(x), self.heads);
+        self.out_proj
+            .forward(merge_heads(scaled_dot_product(q, k, v, true)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer {
+    pub layer_norm1: LayerNorm,
+    pub self_attn: ClipAttention,
+    pub layer_norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub quick_gelu: bool,
+}
+
+impl ClipEncoderLayer {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.self_attn.forward(self.layer_norm1.forward(x.clone())) + x;
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        let h = if self.quick_gelu {
+            h.clone() * sigmoid(h.mul_scalar(1.702))
+        } else {
+            gelu(h)
+        };
+        self.fc2.forward(h) + x
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTextModel {
+    pub token_embedding: Embedding,
+    pub position_embedding: Embedding,
+    pub layers: Vec<ClipEncoderLayer>,
+    pub final_layer_norm: LayerNorm,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+}
+
+impl ClipTextModel {
+    /// Loads from transformers keys (`text_model.embeddings.token_embedding.weight`, …).
+    pub fn load(vb: &VarBuilder, c: &ClipConfig) -> Result<Self> {
+        let vb = vb.pp("text_model");
+        let d = c.hidden_size;
+        let eps = c.layer_norm_eps;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let l = vb.pp("encoder.layers").pp(i);
+                let a = l.pp("self_attn");
+                Ok(ClipEncoderLayer {
+                    layer_norm1: layer_norm(&l.pp("layer_norm1"), d, eps)?,
+                    self_attn: ClipAttention {
+                        q_proj: linear(&a.pp("q_proj"), d, d, true)?,
+                        k_proj: linear(&a.pp("k_proj"), d, d, true)?,
+                        v_proj: linear(&a.pp("v_proj"), d, d, true)?,
+                        out_proj: linear(&a.pp("out_proj"), d, d, true)?,
+                        heads: c.num_attention_heads,
+                    },
+                    layer_norm2: layer_norm(&l.pp("layer_norm2"), d, eps)?,
+                    fc1: linear(&l.pp("mlp.fc1"), d, c.intermediate_size, true)?,
+                    fc2: linear(&l.pp("mlp.fc2"), c.intermediate_size, d, true)?,
+                    quick_gelu: c.hidden_act == "quick_gelu",
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            token_embedding: embedding(&vb.pp("embeddings.token_embedding"), c.vocab_size, d)?,
+            position_embedding: embedding(
+                &vb.pp("embeddings.position_embedding"),
+                c.max_position_embeddings,
+                d,
+            )?,
+            layers,
+            final_layer_norm: layer_norm(&vb.pp("final_layer_norm"), d, eps)?,
+            vocab_size: c.vocab_size,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    /// `last_hidden_state` for one sequence of token ids: `[1, len, hidden]`.
+    pub fn forward(&self, ids: &[u32]) -> Result<Tensor<3>> {
+        if ids.is_empty() || ids.len() > self.max_positions {
+            return Err(SdError::Invalid(format!(
+                "text encoder takes 1..={} token ids, got {}",
+                self.max_positions,
+                ids.len()
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.vocab_size) {
+            return Err(SdError::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab_size
+            )));
+        }
+        let device = self.token_embedding.weight.device();
+        let n = ids.len();
+        let tok = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]),
+            &device,
+        );
+        let pos = Tensor::<2, Int>::from_data(
+            TensorData::new((0..n as i64).collect::<Vec<_>>(), [1, n]),
+            &device,
+        );
+        let mut x = self.token_embedding.forward(tok) + self.position_embedding.forward(pos);
+        for layer in &self.layers {
+            x = layer.forward(x);
+        }
+        Ok(self.final_layer_norm.forward(x))
+    }
+}

@@ -1,0 +1,260 @@
+//! A whole SD1.x model: tokenizer, text encoder, UNet and VAE, from a diffusers folder, a
+//! single-file checkpoint, or (in browsers) files the user handed over as bytes.
+
+use burn::tensor::{DType, Device};
+
+use crate::clip::{ClipConfig, ClipTextModel};
+use crate::single_file::{Layout, Part, is_single_file, map_key, map_legacy_vae_key};
+use crate::tokenizer::ClipTokenizer;
+use crate::unet_2d::{UNet2DConditionModel, UNetConfig};
+use crate::vae::{AutoencoderKL, VaeConfig};
+use crate::weights::{VarBuilder, WeightFile};
+use crate::{Result, SdError};
+
+/// Numeric precision of the networks on the device. The sampler stays in f64 on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = SdError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => Err(SdError::Invalid(format!("precision `{s}`: expected f32 or f16"))),
+        }
+    }
+}
+
+/// The three networks' configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdConfigs {
+    pub clip: ClipConfig,
+    pub unet: UNetConfig,
+    pub vae: VaeConfig,
+}
+
+impl SdConfigs {
+    /// SD v1.5, the configs single-file checkpoints are read with by default.
+    pub fn sd15() -> Self {
+        Self {
+            clip: ClipConfig::sd15(),
+            unet: UNetConfig::sd15(),
+            vae: VaeConfig::sd15(),
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        Layout {
+            unet_layers_per_block: self.unet.layers_per_block,
+            vae_blocks: self.vae.block_out_channels.len(),
+        }
+    }
+}
+
+/// Weights for each network, in whichever files hold them.
+pub struct ModelFiles {
+    pub configs: SdConfigs,
+    pub tokenizer: ClipTokenizer,
+    /// Either one file per network (diffusers layout) or a single checkpoint holding all three.
+    pub weights: WeightSource,
+}
+
+pub enum WeightSource {
+    Diffusers {
+        text_encoder: WeightFile,
+        unet: WeightFile,
+        vae: WeightFile,
+    },
+    SingleFile(WeightFile),
+}
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub configs: SdConfigs,
+    /// Keys found in the files that no network uses (worth a warning, never an error).
+    pub unused_keys: Vec<String>,
+}
+
+impl StableDiffusion {
+    pub fn load(files: ModelFiles, device: &Device, precision: Precision) -> Result<Self> {
+        let dtype = precision.dtype();
+        let c = &files.configs;
+        let (te, unet, vae) = match files.weights {
+            WeightSource::Diffusers {
+                text_encoder,
+                unet,
+                vae,
+            } => (
+                VarBuilder::from_files([text_encoder], device, dtype),
+                VarBuilder::from_files([unet], device, dtype),
+                VarBuilder::from_files_mapped([vae], device, dtype, |k| Some(map_legacy_vae_key(k))),
+            ),
+            WeightSource::SingleFile(file) => {
+                if !is_single_file(file.keys()) {
+                    return Err(SdError::Safetensors {
+                        path: file.name().to_string(),
+                        reason: "not an SD single-file checkpoint (no `model.diffusion_model.*` keys)".into(),
+                    });
+                }
+                // One parse of the header per network; the bytes stay mapped once per view.
+                let layout = c.layout();
+                let shared = std::rc::Rc::new(file);
+                let part = |p: Part| {
+                    let f = shared.clone();
+                    VarBuilder::from_files_mapped([f], device, dtype, move |k| {
+                        map_key(k, layout).and_then(|(q, key)| (q == p).then_some(key))
+                    })
+                };
+                (part(Part::TextEncoder), part(Part::Unet), part(Part::Vae))
+            }
+        };
+        let text_encoder = ClipTextModel::load(&te, &c.clip)?;
+        let unet_model = UNet2DConditionModel::load(&unet, &c.unet)?;
+        let vae_model = AutoencoderKL::load(&vae, &c.vae)?;
+        let mut unused_keys = Vec::new();
+        for (name, vb) in [("text_encoder", &te), ("unet", &unet), ("vae", &vae)] {
+            unused_keys.extend(vb.unused_keys().into_iter().map(|k| format!("{name}: {k}")));
+        }
+        Ok(Self {
+            tokenizer: files.tokenizer,
+            text_encoder,
+            unet: unet_model,
+            vae: vae_model,
+            configs: files.configs,
+            unused_keys,
+        })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    fn read(path: &Path) -> Result<String> {
+        std::fs::read_to_string(path).map_err(|source| SdError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn component(dir: &Path, name: &str) -> Result<PathBuf> {
+        let p = dir.join(name);
+        if p.is_dir() {
+            Ok(p)
+        } else {
+            Err(SdError::Config {
+                path: dir.display().to_string(),
+                reason: format!("not a complete diffusers model folder: `{name}/` is missing"),
+            })
+        }
+    }
+
+    /// The weight file of one component, f16 variants first when running in f16.
+    fn weight_file(dir: &Path, precision: Precision) -> Result<PathBuf> {
+        let stems = ["diffusion_pytorch_model", "model"];
+        let variants: [&str; 2] = match precision {
+            Precision::F16 => [".fp16.safetensors", ".safetensors"],
+            Precision::F32 => [".safetensors", ".fp16.safetensors"],
+        };
+        for v in variants {
+            for s in stems {
+                let p = dir.join(format!("{s}{v}"));
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+        }
+        for s in stems {
+            for ext in ["bin", "fp16.bin", "ckpt"] {
+                let p = dir.join(format!("{s}.{ext}"));
+                if p.is_file() {
+                    return Err(SdError::Pickle {
+                        path: p.display().to_string(),
+                    });
+                }
+            }
+        }
+        Err(SdError::Config {
+            path: dir.display().to_string(),
+            reason: "no diffusion_pytorch_model.safetensors or model.safetensors here".into(),
+        })
+    }
+
+    /// Reads the configs of a diffusers folder.
+    pub fn folder_configs(dir: &Path) -> Result<SdConfigs> {
+        let cfg = |name: &str| -> Result<(String, String)> {
+            let p = component(dir, name)?.join("config.json");
+            Ok((read(&p)?, p.display().to_string()))
+        };
+        let (t, p) = cfg("text_encoder")?;
+        let clip = ClipConfig::from_json(&t, &p)?;
+        let (t, p) = cfg("unet")?;
+        let unet = UNetConfig::from_json(&t, &p)?;
+        let (t, p) = cfg("vae")?;
+        let vae = VaeConfig::from_json(&t, &p)?;
+        Ok(SdConfigs { clip, unet, vae })
+    }
+
+    impl ModelFiles {
+        /// A diffusers folder: `text_encoder/`, `unet/`, `vae/` (and `tokenizer/`, else the
+        /// embedded CLIP vocabulary).
+        pub fn from_folder(dir: &Path, precision: Precision) -> Result<Self> {
+            if !dir.is_dir() {
+                return Err(SdError::Io {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+                });
+            }
+            let configs = folder_configs(dir)?;
+            let tok_dir = dir.join("tokenizer");
+            let tokenizer = if tok_dir.join("vocab.json").is_file() {
+                ClipTokenizer::from_folder(&tok_dir)?
+            } else {
+                ClipTokenizer::embedded()?
+            };
+            let open = |name: &str| -> Result<WeightFile> {
+                WeightFile::open(&weight_file(&component(dir, name)?, precision)?)
+            };
+            Ok(Self {
+                configs,
+                tokenizer,
+                weights: WeightSource::Diffusers {
+                    text_encoder: open("text_encoder")?,
+                    unet: open("unet")?,
+                    vae: open("vae")?,
+                },
+            })
+        }
+
+        /// An original single-file checkpoint, read with `configs` (SD1.5's unless given).
+        pub fn from_single_file(path: &Path, configs: Option<SdConfigs>) -> Result<Self> {
+            Ok(Self {
+                configs: configs.unwrap_or_else(SdConfigs::sd15),
+                tokenizer: ClipTokenizer::embedded()?,
+                weights: WeightSource::SingleFile(WeightFile::open(path)?),
+            })
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::folder_configs;

@@ -1,0 +1,282 @@
+//! diffusers `UNet2DConditionModel` for SD1.x (and SD2.x's linear projections).
+
+use burn::module::Module;
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
+use burn::tensor::activation::silu;
+use serde::Deserialize;
+
+use crate::embeddings::{TimestepEmbedding, timestep_embedding};
+use crate::nn::{conv2d, group_norm};
+use crate::unet_2d_blocks::{BlockSettings, DownBlock, MidBlockCrossAttn, UpBlock};
+use crate::weights::VarBuilder;
+use crate::{Result, SdError};
+
+/// An int or a per-block list in diffusers configs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn expand(&self, n: usize) -> Option<Vec<usize>> {
+        match self {
+            PerBlock::One(v) => Some(vec![*v; n]),
+            PerBlock::Each(v) if v.len() == n => Some(v.clone()),
+            PerBlock::Each(_) => None,
+        }
+    }
+}
+
+/// `unet/config.json`: the fields an SD1.x/2.x UNet needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct UNetConfig {
+    #[serde(default = "four")]
+    pub in_channels: usize,
+    #[serde(default = "four")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[serde(default = "two")]
+    pub layers_per_block: usize,
+    /// In SD configs this is the number of heads, not their width (a diffusers naming quirk).
+    #[serde(default = "eight")]
+    pub attention_head_dim: PerBlock,
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    pub cross_attention_dim: usize,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: usize,
+    #[serde(default = "norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default = "one")]
+    pub transformer_layers_per_block: usize,
+    #[serde(default = "sixty_four")]
+    pub sample_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn four() -> usize {
+    4
+}
+fn eight() -> PerBlock {
+    PerBlock::One(8)
+}
+fn thirty_two() -> usize {
+    32
+}
+fn sixty_four() -> usize {
+    64
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+impl UNetConfig {
+    /// SD v1.5's UNet.
+    pub fn sd15() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            down_block_types: s(&["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
+            up_block_types: s(&["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+            layers_per_block: 2,
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            cross_attention_dim: 768,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            use_linear_projection: false,
+            transformer_layers_per_block: 1,
+            sample_size: 64,
+        }
+    }
+
+    pub fn from_json(text: &str, path: &str) -> Result<Self> {
+        let c: Self = serde_json::from_str(text).map_err(|e| SdError::Config {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        c.validate().map_err(|reason| SdError::Config {
+            path: path.into(),
+            reason,
+        })?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(format!(
+                "{n} block_out_channels but {} down and {} up block types",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        for t in &self.down_block_types {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
+                return Err(format!("unsupported down block type `{t}`"));
+            }
+        }
+        for t in &self.up_block_types {
+            if !matches!(t.as_str(), "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(format!("unsupported up block type `{t}`"));
+            }
+        }
+        let heads = self.heads().ok_or("attention heads list does not match the block count")?;
+        for (&c, &h) in self.block_out_channels.iter().zip(&heads) {
+            if h == 0 || c % h != 0 {
+                return Err(format!("{c} channels cannot split into {h} heads"));
+            }
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+                return Err(format!("{c} channels cannot split into {} groups", self.norm_num_groups));
+            }
+        }
+        if self.layers_per_block == 0 {
+            return Err("layers_per_block must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Heads per block: `num_attention_heads`, else `attention_head_dim` (diffusers' rule).
+    pub fn heads(&self) -> Option<Vec<usize>> {
+        let n = self.block_out_channels.len();
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .expand(n)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: MidBlockCrossAttn,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+    pub time_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+}
+
+impl UNet2DConditionModel {
+    pub fn load(vb: &VarBuilder, c: &UNetConfig) -> Result<Self> {
+        c.validate().map_err(|reason| SdError::Config {
+            path: "unet config".into(),
+            reason,
+        })?;
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let heads = c.heads().unwrap_or_default();
+        let c0 = ch[0];
+        let temb = c0 * 4;
+        let s = BlockSettings {
+            temb_channels: temb,
+            groups: c.norm_num_groups,
+            eps: c.norm_eps,
+            context_dim: c.cross_attention_dim,
+            transformer_layers: c.transformer_layers_per_block,
+        };
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut c_out = c0;
+        for (i, kind) in c.down_block_types.iter().enumerate() {
+            let c_in = c_out;
+            c_out = ch[i];
+            let attn = (kind == "CrossAttnDownBlock2D").then_some(heads[i]);
+            down_blocks.push(DownBlock::load(
+                &vb.pp("down_blocks").pp(i),
+                c_in,
+                c_out,
+                c.layers_per_block,
+                attn,
+                i + 1 < n,
+                &s,
+            )?);
+        }
+        let mid_block = MidBlockCrossAttn::load(&vb.pp("mid_block"), ch[n - 1], heads[n - 1], &s)?;
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let rev_heads: Vec<usize> = heads.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut c_out = rev[0];
+        for (i, kind) in c.up_block_types.iter().enumerate() {
+            let c_prev = c_out;
+            c_out = rev[i];
+            let c_in = rev[(i + 1).min(n - 1)];
+            let attn = (kind == "CrossAttnUpBlock2D").then_some(rev_heads[i]);
+            up_blocks.push(UpBlock::load(
+                &vb.pp("up_blocks").pp(i),
+                c_in,
+                c_prev,
+                c_out,
+                c.layers_per_block + 1,
+                attn,
+                i + 1 < n,
+                &s,
+            )?);
+        }
+        Ok(Self {
+            conv_in: conv2d(&vb.pp("conv_in"), c.in_channels, c0, 3, 1, 1)?,
+            time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), c0, temb)?,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(&vb.pp("conv_norm_out"), c.norm_num_groups, c0, c.norm_eps)?,
+            conv_out: conv2d(&vb.pp("conv_out"), c0, c.out_channels, 3, 1, 1)?,
+            time_channels: c0,
+            flip_sin_to_cos: c.flip_sin_to_cos,
+            freq_shift: c.freq_shift,
+        })
+    }
+
+    /// Noise prediction for `x: [b, 4, h, w]` at one timestep for the whole batch, conditioned
+    /// on `context: [b, tokens, cross_attention_dim]`.
+    pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
+        let b = x.dims()[0];
+        let emb = timestep_embedding(timestep, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
+        let n = emb.len();
+        let t = Tensor::<2>::from_data(
+            TensorData::new(emb, [1, n]),
+            TensorCreationOptions::new(x.device()).with_dtype(x.dtype()),
+        )
+        .repeat_dim(0, b);
+        let temb = silu(self.time_embedding.forward(t));
+
+        let mut h = self.conv_in.forward(x);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(h, &temb, context);
+            h = out;
+            skips.extend(states);
+        }
+        h = self.mid_block.forward(h, &temb, context);
+        for block in &self.up_blocks {
+            h = block.forward(h, &mut skips, &temb, context);
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+    }
+}

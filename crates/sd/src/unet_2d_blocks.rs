@@ -1,0 +1,308 @@
+//! diffusers `unet_2d_blocks`: the UNet's down/mid/up blocks and the VAE's encoder/decoder blocks.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use crate::Result;
+use crate::attention::Transformer2DModel;
+use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::vae::VaeAttention;
+use crate::weights::VarBuilder;
+
+/// Settings shared by every block of one UNet.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSettings {
+    pub temb_channels: usize,
+    pub groups: usize,
+    pub eps: f64,
+    pub context_dim: usize,
+    pub transformer_layers: usize,
+}
+
+/// `CrossAttnDownBlock2D` (with attentions) or `DownBlock2D` (without).
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    pub downsampler: Option<Downsample2D>,
+}
+
+impl DownBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        heads: Option<usize>,
+        add_downsample: bool,
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let mut resnets = Vec::with_capacity(layers);
+        let mut attentions = Vec::new();
+        for j in 0..layers {
+            let c = if j == 0 { c_in } else { c_out };
+            let r = vb.pp("resnets").pp(j);
+            resnets.push(ResnetBlock2D::load(&r, c, c_out, Some(s.temb_channels), s.groups, s.eps)?);
+            if let Some(h) = heads {
+                let a = vb.pp("attentions").pp(j);
+                attentions.push(Transformer2DModel::load(
+                    &a,
+                    c_out,
+                    h,
+                    s.transformer_layers,
+                    s.context_dim,
+                    s.groups,
+                )?);
+            }
+        }
+        let downsampler = add_downsample
+            .then(|| Downsample2D::load(&vb.pp("downsamplers.0"), c_out, false))
+            .transpose()?;
+        Ok(Self {
+            resnets,
+            attentions,
+            downsampler,
+        })
+    }
+
+    /// Returns the block output and the states the up path concatenates back in.
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+    ) -> (Tensor<4>, Vec<Tensor<4>>) {
+        let mut states = Vec::with_capacity(self.resnets.len() + 1);
+        for (j, resnet) in self.resnets.iter().enumerate() {
+            x = resnet.forward(x, Some(temb));
+            if let Some(attn) = self.attentions.get(j) {
+                x = attn.forward(x, context.clone());
+            }
+            states.push(x.clone());
+        }
+        if let Some(d) = &self.downsampler {
+            x = d.forward(x);
+            states.push(x.clone());
+        }
+        (x, states)
+    }
+}
+
+/// `UNetMidBlock2DCrossAttn`: resnet, then (transformer, resnet) pairs.
+#[derive(Module, Debug)]
+pub struct MidBlockCrossAttn {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+}
+
+impl MidBlockCrossAttn {
+    pub fn load(vb: &VarBuilder, c: usize, heads: usize, s: &BlockSettings) -> Result<Self> {
+        Ok(Self {
+            resnets: (0..2)
+                .map(|j| {
+                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c, Some(s.temb_channels), s.groups, s.eps)
+                })
+                .collect::<Result<_>>()?,
+            attentions: vec![Transformer2DModel::load(
+                &vb.pp("attentions.0"),
+                c,
+                heads,
+                s.transformer_layers,
+                s.context_dim,
+                s.groups,
+            )?],
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x, Some(temb));
+        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            x = resnet.forward(attn.forward(x, context.clone()), Some(temb));
+        }
+        x
+    }
+}
+
+/// `CrossAttnUpBlock2D` (with attentions) or `UpBlock2D` (without): each resnet first
+/// concatenates one skip state from the down path.
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    pub upsampler: Option<Upsample2D>,
+}
+
+impl UpBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_prev: usize,
+        c_out: usize,
+        layers: usize,
+        heads: Option<usize>,
+        add_upsample: bool,
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let mut resnets = Vec::with_capacity(layers);
+        let mut attentions = Vec::new();
+        for j in 0..layers {
+            let skip = if j == layers - 1 { c_in } else { c_out };
+            let c = if j == 0 { c_prev } else { c_out };
+            let r = vb.pp("resnets").pp(j);
+            resnets.push(ResnetBlock2D::load(&r, c + skip, c_out, Some(s.temb_channels), s.groups, s.eps)?);
+            if let Some(h) = heads {
+                let a = vb.pp("attentions").pp(j);
+                attentions.push(Transformer2DModel::load(
+                    &a,
+                    c_out,
+                    h,
+                    s.transformer_layers,
+                    s.context_dim,
+                    s.groups,
+                )?);
+            }
+        }
+        let upsampler = add_upsample
+            .then(|| Upsample2D::load(&vb.pp("upsamplers.0"), c_out))
+            .transpose()?;
+        Ok(Self {
+            resnets,
+            attentions,
+            upsampler,
+        })
+    }
+
+    /// `skips` is popped from the back; `up_size` is the spatial size of the next skip state
+    /// (so odd sizes round-trip like diffusers' `upsample_size`).
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        skips: &mut Vec<Tensor<4>>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+    ) -> Tensor<4> {
+        for (j, resnet) in self.resnets.iter().enumerate() {
+            let skip = skips.pop().expect("the UNet pushes one skip state per up-block resnet");
+            x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
+            if let Some(attn) = self.attentions.get(j) {
+                x = attn.forward(x, context.clone());
+            }
+        }
+        if let Some(u) = &self.upsampler {
+            let size = skips.last().map(|s| {
+                let [_, _, h, w] = s.dims();
+                [h, w]
+            });
+            x = u.forward(x, size);
+        }
+        x
+    }
+}
+
+/// VAE `DownEncoderBlock2D`: resnets without time embedding, then an asymmetric-pad downsample.
+#[derive(Module, Debug)]
+pub struct DownEncoderBlock2D {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub downsampler: Option<Downsample2D>,
+}
+
+impl DownEncoderBlock2D {
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        add_downsample: bool,
+        groups: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            resnets: (0..layers)
+                .map(|j| {
+                    let c = if j == 0 { c_in } else { c_out };
+                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, None, groups, 1e-6)
+                })
+                .collect::<Result<_>>()?,
+            downsampler: add_downsample
+                .then(|| Downsample2D::load(&vb.pp("downsamplers.0"), c_out, true))
+                .transpose()?,
+        })
+    }
+
+    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
+        for r in &self.resnets {
+            x = r.forward(x, None);
+        }
+        match &self.downsampler {
+            Some(d) => d.forward(x),
+            None => x,
+        }
+    }
+}
+
+/// VAE `UpDecoderBlock2D`: resnets without time embedding or skips, then a 2× upsample.
+#[derive(Module, Debug)]
+pub struct UpDecoderBlock2D {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub upsampler: Option<Upsample2D>,
+}
+
+impl UpDecoderBlock2D {
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        add_upsample: bool,
+        groups: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            resnets: (0..layers)
+                .map(|j| {
+                    let c = if j == 0 { c_in } else { c_out };
+                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, None, groups, 1e-6)
+                })
+                .collect::<Result<_>>()?,
+            upsampler: add_upsample
+                .then(|| Upsample2D::load(&vb.pp("upsamplers.0"), c_out))
+                .transpose()?,
+        })
+    }
+
+    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
+        for r in &self.resnets {
+            x = r.forward(x, None);
+        }
+        match &self.upsampler {
+            Some(u) => u.forward(x, None),
+            None => x,
+        }
+    }
+}
+
+/// VAE `UNetMidBlock2D`: resnet, self-attention, resnet.
+#[derive(Module, Debug)]
+pub struct MidBlock2D {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<VaeAttention>,
+}
+
+impl MidBlock2D {
+    pub fn load(vb: &VarBuilder, c: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            resnets: (0..2)
+                .map(|j| ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c, None, groups, 1e-6))
+                .collect::<Result<_>>()?,
+            attentions: vec![VaeAttention::load(&vb.pp("attentions.0"), c, groups)?],
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x, None);
+        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            x = resnet.forward(attn.forward(x), None);
+        }
+        x
+    }
+}

@@ -1,0 +1,245 @@
+//! diffusers `AutoencoderKL`: image ⇄ latent for SD1.x.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear};
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+use serde::Deserialize;
+
+use crate::attention::{merge_heads, scaled_dot_product, split_heads};
+use crate::nn::{conv2d, group_norm, linear};
+use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D};
+use crate::weights::VarBuilder;
+use crate::{Result, SdError};
+
+/// `vae/config.json`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct VaeConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "one")]
+    pub layers_per_block: usize,
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: usize,
+    #[serde(default = "sd_scale")]
+    pub scaling_factor: f64,
+}
+
+fn one() -> usize {
+    1
+}
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn thirty_two() -> usize {
+    32
+}
+fn sd_scale() -> f64 {
+    0.18215
+}
+
+impl VaeConfig {
+    /// SD v1.5's VAE.
+    pub fn sd15() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+        }
+    }
+
+    pub fn from_json(text: &str, path: &str) -> Result<Self> {
+        let c: Self = serde_json::from_str(text).map_err(|e| SdError::Config {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let bad = |reason: String| SdError::Config {
+            path: path.into(),
+            reason,
+        };
+        if c.block_out_channels.is_empty() || c.layers_per_block == 0 {
+            return Err(bad("needs block_out_channels and layers_per_block ≥ 1".into()));
+        }
+        if let Some(ch) = c
+            .block_out_channels
+            .iter()
+            .find(|&&ch| c.norm_num_groups == 0 || ch % c.norm_num_groups != 0)
+        {
+            return Err(bad(format!("{ch} channels cannot split into {} groups", c.norm_num_groups)));
+        }
+        if !(c.scaling_factor.is_finite() && c.scaling_factor > 0.0) {
+            return Err(bad(format!("scaling_factor {} must be positive", c.scaling_factor)));
+        }
+        Ok(c)
+    }
+
+    /// Pixels per latent cell along each side: 2^(blocks − 1) (8 for SD).
+    pub fn downscale(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// The VAE mid-block's single-head spatial self-attention with its own GroupNorm and residual.
+#[derive(Module, Debug)]
+pub struct VaeAttention {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+}
+
+impl VaeAttention {
+    pub fn load(vb: &VarBuilder, c: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            group_norm: group_norm(&vb.pp("group_norm"), groups, c, 1e-6)?,
+            to_q: linear(&vb.pp("to_q"), c, c, true)?,
+            to_k: linear(&vb.pp("to_k"), c, c, true)?,
+            to_v: linear(&vb.pp("to_v"), c, c, true)?,
+            to_out: linear(&vb.pp("to_out.0"), c, c, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let t = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
+        let q = split_heads(self.to_q.forward(t.clone()), 1);
+        let k = split_heads(self.to_k.forward(t.clone()), 1);
+        let v = split_heads(self.to_v.forward(t), 1);
+        let o = self.to_out.forward(merge_heads(scaled_dot_product(q, k, v, false)));
+        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub conv_in: Conv2d,
+    pub down_blocks: Vec<DownEncoderBlock2D>,
+    pub mid_block: MidBlock2D,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    pub conv_in: Conv2d,
+    pub mid_block: MidBlock2D,
+    pub up_blocks: Vec<UpDecoderBlock2D>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct AutoencoderKL {
+    pub encoder: Encoder,
+    pub quant_conv: Conv2d,
+    pub post_quant_conv: Conv2d,
+    pub decoder: Decoder,
+    pub latent_channels: usize,
+}
+
+impl AutoencoderKL {
+    pub fn load(vb: &VarBuilder, c: &VaeConfig) -> Result<Self> {
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let g = c.norm_num_groups;
+        let l = c.latent_channels;
+        let e = vb.pp("encoder");
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut c_out = ch[0];
+        for i in 0..n {
+            let c_in = c_out;
+            c_out = ch[i];
+            down_blocks.push(DownEncoderBlock2D::load(
+                &e.pp("down_blocks").pp(i),
+                c_in,
+                c_out,
+                c.layers_per_block,
+                i + 1 < n,
+                g,
+            )?);
+        }
+        let encoder = Encoder {
+            conv_in: conv2d(&e.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
+            down_blocks,
+            mid_block: MidBlock2D::load(&e.pp("mid_block"), ch[n - 1], g)?,
+            conv_norm_out: group_norm(&e.pp("conv_norm_out"), g, ch[n - 1], 1e-6)?,
+            conv_out: conv2d(&e.pp("conv_out"), ch[n - 1], 2 * l, 3, 1, 1)?,
+        };
+        let d = vb.pp("decoder");
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut c_out = rev[0];
+        for i in 0..n {
+            let c_prev = c_out;
+            c_out = rev[i];
+            up_blocks.push(UpDecoderBlock2D::load(
+                &d.pp("up_blocks").pp(i),
+                c_prev,
+                c_out,
+                c.layers_per_block + 1,
+                i + 1 < n,
+                g,
+            )?);
+        }
+        let decoder = Decoder {
+            conv_in: conv2d(&d.pp("conv_in"), l, rev[0], 3, 1, 1)?,
+            mid_block: MidBlock2D::load(&d.pp("mid_block"), rev[0], g)?,
+            up_blocks,
+            conv_norm_out: group_norm(&d.pp("conv_norm_out"), g, ch[0], 1e-6)?,
+            conv_out: conv2d(&d.pp("conv_out"), ch[0], c.out_channels, 3, 1, 1)?,
+        };
+        Ok(Self {
+            encoder,
+            quant_conv: conv2d(&vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)?,
+            post_quant_conv: conv2d(&vb.pp("post_quant_conv"), l, l, 1, 1, 0)?,
+            decoder,
+            latent_channels: l,
+        })
+    }
+
+    /// Posterior mean and log-variance (clamped to [−30, 20] like diffusers) of `image` in [−1, 1].
+    pub fn encode(&self, image: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let e = &self.encoder;
+        let mut h = e.conv_in.forward(image);
+        for block in &e.down_blocks {
+            h = block.forward(h);
+        }
+        let h = e.mid_block.forward(h);
+        let h = e.conv_out.forward(silu(e.conv_norm_out.forward(h)));
+        let moments = self.quant_conv.forward(h);
+        let mean = moments.clone().narrow(1, 0, self.latent_channels);
+        let logvar = moments
+            .narrow(1, self.latent_channels, self.latent_channels)
+            .clamp(-30.0, 20.0);
+        (mean, logvar)
+    }
+
+    /// Image in about [−1, 1] from an (unscaled) latent.
+    pub fn decode(&self, latent: Tensor<4>) -> Tensor<4> {
+        let d = &self.decoder;
+        let h = d.conv_in.forward(self.post_quant_conv.forward(latent));
+        let mut h = d.mid_block.forward(h);
+        for block in &d.up_blocks {
+            h = block.forward(h);
+        }
+        d.conv_out.forward(silu(d.conv_norm_out.forward(h)))
+    }
+}

@@ -1,0 +1,312 @@
+//! Weight loading: safetensors files (memory-mapped natively, in-memory bytes in the browser)
+//! indexed by diffusers key, handed out to module constructors through a candle-style
+//! [`VarBuilder`] that checks every shape and names the file and key in every error.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::{Result, SdError};
+
+/// The bytes of one safetensors file: a read-only memory map, or owned bytes (wasm, tests).
+pub enum Bytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Bytes::Mmap(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One parsed safetensors file.
+pub struct WeightFile {
+    name: String,
+    bytes: Bytes,
+    /// key -> (dtype, shape, absolute byte range)
+    tensors: HashMap<String, (StDtype, Vec<usize>, std::ops::Range<usize>)>,
+}
+
+impl WeightFile {
+    /// Parses the header; every offset is validated by the safetensors crate against the length.
+    pub fn from_bytes(name: impl Into<String>, bytes: Bytes) -> Result<Self> {
+        let name = name.into();
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            SdError::Safetensors {
+                path: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let base = 8 + header_len;
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(k, info)| {
+                let (a, b) = info.data_offsets;
+                (k, (info.dtype, info.shape.clone(), base + a..base + b))
+            })
+            .collect();
+        Ok(Self {
+            name,
+            bytes,
+            tensors,
+        })
+    }
+
+    /// Memory-maps a file so a 4 GB checkpoint costs page cache, not twice its size in RAM.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        check_not_pickle(path)?;
+        let io = |source| SdError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a file truncated underneath us is the one hazard of any
+        // mmap, and users do not edit checkpoints while they load.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_bytes(path.display().to_string(), Bytes::Mmap(map))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The `__metadata__` header entry is not needed by the loader; single-file detection uses keys.
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+}
+
+/// Refuses pickle-based checkpoints by extension or by magic bytes (zip or pickle protocol).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_not_pickle(path: &std::path::Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if matches!(ext.as_deref(), Some("ckpt" | "bin" | "pt" | "pth" | "pkl")) {
+        return Err(SdError::Pickle {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// True when the bytes start like a zip archive (torch.save) or a raw pickle.
+pub fn looks_like_pickle(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || (bytes.len() > 1 && bytes[0] == 0x80 && bytes[1] <= 5)
+}
+
+/// Where a diffusers key really lives: which file, under which stored key.
+struct Entry {
+    file: usize,
+    stored_key: String,
+}
+
+struct Store {
+    files: Vec<Rc<WeightFile>>,
+    index: HashMap<String, Entry>,
+    used: RefCell<BTreeSet<String>>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Hands out tensors under a key prefix, like diffusers' state-dict paths.
+#[derive(Clone)]
+pub struct VarBuilder {
+    store: Rc<Store>,
+    prefix: String,
+}
+
+impl VarBuilder {
+    /// Builds from files whose keys already are diffusers/transformers keys.
+    pub fn from_files(
+        files: impl IntoIterator<Item = impl Into<Rc<WeightFile>>>,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        Self::from_files_mapped(files, device, dtype, |k| Some(k.to_string()))
+    }
+
+    /// Builds from files whose keys `map` renames to diffusers keys (`None` drops a key);
+    /// this is how single-file checkpoints are read without copying them (one shared file
+    /// serves the three networks).
+    pub fn from_files_mapped(
+        files: impl IntoIterator<Item = impl Into<Rc<WeightFile>>>,
+        device: &Device,
+        dtype: DType,
+        map: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        let files: Vec<Rc<WeightFile>> = files.into_iter().map(Into::into).collect();
+        let mut index = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for k in f.keys() {
+                if let Some(mapped) = map(k) {
+                    index.insert(
+                        mapped,
+                        Entry {
+                            file: i,
+                            stored_key: k.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        Self {
+            store: Rc::new(Store {
+                files,
+                index,
+                used: RefCell::new(BTreeSet::new()),
+                device: device.clone(),
+                dtype,
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    /// A builder one level down: `vb.pp("down_blocks").pp(0)`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            store: self.store.clone(),
+            prefix,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.store.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.store.dtype
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.index.contains_key(&self.key(name))
+    }
+
+    /// Reads `name` as f32 on the host, checking the shape. A stored shape that only adds
+    /// trailing 1s (`[C, C, 1, 1]` for a linear layer, as in single-file VAE attention) is
+    /// accepted, since the values are laid out identically.
+    pub fn host_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let key = self.key(name);
+        let files = &self.store.files;
+        let entry = self.store.index.get(&key).ok_or_else(|| SdError::MissingKey {
+            file: files
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            key: key.clone(),
+        })?;
+        let file = &files[entry.file];
+        let (dtype, stored, range) = &file.tensors[&entry.stored_key];
+        let trimmed: &[usize] = {
+            let mut s = stored.as_slice();
+            while s.len() > shape.len() && s.last() == Some(&1) {
+                s = &s[..s.len() - 1];
+            }
+            s
+        };
+        if trimmed != shape {
+            return Err(SdError::Shape {
+                file: file.name.clone(),
+                key: entry.stored_key.clone(),
+                expected: shape.to_vec(),
+                found: stored.clone(),
+            });
+        }
+        let raw = &file.bytes[range.clone()];
+        let values = match dtype {
+            StDtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            StDtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            StDtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(SdError::Dtype {
+                    file: file.name.clone(),
+                    key: entry.stored_key.clone(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.store.used.borrow_mut().insert(key);
+        Ok(values)
+    }
+
+    /// A device tensor of the model's dtype.
+    pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let values = self.host_f32(name, &shape)?;
+        Ok(self.tensor(values, shape))
+    }
+
+    /// `Some(tensor)` when the key exists (optional biases), else `None`.
+    pub fn get_opt<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Option<Tensor<D>>> {
+        if self.contains(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Uploads host values in the model's dtype.
+    pub fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(
+            TensorData::new(values, shape),
+            TensorCreationOptions::new(self.store.device.clone()).with_dtype(self.store.dtype),
+        )
+    }
+
+    /// Keys present in the files (after mapping) that no module asked for, for a warning.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let used = self.store.used.borrow();
+        let mut v: Vec<String> = self
+            .store
+            .index
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
