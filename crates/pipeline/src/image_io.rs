@@ -1,0 +1,211 @@
+//! Photos in and out: decode any format the `image` crate reads, honour EXIF orientation,
+//! composite alpha on white, and size the picture for SD (multiples of 64 by default).
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
+
+use crate::error::{PipelineError, Result};
+use crate::pipeline::Rgb;
+
+/// Largest image accepted for decoding (pixels); larger ones are refused before the decoder
+/// allocates, so a 16000×16000 file cannot exhaust memory.
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+/// Long side of the automatic size rule.
+pub const DEFAULT_LONG_SIDE: u32 = 512;
+
+/// How to size the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Size {
+    /// Long side 512, then both sides rounded down to multiples of 64 by a centred crop.
+    #[default]
+    Auto,
+    /// Exactly this size (multiples of 8); no resampling when the image already has it.
+    Exact { width: u32, height: u32 },
+}
+
+impl Size {
+    pub fn exact(width: u32, height: u32) -> Result<Self> {
+        if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
+            return Err(PipelineError::Invalid(format!(
+                "width and height must be positive multiples of 8, got {width}×{height}"
+            )));
+        }
+        Ok(Self::Exact { width, height })
+    }
+}
+
+/// Decodes an image file's bytes into RGB, applying EXIF orientation and compositing alpha
+/// on white. Animated formats give their first frame.
+pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(PipelineError::Image("the file is empty".into()));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PipelineError::Image(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(PipelineError::Image("not an image format this program reads".into()));
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| PipelineError::Image(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(PipelineError::Image(format!(
+            "{w}×{h} is too large (over {} megapixels); downscale it first",
+            MAX_PIXELS / (1024 * 1024)
+        )));
+    }
+    decoder
+        .set_limits(limits)
+        .map_err(|e| PipelineError::Image(e.to_string()))?;
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| PipelineError::Image(e.to_string()))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(flatten_on_white(img))
+}
+
+fn flatten_on_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba32f();
+    let (w, h) = rgba.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = p[3].clamp(0.0, 1.0);
+        image::Rgb(std::array::from_fn(|c| {
+            ((p[c].clamp(0.0, 1.0) * a + (1.0 - a)) * 255.0).round() as u8
+        }))
+    })
+}
+
+/// Sizes `img` by `size`; returns the result and a sentence saying what was done.
+pub fn fit(img: RgbImage, size: Size) -> Result<(RgbImage, String)> {
+    let (w, h) = img.dimensions();
+    match size {
+        Size::Exact { width, height } if (w, h) == (width, height) => {
+            Ok((img, format!("{w}×{h}, used as is")))
+        }
+        Size::Exact { width, height } => Ok((
+            image::imageops::resize(&img, width, height, FilterType::Lanczos3),
+            format!("{w}×{h} resized to {width}×{height}"),
+        )),
+        Size::Auto => {
+            let long = w.max(h);
+            let scale = DEFAULT_LONG_SIDE as f64 / long as f64;
+            let (rw, rh) = (
+                ((w as f64 * scale).round() as u32).max(1),
+                ((h as f64 * scale).round() as u32).max(1),
+            );
+            let (cw, ch) = (rw / 64 * 64, rh / 64 * 64);
+            if cw == 0 || ch == 0 {
+                return Err(PipelineError::Image(format!(
+                    "{w}×{h} is too narrow: at long side {DEFAULT_LONG_SIDE} the short side is under 64 pixels"
+                )));
+            }
+            let resized = if (rw, rh) == (w, h) {
+                img
+            } else {
+                image::imageops::resize(&img, rw, rh, FilterType::Lanczos3)
+            };
+            let (x0, y0) = ((rw - cw) / 2, (rh - ch) / 2);
+            let cropped = image::imageops::crop_imm(&resized, x0, y0, cw, ch).to_image();
+            let mut what = format!("{w}×{h}");
+            if (rw, rh) != (w, h) {
+                what += &format!(" resized to {rw}×{rh}");
+            }
+            if (cw, ch) != (rw, rh) {
+                what += &format!(", centre-cropped to {cw}×{ch} (multiples of 64)");
+            }
+            Ok((cropped, what))
+        }
+    }
+}
+
+/// `[1, 3, h, w]` pixels in [−1, 1] for the VAE.
+pub fn to_pixels(img: &RgbImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let n = (w * h) as usize;
+    let mut out = vec![0f32; 3 * n];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = p.0[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    out
+}
+
+pub fn from_rgb(img: &RgbImage) -> Rgb {
+    Rgb {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.as_raw().clone(),
+    }
+}
+
+/// PNG bytes of an RGB image.
+pub fn encode_png(img: &Rgb) -> Result<Vec<u8>> {
+    let buf = RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone())
+        .ok_or_else(|| PipelineError::Image("pixel buffer does not match its size".into()))?;
+    let mut out = Vec::new();
+    buf.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(|e| PipelineError::Image(e.to_string()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_size_rule() {
+        let img = RgbImage::new(1000, 600);
+        let (out, what) = fit(img, Size::Auto).unwrap();
+        assert_eq!(out.dimensions(), (512, 256));
+        assert!(what.contains("1000×600 resized to 512×307"), "{what}");
+        let same = RgbImage::new(512, 512);
+        assert_eq!(fit(same, Size::Auto).unwrap().0.dimensions(), (512, 512));
+        assert!(fit(RgbImage::new(2000, 20), Size::Auto).is_err());
+    }
+
+    #[test]
+    fn exact_size_rule() {
+        assert!(Size::exact(100, 64).is_err());
+        assert!(Size::exact(0, 64).is_err());
+        let (out, what) = fit(RgbImage::new(64, 128), Size::exact(64, 128).unwrap()).unwrap();
+        assert_eq!(out.dimensions(), (64, 128));
+        assert!(what.contains("as is"));
+        let (out, _) = fit(RgbImage::new(30, 30), Size::exact(64, 64).unwrap()).unwrap();
+        assert_eq!(out.dimensions(), (64, 64));
+    }
+
+    #[test]
+    fn bad_bytes_are_errors() {
+        assert!(decode(b"").is_err());
+        assert!(decode(b"definitely not an image").is_err());
+        let mut png = Vec::new();
+        RgbImage::new(8, 8)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert!(decode(&png[..png.len() / 2]).is_err());
+        assert_eq!(decode(&png).unwrap().dimensions(), (8, 8));
+    }
+
+    #[test]
+    fn alpha_composites_on_white() {
+        let mut rgba = image::RgbaImage::new(2, 1);
+        rgba.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(1, 0, image::Rgba([0, 0, 0, 255]));
+        let mut png = Vec::new();
+        rgba.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let out = decode(&png).unwrap();
+        assert_eq!(out.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(out.get_pixel(1, 0).0, [0, 0, 0]);
+    }
+}

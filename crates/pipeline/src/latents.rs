@@ -1,0 +1,181 @@
+//! The latents file: an inversion saved as safetensors (`x`, `y`, `latent`, all f64
+//! `[1, 4, h/8, w/8]`) with its prompt and settings in the metadata, so one inversion can be
+//! edited many times, natively or in a browser.
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{PipelineError, Result};
+use crate::pipeline::{Inversion, Latent, Method, Settings};
+use crate::sampler::Pair;
+
+const FORMAT: &str = "edict-latents/1";
+
+fn f64_bytes(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Serialises an inversion; `model` names the weights it was made with.
+pub fn to_bytes(inv: &Inversion, model: &str) -> Result<Vec<u8>> {
+    let shape = inv.latent.shape.to_vec();
+    let s = &inv.settings;
+    let meta: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("model", model.to_string()),
+        ("prompt", inv.prompt.clone()),
+        ("negative", s.negative.clone()),
+        ("method", match inv.method {
+            Method::Edict => "edict",
+            Method::Ddim => "ddim",
+        }
+        .to_string()),
+        ("steps", s.steps.to_string()),
+        ("strength", s.strength.to_string()),
+        ("mix", s.mix.to_string()),
+        ("guidance", s.guidance.to_string()),
+        ("leapfrog", s.leapfrog.to_string()),
+        ("steps_offset", s.steps_offset.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let data = [
+        ("x", f64_bytes(&inv.pair.x)),
+        ("y", f64_bytes(&inv.pair.y)),
+        ("latent", f64_bytes(&inv.latent.values)),
+    ];
+    let views = data
+        .iter()
+        .map(|(k, b)| {
+            TensorView::new(Dtype::F64, shape.clone(), b)
+                .map(|v| (*k, v))
+                .map_err(|e| PipelineError::Invalid(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| PipelineError::Invalid(e.to_string()))
+}
+
+/// Reads a latents file; returns the inversion and the model it names.
+pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, String)> {
+    let bad = |reason: String| PipelineError::Latents {
+        path: path.to_string(),
+        reason,
+    };
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+    let m = meta
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no metadata: not written by `edict invert`".into()))?;
+    if m.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(format!("not an {FORMAT} file")));
+    }
+    let get = |k: &str| m.get(k).cloned().ok_or_else(|| bad(format!("metadata lacks `{k}`")));
+    fn num<T: std::str::FromStr>(v: String, k: &str, path: &str) -> Result<T> {
+        v.parse().map_err(|_| PipelineError::Latents {
+            path: path.into(),
+            reason: format!("metadata `{k}` = `{v}` is not a number"),
+        })
+    }
+    let tensor = |k: &str| -> Result<(Vec<f64>, Vec<usize>)> {
+        let t = st.tensor(k).map_err(|_| bad(format!("missing tensor `{k}`")))?;
+        if t.dtype() != Dtype::F64 {
+            return Err(bad(format!("tensor `{k}` is {:?}, expected F64", t.dtype())));
+        }
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        Ok((v, t.shape().to_vec()))
+    };
+    let (x, shape) = tensor("x")?;
+    let (y, sy) = tensor("y")?;
+    let (latent, sl) = tensor("latent")?;
+    let shape: [usize; 4] = shape
+        .clone()
+        .try_into()
+        .map_err(|_| bad(format!("tensors must be [1, c, h, w], got {shape:?}")))?;
+    if sy != shape || sl != shape {
+        return Err(bad("x, y and latent differ in shape".into()));
+    }
+    if !x.iter().chain(&y).chain(&latent).all(|v| v.is_finite()) {
+        return Err(bad("holds non-finite values".into()));
+    }
+    let method = match get("method")?.as_str() {
+        "edict" => Method::Edict,
+        "ddim" => Method::Ddim,
+        other => return Err(bad(format!("unknown method `{other}`"))),
+    };
+    let settings = Settings {
+        steps: num(get("steps")?, "steps", path)?,
+        strength: num(get("strength")?, "strength", path)?,
+        mix: num(get("mix")?, "mix", path)?,
+        guidance: num(get("guidance")?, "guidance", path)?,
+        negative: get("negative")?,
+        leapfrog: num(get("leapfrog")?, "leapfrog", path)?,
+        steps_offset: num(get("steps_offset")?, "steps_offset", path)?,
+    };
+    Ok((
+        Inversion {
+            pair: Pair { x, y },
+            latent: Latent {
+                values: latent,
+                shape,
+            },
+            prompt: get("prompt")?,
+            settings,
+            method,
+        },
+        get("model")?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv() -> Inversion {
+        let n = 4 * 2 * 3;
+        Inversion {
+            pair: Pair {
+                x: (0..n).map(|i| i as f64 * 0.1).collect(),
+                y: (0..n).map(|i| -(i as f64) / 3.0).collect(),
+            },
+            latent: Latent {
+                values: vec![1.0 / 7.0; n],
+                shape: [1, 4, 2, 3],
+            },
+            prompt: "a cat, \"quoted\"".into(),
+            settings: Settings {
+                steps: 7,
+                strength: 0.7,
+                ..Settings::default()
+            },
+            method: Method::Edict,
+        }
+    }
+
+    #[test]
+    fn round_trips_bit_exactly() {
+        let bytes = to_bytes(&inv(), "tiny").unwrap();
+        let (back, model) = from_bytes(&bytes, "t").unwrap();
+        assert_eq!(back, inv());
+        assert_eq!(model, "tiny");
+    }
+
+    #[test]
+    fn rejects_foreign_and_broken_files() {
+        let bytes = to_bytes(&inv(), "tiny").unwrap();
+        assert!(from_bytes(&bytes[..bytes.len() - 8], "t").is_err());
+        assert!(from_bytes(b"garbage", "t").is_err());
+        let plain = safetensors::serialize(
+            [("x", TensorView::new(Dtype::F64, vec![1], &[0u8; 8]).unwrap())],
+            None,
+        )
+        .unwrap();
+        let err = from_bytes(&plain, "t").unwrap_err().to_string();
+        assert!(err.contains("metadata"), "{err}");
+    }
+}
