@@ -1,1 +1,470 @@
-fn main(){}
+//! `edict`: real-image editing with EDICT on Stable Diffusion v1.x — a thin shell over the
+//! pipeline in `edict-pipeline`.
+
+mod model_source;
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edict_pipeline::image_io::{self, Size};
+use edict_pipeline::latents;
+use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Settings};
+use edict_sd::backend::{Backend, device};
+use edict_sd::model::{Precision, StableDiffusion};
+use edict_sd::tokenizer::ClipTokenizer;
+
+use crate::progress::Bars;
+
+#[derive(Parser)]
+#[command(name = "edict", version, about = "Real-image editing with EDICT (exact diffusion inversion) on Stable Diffusion v1.x")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Invert a photo under a source prompt, then denoise it under a target prompt.
+    Edit(EditArgs),
+    /// Invert a photo to EDICT's noise pair and save it (edit it later with --from-latents).
+    Invert(InvertArgs),
+    /// Invert and denoise with the same prompt; reports how exact the round trip is.
+    Reconstruct(ReconstructArgs),
+    /// Generate an image from a prompt (DDIM from seeded noise).
+    Generate(GenerateArgs),
+    /// Print the 77 CLIP token ids of a prompt as a JSON array.
+    Tokenize {
+        text: String,
+        /// A model folder whose tokenizer/ to use instead of the embedded CLIP vocabulary.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Wgpu,
+    Cpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    Edict,
+    Ddim,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Hugging Face model id, local diffusers folder, or single-file .safetensors checkpoint.
+    #[arg(long, default_value = model_source::DEFAULT_MODEL)]
+    model: String,
+    /// For a single-file checkpoint: a diffusers folder whose configs describe it (default SD1.5's).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "wgpu")]
+    backend: BackendArg,
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+    /// No progress bars or summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Fraction of the schedule to invert and re-denoise, in (0, 1].
+    #[arg(long, default_value_t = 0.8)]
+    strength: f64,
+    /// EDICT's mixing weight p, in (0.5, 1].
+    #[arg(long, default_value_t = 0.93)]
+    mix: f64,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 3.0)]
+    guidance: f64,
+    /// Negative prompt (replaces "" as the unconditional prompt).
+    #[arg(long, default_value = "")]
+    negative: String,
+    /// Turn off leapfrog (alternating which latent moves first).
+    #[arg(long)]
+    no_leapfrog: bool,
+    /// Timestep offset: 0 as the EDICT authors run, 1 as diffusers' SD scheduler config.
+    #[arg(long, default_value_t = 0)]
+    steps_offset: usize,
+}
+
+impl SampleArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            steps: self.steps,
+            strength: self.strength,
+            mix: self.mix,
+            guidance: self.guidance,
+            negative: self.negative.clone(),
+            leapfrog: !self.no_leapfrog,
+            steps_offset: self.steps_offset,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// Input photo (any format the image crate reads).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Exact width (multiple of 8); default: long side 512, sides rounded down to multiples of 64.
+    #[arg(long, requires = "height")]
+    width: Option<u32>,
+    #[arg(long, requires = "width")]
+    height: Option<u32>,
+    /// Sample the VAE posterior with this seed instead of taking its mean.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct EditArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sample: SampleArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Prompt describing the photo as it is.
+    #[arg(long, required_unless_present = "from_latents")]
+    source: Option<String>,
+    /// Prompt describing the edited photo.
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Also save the inverted pair here.
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
+    /// Skip inversion: edit a pair saved by `invert` or `edit --save-latents`.
+    #[arg(long, conflicts_with_all = ["source", "save_latents"])]
+    from_latents: Option<PathBuf>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct InvertArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sample: SampleArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    save_latents: PathBuf,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct ReconstructArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sample: SampleArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "edict")]
+    method: MethodArg,
+    /// Write a JSON report (latent_rel_err, mse, psnr, ssim, unet_evals, seconds).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    #[arg(long, default_value = "")]
+    negative: String,
+    #[arg(long, default_value_t = 512)]
+    width: u32,
+    #[arg(long, default_value_t = 512)]
+    height: u32,
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        // one line, no backtrace unless RUST_BACKTRACE asks for one
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            eprintln!("{}", e.backtrace());
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Tokenize { text, model } => tokenize(&text, model.as_deref()),
+        Cmd::Edit(a) => edit(a),
+        Cmd::Invert(a) => invert(a),
+        Cmd::Reconstruct(a) => reconstruct(a),
+        Cmd::Generate(a) => generate(a),
+    }
+}
+
+fn tokenize(text: &str, model: Option<&Path>) -> Result<()> {
+    let tok = match model {
+        Some(dir) => ClipTokenizer::from_folder(&dir.join("tokenizer"))?,
+        None => ClipTokenizer::embedded()?,
+    };
+    let t = tok.encode(text)?;
+    if t.truncated {
+        eprintln!("warning: prompt is longer than 77 tokens; dropped: \"{}\"", t.dropped.trim());
+    }
+    println!("{}", serde_json::to_string(&t.ids)?);
+    Ok(())
+}
+
+/// Refuses to overwrite unless `--force`; checks the folder exists before any long work.
+fn check_output(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+struct Session {
+    editor: Editor,
+    model_name: String,
+    bars: Bars,
+}
+
+fn open(m: &ModelArgs) -> Result<Session> {
+    let bars = Bars::new(m.quiet);
+    let precision = match m.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let backend = match m.backend {
+        BackendArg::Wgpu => Backend::Wgpu,
+        BackendArg::Cpu => Backend::Cpu,
+    };
+    let files = model_source::resolve(&m.model, m.config.as_deref(), precision)?;
+    let dev = device(backend)?;
+    let t = Instant::now();
+    let model = StableDiffusion::load(files, &dev, precision)?;
+    if !model.unused_keys.is_empty() {
+        bars.warn(&format!(
+            "{} weights in the files were not used (e.g. {})",
+            model.unused_keys.len(),
+            model.unused_keys[0]
+        ));
+    }
+    bars.note(&format!("loaded {} on {backend} ({:.1}s)", m.model, t.elapsed().as_secs_f64()));
+    Ok(Session {
+        editor: Editor::new(model, dev),
+        model_name: m.model.clone(),
+        bars,
+    })
+}
+
+fn image_size(a: &ImageArgs) -> Result<Size> {
+    Ok(match (a.width, a.height) {
+        (Some(w), Some(h)) => Size::exact(w, h)?,
+        _ => Size::Auto,
+    })
+}
+
+/// Reads, sizes and encodes the photo; returns its latent and the processed pixels.
+fn encode_image(s: &mut Session, a: &ImageArgs) -> Result<(Latent, image::RgbImage)> {
+    let path = a.image.as_ref().context("--image is required")?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let img = image_io::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+    let (img, what) = image_io::fit(img, image_size(a)?)?;
+    s.bars.note(&format!("image: {what}"));
+    let (w, h) = img.dimensions();
+    let latent = pollster::block_on(s.editor.encode(image_io::to_pixels(&img), h as usize, w as usize, a.seed))?;
+    Ok((latent, img))
+}
+
+fn warn_all(s: &Session, warnings: &[String]) {
+    for w in warnings {
+        s.bars.warn(w);
+    }
+}
+
+fn save_png(s: &mut Session, latent: &Latent, out: &Path) -> Result<edict_pipeline::pipeline::Rgb> {
+    let rgb = pollster::block_on(s.editor.decode(latent))?;
+    write(out, &image_io::encode_png(&rgb)?)?;
+    Ok(rgb)
+}
+
+fn edit(a: EditArgs) -> Result<()> {
+    check_output(&a.out, a.force)?;
+    if let Some(p) = &a.save_latents {
+        check_output(p, a.force)?;
+    }
+    let t = Instant::now();
+    let mut s = open(&a.model)?;
+    let inv: Inversion = match &a.from_latents {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let (inv, model) = latents::from_bytes(&bytes, &path.display().to_string())?;
+            if model != s.model_name {
+                s.bars.warn(&format!("{} was inverted with model {model}, editing with {}", path.display(), s.model_name));
+            }
+            check_latent_fits(&s.editor, &inv.latent, path)?;
+            inv
+        }
+        None => {
+            let (latent, _) = encode_image(&mut s, &a.image)?;
+            let source = a.source.as_deref().unwrap_or_default();
+            let mut obs = s.bars.observer();
+            let (inv, w) = pollster::block_on(s.editor.invert(&latent, source, &a.sample.settings(), Method::Edict, &mut obs))?;
+            drop(obs);
+            warn_all(&s, &w);
+            if let Some(p) = &a.save_latents {
+                write(p, &latents::to_bytes(&inv, &s.model_name)?)?;
+            }
+            inv
+        }
+    };
+    let mut obs = s.bars.observer();
+    let (pair, w) = pollster::block_on(s.editor.denoise(&inv, &a.target, "edit", &mut obs))?;
+    drop(obs);
+    warn_all(&s, &w);
+    let rgb = save_png(&mut s, &Latent { values: pair.x, shape: inv.latent.shape }, &a.out)?;
+    s.bars.note(&format!(
+        "wrote {} ({}×{}) in {:.1}s, {} UNet calls",
+        a.out.display(),
+        rgb.width,
+        rgb.height,
+        t.elapsed().as_secs_f64(),
+        s.editor.unet_calls
+    ));
+    Ok(())
+}
+
+/// A saved pair must match this model's latent channels.
+fn check_latent_fits(editor: &Editor, latent: &Latent, path: &Path) -> Result<()> {
+    let c = editor.model.configs.vae.latent_channels;
+    if latent.shape[0] != 1 || latent.shape[1] != c {
+        bail!(
+            "{}: latents of shape {:?} do not fit this model (expected [1, {c}, h, w])",
+            path.display(),
+            latent.shape
+        );
+    }
+    Ok(())
+}
+
+fn invert(a: InvertArgs) -> Result<()> {
+    check_output(&a.save_latents, a.force)?;
+    let t = Instant::now();
+    let mut s = open(&a.model)?;
+    let (latent, _) = encode_image(&mut s, &a.image)?;
+    let mut obs = s.bars.observer();
+    let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
+    drop(obs);
+    warn_all(&s, &w);
+    write(&a.save_latents, &latents::to_bytes(&inv, &s.model_name)?)?;
+    s.bars.note(&format!("wrote {} in {:.1}s", a.save_latents.display(), t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn reconstruct(a: ReconstructArgs) -> Result<()> {
+    check_output(&a.out, a.force)?;
+    if let Some(p) = &a.report {
+        check_output(p, a.force)?;
+    }
+    let t = Instant::now();
+    let mut s = open(&a.model)?;
+    let (latent, input) = encode_image(&mut s, &a.image)?;
+    let method = match a.method {
+        MethodArg::Edict => Method::Edict,
+        MethodArg::Ddim => Method::Ddim,
+    };
+    let mut obs = s.bars.observer();
+    let (rec, w) = pollster::block_on(s.editor.reconstruct(&latent, &a.prompt, &a.sample.settings(), method, &mut obs))?;
+    drop(obs);
+    warn_all(&s, &w);
+    let rgb = save_png(&mut s, &rec.latent, &a.out)?;
+    let q = edict_pipeline::metrics::compare(&image_io::from_rgb(&input), &rgb)?;
+    let seconds = t.elapsed().as_secs_f64();
+    if let Some(p) = &a.report {
+        let report = serde_json::json!({
+            "method": match method { Method::Edict => "edict", Method::Ddim => "ddim" },
+            "latent_rel_err": rec.latent_rel_err,
+            "mse": q.mse, "psnr": q.psnr, "ssim": q.ssim,
+            "unet_evals": rec.unet_evals,
+            "seconds": seconds,
+        });
+        write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    s.bars.note(&format!(
+        "latent round trip {:.2e}, PSNR {:.2} dB, SSIM {:.4}; wrote {} in {seconds:.1}s",
+        rec.latent_rel_err,
+        q.psnr,
+        q.ssim,
+        a.out.display()
+    ));
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    check_output(&a.out, a.force)?;
+    Size::exact(a.width, a.height)?;
+    let t = Instant::now();
+    let mut s = open(&a.model)?;
+    let settings = Settings {
+        steps: a.steps,
+        strength: 1.0,
+        guidance: a.guidance,
+        negative: a.negative.clone(),
+        ..Settings::default()
+    };
+    let mut obs = s.bars.observer();
+    let (latent, w) = pollster::block_on(s.editor.generate(&a.prompt, a.width as usize, a.height as usize, a.seed, &settings, &mut obs))?;
+    drop(obs);
+    warn_all(&s, &w);
+    save_png(&mut s, &latent, &a.out)?;
+    s.bars.note(&format!("wrote {} in {:.1}s", a.out.display(), t.elapsed().as_secs_f64()));
+    Ok(())
+}
