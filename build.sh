@@ -4,6 +4,8 @@
 #   ./build.sh release    build the `edict` CLI (target/release/edict)
 set -euo pipefail
 cd "$(dirname "$0")"
+# Build outputs live outside the checkout, so fresh clones on this machine (CI) reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edict/target}"
 # lavapipe/EGL want a runtime dir; without one they only print noise
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/edict-xdg-$(id -u)}"
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
