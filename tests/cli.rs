@@ -1,0 +1,220 @@
+//! The `edict` binary end to end on the tiny fixture model (CPU backend).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn edict(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edict"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("edict runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = edict(args);
+    assert!(out.status.success(), "edict {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Runs a command that must fail; returns its one-line error.
+fn fails(args: &[&str]) -> String {
+    let out = edict(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "edict {args:?} should fail");
+    assert!(!err.contains("panicked"), "edict {args:?} panicked: {err}");
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "edict {args:?}: {err}");
+    last
+}
+
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("edict-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    fn path(&self, f: &str) -> String {
+        self.0.join(f).display().to_string()
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The reference test image (a smooth pattern in [-1, 1]) as a w×h PNG.
+fn write_photo(path: &str, w: u32, h: u32) {
+    let img = &reference("vae.safetensors")["image"].values;
+    let photo = image::RgbImage::from_fn(w, h, |x, y| {
+        let (i, j) = ((y % 64) as usize, (x % 64) as usize);
+        image::Rgb(std::array::from_fn(|c| ((img[c * 4096 + i * 64 + j] + 1.0) * 127.5).round() as u8))
+    });
+    photo.save(path).unwrap();
+}
+
+fn model() -> String {
+    tiny_sd().display().to_string()
+}
+
+fn common_args<'a>(m: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec!["--model", m, "--backend", "cpu", "--steps", steps, "--quiet"]
+}
+
+fn dims(path: &str) -> (u32, u32) {
+    image::image_dimensions(path).unwrap()
+}
+
+#[test]
+fn tokenize_prints_77_ids_and_warns_on_truncation() {
+    let out = ok(&["tokenize", "a photo of a cat"]);
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids.len(), 77);
+    assert_eq!(&ids[..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+    assert!(ids[7..].iter().all(|&i| i == 49407));
+    let long = "cat ".repeat(100);
+    let out = ok(&["tokenize", &long]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than 77 tokens"));
+}
+
+#[test]
+fn edit_from_latents_reproduces_edit_exactly() {
+    let t = Tmp::new("edit");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    let (inp, out1, out2, noise, noise2) = (t.path("in.png"), t.path("out1.png"), t.path("out2.png"), t.path("n.safetensors"), t.path("n2.safetensors"));
+    let base = common_args(&m, "10");
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend(["--strength", "0.5", "--width", "64", "--height", "64"].map(String::from));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |v: Vec<String>| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut e = vec!["edit".to_string()];
+    e.extend(with(&["--image", &inp, "--source", "a photo of a cat", "--target", "a photo of a dog", "--out", &out1, "--save-latents", &noise]));
+    run(e);
+    assert_eq!(dims(&out1), (64, 64));
+    let mut e = vec!["edit".to_string()];
+    e.extend(with(&["--from-latents", &noise, "--target", "a photo of a dog", "--out", &out2]));
+    run(e);
+    let (a1, a2) = (image::open(&out1).unwrap().to_rgb8(), image::open(&out2).unwrap().to_rgb8());
+    assert!(a1 == a2, "--from-latents must reproduce edit exactly");
+    // invert alone writes the same inversion
+    let mut i = vec!["invert".to_string()];
+    i.extend(with(&["--image", &inp, "--prompt", "a photo of a cat", "--save-latents", &noise2]));
+    run(i);
+    let read = |p: &str| edict_pipeline::latents::from_bytes(&std::fs::read(p).unwrap(), p).unwrap();
+    assert!(read(&noise) == read(&noise2), "invert and edit --save-latents differ");
+    // existing outputs are not overwritten without --force
+    let mut i = vec!["invert".to_string()];
+    i.extend(with(&["--image", &inp, "--prompt", "a photo of a cat", "--save-latents", &noise2]));
+    let err = fails(&i.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--force"), "{err}");
+}
+
+fn report(t: &Tmp, m: &str, method: &str) -> serde_json::Value {
+    let (inp, out, rep) = (t.path("in.png"), t.path(&format!("{method}.png")), t.path(&format!("{method}.json")));
+    let mut a = vec!["reconstruct"];
+    a.extend(common_args(m, "10"));
+    a.extend(["--strength", "0.8", "--width", "64", "--height", "64", "--image", &inp, "--prompt", "a photo of a cat", "--out", &out, "--method", method, "--report", &rep]);
+    ok(&a);
+    assert_eq!(dims(&out), (64, 64));
+    serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap()
+}
+
+#[test]
+fn reconstruct_reports_exact_edict_and_inexact_ddim() {
+    let t = Tmp::new("recon");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    let edict = report(&t, &m, "edict");
+    let ddim = report(&t, &m, "ddim");
+    for k in ["latent_rel_err", "mse", "psnr", "ssim", "unet_evals", "seconds"] {
+        assert!(edict.get(k).is_some(), "report lacks {k}: {edict}");
+    }
+    let (e, d) = (edict["latent_rel_err"].as_f64().unwrap(), ddim["latent_rel_err"].as_f64().unwrap());
+    assert!(e <= 1e-10, "EDICT round trip {e:e}");
+    assert!(d > 1e3 * e.max(1e-14), "DDIM {d:e} should be far larger than EDICT {e:e}");
+    assert_eq!(edict["unet_evals"].as_u64(), Some(4 * 8));
+    assert_eq!(ddim["unet_evals"].as_u64(), Some(2 * 8));
+}
+
+#[test]
+fn generate_is_reproducible_and_sized() {
+    let t = Tmp::new("gen");
+    let m = model();
+    let run = |out: &str, seed: &str| {
+        let mut a = vec!["generate"];
+        a.extend(common_args(&m, "4"));
+        a.extend(["--prompt", "a photo of a cat", "--out", out, "--seed", seed, "--width", "64", "--height", "128"]);
+        ok(&a);
+    };
+    let (a, b, c) = (t.path("a.png"), t.path("b.png"), t.path("c.png"));
+    run(&a, "7");
+    run(&b, "7");
+    run(&c, "8");
+    assert_eq!(dims(&a), (64, 128));
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "same seed, different images");
+    assert!(std::fs::read(&a).unwrap() != std::fs::read(&c).unwrap(), "different seeds, same image");
+}
+
+#[test]
+fn image_size_rule_crops_to_multiples_of_64() {
+    let t = Tmp::new("size");
+    let m = model();
+    write_photo(&t.path("wide.png"), 200, 90); // → 512×230 → crop 512×192
+    let (inp, out) = (t.path("wide.png"), t.path("out.png"));
+    let mut a = vec!["reconstruct"];
+    a.extend(common_args(&m, "1"));
+    a.extend(["--strength", "1", "--image", &inp, "--prompt", "", "--out", &out]);
+    ok(&a);
+    assert_eq!(dims(&out), (512, 192));
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let t = Tmp::new("bad");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    std::fs::write(t.path("empty.png"), b"").unwrap();
+    std::fs::write(t.path("text.png"), b"hello").unwrap();
+    let (inp, out, empty, text) = (t.path("in.png"), t.path("out.png"), t.path("empty.png"), t.path("text.png"));
+    let edit = |extra: &[&str]| -> String {
+        let mut a = vec!["edit", "--backend", "cpu", "--quiet", "--source", "a", "--target", "b"];
+        if !extra.contains(&"--model") {
+            a.extend(["--model", &m]);
+        }
+        a.extend(extra);
+        fails(&a)
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--image", "/nonexistent.png", "--out", &out], "cannot read"),
+        (vec!["--image", &empty, "--out", &out], "empty"),
+        (vec!["--image", &text, "--out", &out], "image"),
+        (vec!["--image", &inp, "--out", "/nonexistent-dir/x.png"], "does not exist"),
+        (vec!["--image", &inp, "--out", &out, "--strength", "0"], "strength"),
+        (vec!["--image", &inp, "--out", &out, "--strength", "1.5"], "strength"),
+        (vec!["--image", &inp, "--out", &out, "--steps", "0"], "steps"),
+        (vec!["--image", &inp, "--out", &out, "--steps", "5000"], "steps"),
+        (vec!["--image", &inp, "--out", &out, "--mix", "0.4"], "mix"),
+        (vec!["--image", &inp, "--out", &out, "--guidance", "NaN"], "guidance"),
+        (vec!["--image", &inp, "--out", &out, "--guidance=-1"], "guidance"),
+        (vec!["--image", &inp, "--out", &out, "--width", "100", "--height", "64"], "multiples of 8"),
+        (vec!["--image", &inp, "--out", &out, "--model", "/no/such/model"], "model"),
+    ];
+    for (extra, want) in cases {
+        let err = edit(&extra);
+        assert!(err.to_lowercase().contains(want), "{extra:?}: {err}");
+    }
+    assert!(!Path::new(&out).exists());
+}
