@@ -1,0 +1,243 @@
+//! Bad model files: each fails with a clear error that names the file and the problem.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use common::*;
+use edict_sd::SdError;
+use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+/// A copy of the fixture folder that a test may break.
+struct Model(PathBuf);
+
+impl Model {
+    fn copy(name: &str) -> Self {
+        let dst = std::env::temp_dir().join(format!("edict-loading-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dst);
+        copy_dir(&tiny_sd(), &dst);
+        Self(dst)
+    }
+    fn file(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    fn load(&self) -> Result<StableDiffusion, SdError> {
+        let files = ModelFiles::from_folder(&self.0, Precision::F32)?;
+        StableDiffusion::load(files, &Device::flex(), Precision::F32)
+    }
+    /// Rewrites one safetensors file with `edit` applied to its tensors.
+    fn rewrite(&self, rel: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+        let path = self.file(rel);
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut t: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        edit(&mut t);
+        let views: Vec<_> = t
+            .iter()
+            .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+fn err(m: &Model) -> String {
+    match m.load() {
+        Ok(_) => panic!("loading should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const TE: &str = "text_encoder/model.safetensors";
+const KEY: &str = "text_model.encoder.layers.1.mlp.fc1.weight";
+
+#[test]
+fn missing_key_is_named() {
+    let m = Model::copy("missing");
+    m.rewrite(TE, |t| t.retain(|(k, ..)| k != KEY));
+    let e = err(&m);
+    assert!(e.contains(KEY) && e.contains("missing"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let m = Model::copy("shape");
+    m.rewrite(TE, |t| {
+        let e = t.iter_mut().find(|(k, ..)| k == KEY).unwrap();
+        e.2 = vec![e.2[1], e.2[0]]; // transposed: same bytes, wrong shape
+    });
+    let e = err(&m);
+    assert!(e.contains(KEY) && e.contains("shape"), "{e}");
+}
+
+#[test]
+fn integer_weights_are_refused() {
+    let m = Model::copy("dtype");
+    m.rewrite(TE, |t| {
+        let e = t.iter_mut().find(|(k, ..)| k == KEY).unwrap();
+        e.1 = Dtype::I32; // 4-byte ints where f32 is expected
+    });
+    let e = err(&m);
+    assert!(e.contains(KEY) && e.contains("dtype"), "{e}");
+}
+
+#[test]
+fn unexpected_keys_are_listed_not_fatal() {
+    let m = Model::copy("extra");
+    m.rewrite(TE, |t| t.push(("text_model.surprise".into(), Dtype::F32, vec![1], vec![0; 4])));
+    let sd = m.load().expect("extra keys are tolerated");
+    assert_eq!(sd.unused_keys, vec!["text_encoder: text_model.surprise".to_string()]);
+}
+
+#[test]
+fn broken_files_are_clear_errors() {
+    let m = Model::copy("broken");
+    let path = m.file(TE);
+    let good = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+        ("random bytes", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()),
+    ];
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&(good.len() as u64 * 4).to_le_bytes());
+    cases.push(("header length beyond the file", huge));
+    // shift one tensor's offsets so two tensors overlap
+    let header = String::from_utf8(good[8..8 + header_len].to_vec()).unwrap();
+    let mut meta: HashMap<String, serde_json::Value> = serde_json::from_str(&header).unwrap();
+    let entry = meta.get_mut(KEY).unwrap();
+    let off = entry["data_offsets"].as_array().unwrap().clone();
+    let (a, b) = (off[0].as_u64().unwrap(), off[1].as_u64().unwrap());
+    entry["data_offsets"] = serde_json::json!([a.saturating_sub(64), b.saturating_sub(64)]);
+    let mut h = serde_json::to_string(&meta).unwrap().into_bytes();
+    while h.len() < header_len {
+        h.push(b' ');
+    }
+    let mut overlap = (h.len() as u64).to_le_bytes().to_vec();
+    overlap.extend(h);
+    overlap.extend(&good[8 + header_len..]);
+    cases.push(("overlapping offsets", overlap));
+    for (what, bytes) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let e = err(&m);
+        assert!(e.contains("model.safetensors") && e.contains("safetensors"), "{what}: {e}");
+    }
+}
+
+#[test]
+fn pickles_are_refused_with_how_to_convert() {
+    let m = Model::copy("pickle");
+    std::fs::remove_file(m.file(TE)).unwrap();
+    std::fs::write(m.file("text_encoder/pytorch_model.bin"), b"PK\x03\x04").unwrap();
+    std::fs::rename(m.file("text_encoder/pytorch_model.bin"), m.file("text_encoder/model.bin")).unwrap();
+    let e = err(&m);
+    assert!(e.contains("pickle") && e.contains("safetensors"), "{e}");
+    let e = ModelFiles::from_single_file(&m.file("text_encoder/model.bin"), None).err().unwrap().to_string();
+    assert!(e.contains("never loaded"), "{e}");
+}
+
+#[test]
+fn folders_and_configs_are_checked() {
+    let m = Model::copy("folder");
+    std::fs::remove_dir_all(m.file("unet")).unwrap();
+    let e = err(&m);
+    assert!(e.contains("`unet/` is missing"), "{e}");
+
+    let m = Model::copy("config");
+    std::fs::write(m.file("vae/config.json"), b"{ not json").unwrap();
+    let e = err(&m);
+    assert!(e.contains("vae/config.json"), "{e}");
+
+    // a config that disagrees with the weights: the first mismatching weight is named
+    let m = Model::copy("inconsistent");
+    let p = m.file("unet/config.json");
+    let c = std::fs::read_to_string(&p).unwrap().replace("\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
+    std::fs::write(&p, c).unwrap();
+    let e = err(&m);
+    assert!(e.contains("attn2.to_k.weight") && e.contains("shape"), "{e}");
+
+    let m = Model::copy("heads");
+    let p = m.file("unet/config.json");
+    let c = std::fs::read_to_string(&p).unwrap().replace("\"attention_head_dim\": 2", "\"attention_head_dim\": 3");
+    std::fs::write(&p, c).unwrap();
+    let e = err(&m);
+    assert!(e.contains("heads"), "{e}");
+
+    assert!(ModelFiles::from_folder(Path::new("/no/such/folder"), Precision::F32).is_err());
+}
+
+#[test]
+fn single_file_that_is_not_sd_is_refused() {
+    let e = ModelFiles::from_single_file(&tiny_sd().join(TE), None)
+        .and_then(|f| StableDiffusion::load(f, &Device::flex(), Precision::F32))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not an SD single-file checkpoint"), "{e}");
+}
+
+/// At SD1.5's 4096 tokens (batch 2 × 8 heads) attention runs in query chunks; the result must
+/// equal a float64 computation of the unchunked formula.
+#[test]
+fn chunked_attention_matches_the_formula_at_4096_tokens() {
+    use edict_sd::attention::{MAX_SCORE_ELEMENTS, scaled_dot_product};
+    let (b, h, n, d) = (2, 8, 4096, 4);
+    assert!(b * h * n * n > MAX_SCORE_ELEMENTS, "this shape must need chunking");
+    let device = Device::flex();
+    let noise = |seed: u64| -> Vec<f64> {
+        (0..b * h * n * d)
+            .map(|i| (((i as u64 + 1).wrapping_mul(seed).wrapping_mul(0x9E3779B97F4A7C15) >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 2.0)
+            .collect()
+    };
+    let (q, k, v) = (noise(3), noise(5), noise(7));
+    let out = host(scaled_dot_product(
+        upload(&q, [b, h, n, d], &device),
+        upload(&k, [b, h, n, d], &device),
+        upload(&v, [b, h, n, d], &device),
+        false,
+    ));
+    // check rows in the first, a middle and the last chunk of one (batch, head)
+    let (bi, hi) = (1, 5);
+    let base = (bi * h + hi) * n * d;
+    for row in [0, 511, 512, 2049, 4095] {
+        let qr = &q[base + row * d..base + row * d + d];
+        let scores: Vec<f64> = (0..n)
+            .map(|j| (0..d).map(|c| qr[c] * k[base + j * d + c]).sum::<f64>() / (d as f64).sqrt())
+            .collect();
+        let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = w.iter().sum();
+        for c in 0..d {
+            let want = (0..n).map(|j| w[j] * v[base + j * d + c]).sum::<f64>() / z;
+            let got = out[base + row * d + c];
+            assert!((got - want).abs() < 1e-5, "row {row} ch {c}: {got} vs {want}");
+        }
+    }
+}
