@@ -38,11 +38,7 @@ pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool
         outs.push(softmax(scores, 3).matmul(v.clone()));
         start += len;
     }
-    if outs.len() == 1 {
-        outs.pop().expect("one chunk")
-    } else {
-        Tensor::cat(outs, 2)
-    }
+    Tensor::cat(outs, 2)
 }
 
 /// `[b, n, heads·d] → [b, heads, n, d]`
@@ -115,8 +111,9 @@ impl FeedForward {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut halves = self.proj.forward(x).chunk(2, 2).into_iter();
-        let (h, gate) = (halves.next().expect("2 chunks"), halves.next().expect("2 chunks"));
+        let hg = self.proj.forward(x);
+        let inner = hg.dims()[2] / 2;
+        let (h, gate) = (hg.clone().narrow(2, 0, inner), hg.narrow(2, inner, inner));
         self.out.forward(h * gelu(gate))
     }
 }

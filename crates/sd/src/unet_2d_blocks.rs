@@ -183,8 +183,9 @@ impl UpBlock {
         temb: &Tensor<2>,
         context: &Tensor<3>,
     ) -> Tensor<4> {
-        for (j, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().expect("the UNet pushes one skip state per up-block resnet");
+        // the down path pushed one skip state per up-block resnet; take ours, newest first
+        let mine = skips.split_off(skips.len().saturating_sub(self.resnets.len()));
+        for (j, (resnet, skip)) in self.resnets.iter().zip(mine.into_iter().rev()).enumerate() {
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
             if let Some(attn) = self.attentions.get(j) {
                 x = attn.forward(x, context.clone());
