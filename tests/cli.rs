@@ -218,3 +218,22 @@ fn bad_input_is_one_clear_line() {
     }
     assert!(!Path::new(&out).exists());
 }
+
+/// With no network, a model id that is not in the HF cache fails with a message saying how to
+/// point at local files.
+#[test]
+fn unreachable_hub_says_how_to_use_local_files() {
+    let t = Tmp::new("hub");
+    write_photo(&t.path("in.png"), 64, 64);
+    let out = Command::new(env!("CARGO_BIN_EXE_edict"))
+        .args(["edit", "--model", "nobody/no-such-model", "--backend", "cpu", "--quiet", "--image", &t.path("in.png")])
+        .args(["--source", "a", "--target", "b", "--out", &t.path("out.png")])
+        .env("HF_HOME", t.path("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("local diffusers folder"), "{err}");
+}

@@ -87,3 +87,27 @@ fn guidance_one_runs_batch_one() {
     let (rec, _) = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
     assert!(rec.latent_rel_err <= 1e-10);
 }
+
+/// Cancellation stops between UNet calls; progress names the stage and counts calls.
+#[test]
+fn progress_and_cancellation() {
+    use edict_pipeline::PipelineError;
+    use edict_pipeline::pipeline::{Observer, Progress};
+    struct CancelAfter(Vec<Progress>, usize);
+    impl Observer for CancelAfter {
+        fn progress(&mut self, p: Progress) {
+            self.0.push(p);
+        }
+        fn cancelled(&self) -> bool {
+            self.0.len() >= self.1
+        }
+    }
+    let device = Device::flex();
+    let mut ed = editor(&device);
+    let z = image_latent(&mut ed);
+    let mut obs = CancelAfter(Vec::new(), 3);
+    let err = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings(0.8), Method::Edict, &mut obs)).unwrap_err();
+    assert!(matches!(err, PipelineError::Cancelled), "{err}");
+    assert_eq!(obs.0.len(), 3);
+    assert_eq!(obs.0[2], Progress { stage: "invert", done: 3, total: 16 });
+}

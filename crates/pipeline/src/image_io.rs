@@ -197,6 +197,54 @@ mod tests {
         assert_eq!(decode(&png).unwrap().dimensions(), (8, 8));
     }
 
+    fn encode(img: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    #[test]
+    fn odd_pixel_formats_become_rgb() {
+        let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 3, image::Luma([200])));
+        let out = decode(&encode(gray, image::ImageFormat::Png)).unwrap();
+        assert_eq!((out.dimensions(), out.get_pixel(0, 0).0), ((4, 3), [200, 200, 200]));
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(2, 2, image::Rgb([65535u16, 0, 32896])));
+        let out = decode(&encode(deep, image::ImageFormat::Png)).unwrap();
+        assert_eq!(out.get_pixel(1, 1).0, [255, 0, 128]);
+        // an animated GIF gives its first frame
+        let mut gif = Vec::new();
+        {
+            let mut enc = image::codecs::gif::GifEncoder::new(&mut gif);
+            for v in [10u8, 250] {
+                let frame = image::RgbaImage::from_pixel(3, 3, image::Rgba([v, v, v, 255]));
+                enc.encode_frame(image::Frame::new(frame)).unwrap();
+            }
+        }
+        let first = decode(&gif).unwrap().get_pixel(0, 0).0[0];
+        assert!(first < 40, "expected the dark first frame, got {first}");
+    }
+
+    #[test]
+    fn tiny_and_huge_images_are_refused_before_decoding() {
+        // a 1×1 picture is simply upscaled
+        let one = decode(&encode(DynamicImage::new_rgb8(1, 1), image::ImageFormat::Png)).unwrap();
+        assert_eq!(fit(one, Size::Auto).unwrap().0.dimensions(), (512, 512));
+        // a BMP header claiming 16000×16000 with no pixel data behind it
+        let (w, h) = (16000u32, 16000u32);
+        let mut bmp = b"BM".to_vec();
+        bmp.extend(0u32.to_le_bytes()); // file size (unchecked)
+        bmp.extend(0u32.to_le_bytes());
+        bmp.extend(54u32.to_le_bytes()); // pixel data offset
+        bmp.extend(40u32.to_le_bytes()); // BITMAPINFOHEADER
+        bmp.extend((w as i32).to_le_bytes());
+        bmp.extend((h as i32).to_le_bytes());
+        bmp.extend(1u16.to_le_bytes());
+        bmp.extend(24u16.to_le_bytes());
+        bmp.extend([0u8; 24]);
+        let err = decode(&bmp).unwrap_err().to_string();
+        assert!(err.contains("too large"), "{err}");
+    }
+
     #[test]
     fn alpha_composites_on_white() {
         let mut rgba = image::RgbaImage::new(2, 1);
