@@ -43,11 +43,13 @@ fn matches_the_float64_reference() {
             let (inv, _) = pollster::block_on(ed.invert(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
             for (name, ours) in [("inv_x", &inv.pair.x), ("inv_y", &inv.pair.y)] {
                 let err = relative_error(ours, &r[&format!("run{run}_{name}")].values);
+                eprintln!("{backend} run {run} {name}: relative error vs float64 reference {err:e}");
                 assert!(err < 5e-3, "{backend} run {run} {name}: {err:e}");
             }
             let (edit, _) = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet)).unwrap();
             for (name, ours) in [("edit_x", &edit.x), ("edit_y", &edit.y)] {
                 let err = relative_error(ours, &r[&format!("run{run}_{name}")].values);
+                eprintln!("{backend} run {run} {name}: relative error vs float64 reference {err:e}");
                 assert!(err < 5e-3, "{backend} run {run} {name}: {err:e}");
             }
         }
@@ -65,6 +67,7 @@ fn round_trip_is_exact_with_f32_networks() {
             let inverted_steps = (10.0 * strength) as usize;
             let before = ed.unet_calls;
             let (rec, _) = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
+            eprintln!("{backend} {inverted_steps} steps: EDICT latent round trip {:e}", rec.latent_rel_err);
             assert!(rec.latent_rel_err <= 1e-10, "{backend} {inverted_steps} steps: EDICT round trip {:e}", rec.latent_rel_err);
             // 2 batched UNet calls (4 latent evaluations) per coupled step, per pass
             assert_eq!(ed.unet_calls - before, 2 * 2 * inverted_steps);

@@ -32,6 +32,7 @@ fn text_encoder_matches_transformers() {
             let ids = text_ids(&r, i);
             let out = host(sd.text_encoder.forward(&ids).unwrap());
             let err = max_abs_diff(&out, &r[&format!("hidden_{i}")].values);
+            eprintln!("{backend} text encoder prompt {i}: max abs error {err:e}");
             assert!(err <= 1e-4, "{backend} prompt {i}: max abs error {err:e}");
         }
     }
@@ -59,6 +60,7 @@ fn unet_matches_diffusers() {
             let (ours, want) = unet_case(&sd, &r, &device, wide, t);
             let err = max_abs_diff(&ours, &want);
             let scale = max_abs(&want);
+            eprintln!("{backend} unet t={t} wide={wide}: max abs error {err:e}, scale {scale:.3}");
             assert!(err <= 1e-4 * scale, "{backend} t={t} wide={wide}: max abs error {err:e} (scale {scale})");
         }
     }
@@ -74,11 +76,13 @@ fn vae_matches_diffusers() {
         for (name, ours) in [("posterior_mean", host(mean)), ("posterior_logvar", host(logvar))] {
             let want = &r[name].values;
             let err = max_abs_diff(&ours, want);
+            eprintln!("{backend} vae {name}: max abs error {err:e}, scale {:.3}", max_abs(want));
             assert!(err <= 1e-4 * max_abs(want), "{backend} {name}: max abs error {err:e}");
         }
         let latent = upload(&r["latent"].values, [1, 4, 8, 8], &device);
         let want = &r["decoded"].values;
         let err = max_abs_diff(&host(sd.vae.decode(latent)), want);
+        eprintln!("{backend} vae decode: max abs error {err:e}, scale {:.3}", max_abs(want));
         assert!(err <= 1e-4 * max_abs(want), "{backend} decode: max abs error {err:e}");
     }
 }
@@ -126,5 +130,6 @@ fn unet_in_f16_is_close() {
     let ours = host(sd.unet.forward(x, 981.0, &ctx));
     let want = &r["out_t981"].values;
     let err = max_abs_diff(&ours, want);
+    eprintln!("cpu unet f16: max abs error {err:e}, scale {:.3}", max_abs(want));
     assert!(err <= 2e-2 * max_abs(want), "f16 max abs error {err:e}");
 }
