@@ -53,6 +53,23 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, n, h * d])
 }
 
+/// Multi-head attention through four projections: queries from `x`, keys and values from
+/// `context` (`x` itself for self-attention). Shared by the UNet, the VAE and CLIP, whose
+/// checkpoints only name the projections differently.
+pub fn project_attend(
+    [q, k, v, out]: [&Linear; 4],
+    x: Tensor<3>,
+    context: Option<Tensor<3>>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<3> {
+    let ctx = context.unwrap_or_else(|| x.clone());
+    let q = split_heads(q.forward(x), heads);
+    let k = split_heads(k.forward(ctx.clone()), heads);
+    let v = split_heads(v.forward(ctx), heads);
+    out.forward(merge_heads(scaled_dot_product(q, k, v, causal)))
+}
+
 /// diffusers `Attention`: `to_q`, `to_k`, `to_v` (no bias in the UNet, bias in the VAE) and
 /// `to_out.0`; keys and values come from `context` for cross-attention.
 #[derive(Module, Debug)]
@@ -85,12 +102,8 @@ impl Attention {
 
     /// `x: [b, n, query_dim]`, `context: [b, m, context_dim]` (None = self-attention).
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
-        let ctx = context.unwrap_or_else(|| x.clone());
-        let q = split_heads(self.to_q.forward(x), self.heads);
-        let k = split_heads(self.to_k.forward(ctx.clone()), self.heads);
-        let v = split_heads(self.to_v.forward(ctx), self.heads);
-        self.to_out
-            .forward(merge_heads(scaled_dot_product(q, k, v, false)))
+        let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
+        project_attend(p, x, context, self.heads, false)
     }
 }
 

@@ -6,9 +6,10 @@ use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::attention::{merge_heads, scaled_dot_product, split_heads};
+use crate::attention::project_attend;
 use crate::nn::{embedding, layer_norm, linear};
 use crate::weights::VarBuilder;
+use crate::error::parse_config;
 use crate::{Result, SdError};
 
 /// `text_encoder/config.json` (the fields the forward pass needs).
@@ -49,14 +50,8 @@ impl ClipConfig {
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        let c: Self = serde_json::from_str(text).map_err(|e| SdError::Config {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-        let bad = |reason: String| SdError::Config {
-            path: path.into(),
-            reason,
-        };
+        let c: Self = parse_config(text, path)?;
+        let bad = |reason: String| SdError::config(path, reason);
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
             return Err(bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
@@ -81,11 +76,8 @@ pub struct ClipAttention {
 
 impl ClipAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let q = split_heads(self.q_proj.forward(x.clone()), self.heads);
-        let k = split_heads(self.k_proj.forward(x.clone()), self.heads);
-        let v = split_heads(self.v_proj.forward(x), self.heads);
-        self.out_proj
-            .forward(merge_heads(scaled_dot_product(q, k, v, true)))
+        let p = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
+        project_attend(p, x, None, self.heads, true)
     }
 }
 

@@ -44,3 +44,17 @@ pub enum SdError {
 }
 
 pub type Result<T, E = SdError> = std::result::Result<T, E>;
+
+impl SdError {
+    pub(crate) fn config(path: &str, reason: impl Into<String>) -> Self {
+        SdError::Config {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses a model folder's `config.json`, naming the file on failure.
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| SdError::config(path, e.to_string()))
+}

@@ -11,6 +11,7 @@ use crate::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::nn::{conv2d, group_norm};
 use crate::unet_2d_blocks::{BlockSettings, DownBlock, MidBlockCrossAttn, UpBlock};
 use crate::weights::VarBuilder;
+use crate::error::parse_config;
 use crate::{Result, SdError};
 
 /// An int or a per-block list in diffusers configs.
@@ -115,14 +116,8 @@ impl UNetConfig {
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        let c: Self = serde_json::from_str(text).map_err(|e| SdError::Config {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-        c.validate().map_err(|reason| SdError::Config {
-            path: path.into(),
-            reason,
-        })?;
+        let c: Self = parse_config(text, path)?;
+        c.validate().map_err(|reason| SdError::config(path, reason))?;
         Ok(c)
     }
 
@@ -186,10 +181,7 @@ pub struct UNet2DConditionModel {
 
 impl UNet2DConditionModel {
     pub fn load(vb: &VarBuilder, c: &UNetConfig) -> Result<Self> {
-        c.validate().map_err(|reason| SdError::Config {
-            path: "unet config".into(),
-            reason,
-        })?;
+        c.validate().map_err(|reason| SdError::config("unet config", reason))?;
         let ch = &c.block_out_channels;
         let n = ch.len();
         let heads = c.heads().unwrap_or_default();

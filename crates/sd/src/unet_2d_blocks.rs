@@ -202,6 +202,20 @@ impl UpBlock {
     }
 }
 
+/// The VAE blocks' chain of resnets without time embedding: the first maps `c_in → c_out`.
+fn vae_resnets(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize) -> Result<Vec<ResnetBlock2D>> {
+    (0..layers)
+        .map(|j| {
+            let c = if j == 0 { c_in } else { c_out };
+            ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, None, groups, 1e-6)
+        })
+        .collect()
+}
+
+fn run_resnets(resnets: &[ResnetBlock2D], x: Tensor<4>) -> Tensor<4> {
+    resnets.iter().fold(x, |x, r| r.forward(x, None))
+}
+
 /// VAE `DownEncoderBlock2D`: resnets without time embedding, then an asymmetric-pad downsample.
 #[derive(Module, Debug)]
 pub struct DownEncoderBlock2D {
@@ -219,22 +233,15 @@ impl DownEncoderBlock2D {
         groups: usize,
     ) -> Result<Self> {
         Ok(Self {
-            resnets: (0..layers)
-                .map(|j| {
-                    let c = if j == 0 { c_in } else { c_out };
-                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, None, groups, 1e-6)
-                })
-                .collect::<Result<_>>()?,
+            resnets: vae_resnets(vb, c_in, c_out, layers, groups)?,
             downsampler: add_downsample
                 .then(|| Downsample2D::load(&vb.pp("downsamplers.0"), c_out, true))
                 .transpose()?,
         })
     }
 
-    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
-        for r in &self.resnets {
-            x = r.forward(x, None);
-        }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = run_resnets(&self.resnets, x);
         match &self.downsampler {
             Some(d) => d.forward(x),
             None => x,
@@ -259,22 +266,15 @@ impl UpDecoderBlock2D {
         groups: usize,
     ) -> Result<Self> {
         Ok(Self {
-            resnets: (0..layers)
-                .map(|j| {
-                    let c = if j == 0 { c_in } else { c_out };
-                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, None, groups, 1e-6)
-                })
-                .collect::<Result<_>>()?,
+            resnets: vae_resnets(vb, c_in, c_out, layers, groups)?,
             upsampler: add_upsample
                 .then(|| Upsample2D::load(&vb.pp("upsamplers.0"), c_out))
                 .transpose()?,
         })
     }
 
-    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
-        for r in &self.resnets {
-            x = r.forward(x, None);
-        }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = run_resnets(&self.resnets, x);
         match &self.upsampler {
             Some(u) => u.forward(x, None),
             None => x,
@@ -292,9 +292,7 @@ pub struct MidBlock2D {
 impl MidBlock2D {
     pub fn load(vb: &VarBuilder, c: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            resnets: (0..2)
-                .map(|j| ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c, None, groups, 1e-6))
-                .collect::<Result<_>>()?,
+            resnets: vae_resnets(vb, c, c, 2, groups)?,
             attentions: vec![VaeAttention::load(&vb.pp("attentions.0"), c, groups)?],
         })
     }

@@ -7,10 +7,11 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
-use crate::attention::{merge_heads, scaled_dot_product, split_heads};
+use crate::attention::project_attend;
 use crate::nn::{conv2d, group_norm, linear};
 use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D};
 use crate::weights::VarBuilder;
+use crate::error::parse_config;
 use crate::{Result, SdError};
 
 /// `vae/config.json`.
@@ -62,14 +63,8 @@ impl VaeConfig {
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        let c: Self = serde_json::from_str(text).map_err(|e| SdError::Config {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-        let bad = |reason: String| SdError::Config {
-            path: path.into(),
-            reason,
-        };
+        let c: Self = parse_config(text, path)?;
+        let bad = |reason: String| SdError::config(path, reason);
         if c.block_out_channels.is_empty() || c.layers_per_block == 0 {
             return Err(bad("needs block_out_channels and layers_per_block ≥ 1".into()));
         }
@@ -120,10 +115,8 @@ impl VaeAttention {
             .forward(x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
-        let q = split_heads(self.to_q.forward(t.clone()), 1);
-        let k = split_heads(self.to_k.forward(t.clone()), 1);
-        let v = split_heads(self.to_v.forward(t), 1);
-        let o = self.to_out.forward(merge_heads(scaled_dot_product(q, k, v, false)));
+        let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
+        let o = project_attend(p, t, None, 1, false);
         o.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
