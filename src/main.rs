@@ -1,6 +1,8 @@
 //! `edict`: real-image editing with EDICT on Stable Diffusion v1.x — a thin shell over the
 //! pipeline in `edict-pipeline`.
 
+mod bench;
+mod eval;
 mod model_source;
 mod progress;
 
@@ -35,6 +37,10 @@ enum Cmd {
     Reconstruct(ReconstructArgs),
     /// Generate an image from a prompt (DDIM from seeded noise).
     Generate(GenerateArgs),
+    /// Reconstruct a folder of photos with each method; writes MSE, PSNR, SSIM (CSV, JSON, Markdown).
+    Eval(eval::EvalArgs),
+    /// Time the UNet, the VAE and a full edit on one backend; report peak memory.
+    Bench(bench::BenchArgs),
     /// Print the 77 CLIP token ids of a prompt as a JSON array.
     Tokenize {
         text: String,
@@ -222,13 +228,21 @@ struct GenerateArgs {
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
-        // one line, no backtrace unless RUST_BACKTRACE asks for one
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-        if std::env::var_os("RUST_BACKTRACE").is_some() {
+        eprintln!("error: {}", one_line(&e));
+        if std::env::var("RUST_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0") {
             eprintln!("{}", e.backtrace());
         }
         std::process::exit(1);
     }
+}
+
+/// The outermost message and the root cause, on one line (library errors often repeat their
+/// whole chain in each layer's message).
+fn one_line(e: &anyhow::Error) -> String {
+    let top = e.to_string();
+    let root = e.root_cause().to_string();
+    let msg = if top.contains(&root) { top } else { format!("{top}: {root}") };
+    msg.replace('\n', " ")
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -238,6 +252,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Invert(a) => invert(a),
         Cmd::Reconstruct(a) => reconstruct(a),
         Cmd::Generate(a) => generate(a),
+        Cmd::Eval(a) => eval::eval(a),
+        Cmd::Bench(a) => bench::bench(a),
     }
 }
 
@@ -312,16 +328,19 @@ fn image_size(a: &ImageArgs) -> Result<Size> {
     })
 }
 
-/// Reads, sizes and encodes the photo; returns its latent and the processed pixels.
-fn encode_image(s: &mut Session, a: &ImageArgs) -> Result<(Latent, image::RgbImage)> {
+/// Reads and sizes the photo, before any model loads, so a bad image fails fast.
+fn read_image(a: &ImageArgs) -> Result<(image::RgbImage, String)> {
     let path = a.image.as_ref().context("--image is required")?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let img = image_io::decode(&bytes).with_context(|| format!("{}", path.display()))?;
-    let (img, what) = image_io::fit(img, image_size(a)?)?;
+    Ok(image_io::fit(img, image_size(a)?)?)
+}
+
+/// Encodes the sized photo to its latent.
+fn encode_image(s: &mut Session, (img, what): &(image::RgbImage, String), seed: Option<u64>) -> Result<Latent> {
     s.bars.note(&format!("image: {what}"));
     let (w, h) = img.dimensions();
-    let latent = pollster::block_on(s.editor.encode(image_io::to_pixels(&img), h as usize, w as usize, a.seed))?;
-    Ok((latent, img))
+    Ok(pollster::block_on(s.editor.encode(image_io::to_pixels(img), h as usize, w as usize, seed))?)
 }
 
 fn warn_all(s: &Session, warnings: &[String]) {
@@ -342,6 +361,7 @@ fn edit(a: EditArgs) -> Result<()> {
         check_output(p, a.force)?;
     }
     let t = Instant::now();
+    let photo = if a.from_latents.is_none() { Some(read_image(&a.image)?) } else { None };
     let mut s = open(&a.model)?;
     let inv: Inversion = match &a.from_latents {
         Some(path) => {
@@ -354,7 +374,8 @@ fn edit(a: EditArgs) -> Result<()> {
             inv
         }
         None => {
-            let (latent, _) = encode_image(&mut s, &a.image)?;
+            let photo = photo.context("--image is required")?;
+            let latent = encode_image(&mut s, &photo, a.image.seed)?;
             let source = a.source.as_deref().unwrap_or_default();
             let mut obs = s.bars.observer();
             let (inv, w) = pollster::block_on(s.editor.invert(&latent, source, &a.sample.settings(), Method::Edict, &mut obs))?;
@@ -398,8 +419,9 @@ fn check_latent_fits(editor: &Editor, latent: &Latent, path: &Path) -> Result<()
 fn invert(a: InvertArgs) -> Result<()> {
     check_output(&a.save_latents, a.force)?;
     let t = Instant::now();
+    let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
-    let (latent, _) = encode_image(&mut s, &a.image)?;
+    let latent = encode_image(&mut s, &photo, a.image.seed)?;
     let mut obs = s.bars.observer();
     let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
     drop(obs);
@@ -415,8 +437,10 @@ fn reconstruct(a: ReconstructArgs) -> Result<()> {
         check_output(p, a.force)?;
     }
     let t = Instant::now();
+    let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
-    let (latent, input) = encode_image(&mut s, &a.image)?;
+    let latent = encode_image(&mut s, &photo, a.image.seed)?;
+    let input = &photo.0;
     let method = match a.method {
         MethodArg::Edict => Method::Edict,
         MethodArg::Ddim => Method::Ddim,
@@ -426,7 +450,7 @@ fn reconstruct(a: ReconstructArgs) -> Result<()> {
     drop(obs);
     warn_all(&s, &w);
     let rgb = save_png(&mut s, &rec.latent, &a.out)?;
-    let q = edict_pipeline::metrics::compare(&image_io::from_rgb(&input), &rgb)?;
+    let q = edict_pipeline::metrics::compare(&image_io::from_rgb(input), &rgb)?;
     let seconds = t.elapsed().as_secs_f64();
     if let Some(p) = &a.report {
         let report = serde_json::json!({

@@ -125,19 +125,36 @@ impl StableDiffusion {
                 (part(Part::TextEncoder), part(Part::Unet), part(Part::Vae))
             }
         };
-        let text_encoder = ClipTextModel::load(&te, &c.clip)?;
-        let unet_model = UNet2DConditionModel::load(&unet, &c.unet)?;
-        let vae_model = AutoencoderKL::load(&vae, &c.vae)?;
+        Self::build(files.configs, files.tokenizer, &te, &unet, &vae)
+    }
+
+    /// The architecture of `configs` with seeded random weights and the embedded CLIP
+    /// tokenizer: runs without a download (benchmarks), produces noise.
+    pub fn random(configs: SdConfigs, device: &Device, precision: Precision, seed: u64) -> Result<Self> {
+        let vb = VarBuilder::random(seed, device, precision.dtype());
+        Self::build(configs, ClipTokenizer::embedded()?, &vb, &vb, &vb)
+    }
+
+    fn build(
+        configs: SdConfigs,
+        tokenizer: ClipTokenizer,
+        te: &VarBuilder,
+        unet: &VarBuilder,
+        vae: &VarBuilder,
+    ) -> Result<Self> {
+        let text_encoder = ClipTextModel::load(te, &configs.clip)?;
+        let unet_model = UNet2DConditionModel::load(unet, &configs.unet)?;
+        let vae_model = AutoencoderKL::load(vae, &configs.vae)?;
         let mut unused_keys = Vec::new();
-        for (name, vb) in [("text_encoder", &te), ("unet", &unet), ("vae", &vae)] {
+        for (name, vb) in [("text_encoder", te), ("unet", unet), ("vae", vae)] {
             unused_keys.extend(vb.unused_keys().into_iter().map(|k| format!("{name}: {k}")));
         }
         Ok(Self {
-            tokenizer: files.tokenizer,
+            tokenizer,
             text_encoder,
             unet: unet_model,
             vae: vae_model,
-            configs: files.configs,
+            configs,
             unused_keys,
         })
     }

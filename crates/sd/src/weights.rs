@@ -124,6 +124,8 @@ struct Store {
     used: RefCell<BTreeSet<String>>,
     device: Device,
     dtype: DType,
+    /// `Some(seed)`: no files; every key gets seeded random values of the shape asked for.
+    random: Option<u64>,
 }
 
 /// Hands out tensors under a key prefix, like diffusers' state-dict paths.
@@ -174,6 +176,23 @@ impl VarBuilder {
                 used: RefCell::new(BTreeSet::new()),
                 device: device.clone(),
                 dtype,
+                random: None,
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    /// Seeded random weights of whatever shape each module asks for, so an architecture runs
+    /// without a download (benchmarks). Values depend only on the seed and the key.
+    pub fn random(seed: u64, device: &Device, dtype: DType) -> Self {
+        Self {
+            store: Rc::new(Store {
+                files: Vec::new(),
+                index: HashMap::new(),
+                used: RefCell::new(BTreeSet::new()),
+                device: device.clone(),
+                dtype,
+                random: Some(seed),
             }),
             prefix: String::new(),
         }
@@ -209,7 +228,7 @@ impl VarBuilder {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.store.index.contains_key(&self.key(name))
+        self.store.random.is_some() || self.store.index.contains_key(&self.key(name))
     }
 
     /// Reads `name` as f32 on the host, checking the shape. A stored shape that only adds
@@ -217,6 +236,9 @@ impl VarBuilder {
     /// accepted, since the values are laid out identically.
     pub fn host_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = self.key(name);
+        if let Some(seed) = self.store.random {
+            return Ok(random_values(seed, &key, shape));
+        }
         let files = &self.store.files;
         let entry = self.store.index.get(&key).ok_or_else(|| SdError::MissingKey {
             file: files
@@ -309,4 +331,32 @@ impl VarBuilder {
         v.sort();
         v
     }
+}
+
+/// Uniform values with a trained model's scales: norm weights `1 ± 0.17`, other vectors (biases,
+/// norm shifts) `± 0.09`, matrices and kernels of variance `1/fan_in`, so activations stay O(1).
+fn random_values(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
+    // FNV-1a of the key, so a tensor's values do not depend on the order modules are built in
+    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut uniform = move || {
+        // SplitMix64 → [-√3, √3): unit variance
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 3f32.sqrt()
+    };
+    let n = shape.iter().product();
+    let norm_weight = shape.len() == 1
+        && key.ends_with(".weight")
+        && key.rsplit('.').nth(1).is_some_and(|m| m.contains("norm"));
+    let (center, scale) = match shape {
+        [_] if norm_weight => (1.0, 0.1),
+        [_, rest @ ..] if !rest.is_empty() => (0.0, 1.0 / (rest.iter().product::<usize>() as f32).sqrt()),
+        _ => (0.0, 0.05),
+    };
+    (0..n).map(|_| center + scale * uniform()).collect()
 }

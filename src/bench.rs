@@ -1,0 +1,205 @@
+//! `edict bench`: UNet evaluations per second at batch 2 (classifier-free guidance), VAE encode
+//! and decode times, a full EDICT edit's time and the process's peak memory, on one backend.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
+use clap::Args;
+use edict_pipeline::pipeline::{Editor, Method, Quiet, Settings};
+use edict_sd::backend::{Backend, device};
+use edict_sd::model::{Precision, SdConfigs, StableDiffusion, folder_configs};
+use serde_json::json;
+
+use crate::{BackendArg, ModelArgs, PrecisionArg, model_source, open};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Weights to load: Hugging Face id, diffusers folder or single-file checkpoint
+    /// (default SD v1.5 from the hub, unless --config is given).
+    #[arg(long, conflicts_with = "config")]
+    model: Option<String>,
+    /// Build this architecture with seeded random weights instead (no download): `sd15`, or a
+    /// diffusers folder whose configs to use.
+    #[arg(long)]
+    config: Option<String>,
+    #[arg(long, value_enum, default_value = "wgpu")]
+    backend: BackendArg,
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+    /// Image side in pixels (square; multiple of 8); the latent is side/8.
+    #[arg(long, default_value_t = 512)]
+    size: u32,
+    /// Timed repetitions of each UNet and VAE measurement, after one untimed warm-up.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Steps of the timed edit.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Strength of the timed edit.
+    #[arg(long, default_value_t = 0.8)]
+    strength: f64,
+    /// Skip the full edit.
+    #[arg(long)]
+    no_edit: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.size == 0 || a.size % 8 != 0 {
+        bail!("--size must be a positive multiple of 8, got {}", a.size);
+    }
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let settings = Settings {
+        steps: a.steps,
+        strength: a.strength,
+        ..Settings::default()
+    };
+    if !a.no_edit {
+        settings.validate(&edict_pipeline::schedule::Schedule::default())?;
+    }
+    let (backend, precision) = choices(a.backend, a.precision);
+
+    let t = Instant::now();
+    let (mut ed, model_name) = match &a.config {
+        Some(c) => {
+            let configs = match c.as_str() {
+                "sd15" => SdConfigs::sd15(),
+                dir => folder_configs(std::path::Path::new(dir))?,
+            };
+            let dev = device(backend)?;
+            let model = StableDiffusion::random(configs, &dev, precision, 0)?;
+            (Editor::new(model, dev), format!("random weights, {c} architecture"))
+        }
+        None => {
+            let model = a.model.clone().unwrap_or_else(|| model_source::DEFAULT_MODEL.to_string());
+            let args = ModelArgs {
+                model: model.clone(),
+                config: None,
+                backend: a.backend,
+                precision: a.precision,
+                quiet: true,
+            };
+            (open(&args)?.editor, model)
+        }
+    };
+    let load_s = t.elapsed().as_secs_f64();
+
+    let c = ed.model.configs.clone();
+    let size = a.size as usize;
+    let latent = [2, c.unet.in_channels, size / c.vae.downscale(), size / c.vae.downscale()];
+    let options = TensorCreationOptions::new(ed.device.clone()).with_dtype(precision.dtype());
+    let upload = |values: Vec<f32>, shape: [usize; 4]| -> Tensor<4> {
+        Tensor::from_data(TensorData::new(values, shape), options.clone())
+    };
+    let x = upload(pattern(latent.iter().product()), latent);
+    let pixels = pattern(3 * size * size);
+    let image = upload(pixels.clone(), [1, 3, size, size]);
+    let (uncond, _) = ed.embed("")?;
+    let (cond, _) = ed.embed("a photo of a cat")?;
+    let context = Tensor::cat(vec![uncond, cond], 0);
+
+    // every timed call ends with a reduction read back to the host, so queued GPU work is counted
+    let unet = timed(a.iters, || {
+        let out = ed.model.unet.forward(x.clone(), 500.0, &context);
+        out.sum().into_data();
+    });
+    let encode = timed(a.iters, || {
+        let (mean, logvar) = ed.model.vae.encode(image.clone());
+        (mean.sum() + logvar.sum()).into_data();
+    });
+    let z = upload(pattern(latent[1..].iter().product()), [1, latent[1], latent[2], latent[3]]);
+    let decode = timed(a.iters, || {
+        ed.model.vae.decode(z.clone()).sum().into_data();
+    });
+
+    let edit = if a.no_edit {
+        None
+    } else {
+        let calls = ed.unet_calls;
+        let t = Instant::now();
+        let z = pollster::block_on(ed.encode(pixels, size, size, None))?;
+        let (inv, _) = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings, Method::Edict, &mut Quiet))?;
+        let (pair, _) = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet))?;
+        pollster::block_on(ed.decode(&edict_pipeline::pipeline::Latent { values: pair.x, shape: z.shape }))?;
+        Some((t.elapsed().as_secs_f64(), ed.unet_calls - calls))
+    };
+
+    let peak = peak_rss_mib();
+    let report = json!({
+        "model": model_name,
+        "backend": backend.to_string(),
+        "precision": format!("{precision:?}").to_lowercase(),
+        "size": size,
+        "unet_input": latent,
+        "iters": a.iters,
+        "load_s": load_s,
+        "unet_batch2_s": unet,
+        "unet_evals_per_s": 1.0 / unet,
+        "vae_encode_s": encode,
+        "vae_decode_s": decode,
+        "edit_s": edit.map(|e| e.0),
+        "edit_unet_calls": edit.map(|e| e.1),
+        "edit_steps": a.steps,
+        "edit_strength": a.strength,
+        "peak_rss_mib": peak,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("model       {model_name} on {backend} ({}), {size}×{size} pixels, load {load_s:.1}s", report["precision"].as_str().unwrap_or_default());
+    println!("UNet        {:.3} s per batch-2 call {latent:?} = {:.3} evaluations/s", unet, 1.0 / unet);
+    println!("VAE         encode {encode:.3} s, decode {decode:.3} s");
+    if let Some((s, calls)) = edit {
+        println!("EDICT edit  {s:.2} s ({} steps, strength {}, {calls} UNet calls, encode and decode included)", a.steps, a.strength);
+    }
+    match peak {
+        Some(m) => println!("peak memory {m:.0} MiB resident on the host (VmHWM; GPU memory is not included)"),
+        None => println!("peak memory unknown on this platform (read from /proc/self/status on Linux)"),
+    }
+    Ok(())
+}
+
+pub fn choices(backend: BackendArg, precision: PrecisionArg) -> (Backend, Precision) {
+    let backend = match backend {
+        BackendArg::Wgpu => Backend::Wgpu,
+        BackendArg::Cpu => Backend::Cpu,
+    };
+    let precision = match precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    (backend, precision)
+}
+
+/// Median seconds of `iters` runs of `f`, after one untimed warm-up (kernel compilation,
+/// autotuning, allocator growth).
+fn timed(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut s: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// A smooth deterministic input in [−1, 1] (the values do not change the speed).
+fn pattern(n: usize) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * 0.001).sin()).collect()
+}
+
+/// The process's peak resident set size (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
