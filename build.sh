@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One entry point for building and testing.
 #   ./build.sh test       set up system packages, then run every test (what CI runs)
-#   ./build.sh release    build the `edict` CLI (target/release/edict)
+#   ./build.sh release    build the `edict` CLI ($CARGO_TARGET_DIR/release/edict)
+#   ./build.sh web        build the browser module into www/pkg/ (installs the wasm toolchain)
+#   ./build.sh serve      serve www/ on http://127.0.0.1:${PORT:-8000}/
+#   ./build.sh test-web   browser test: headless Chromium edits through the page, checked against the CLI
 set -euo pipefail
 cd "$(dirname "$0")"
 # Build outputs live outside the checkout, so fresh clones on this machine (CI) reuse them.
@@ -10,14 +13,54 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edict/target}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/edict-xdg-$(id -u)}"
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
+# The wasm build has its own target dir, so it never waits on the native build's lock.
+WASM_TARGET_DIR="$HOME/.cache/edict/target-wasm"
+
+web() {
+  scripts/setup-web.sh
+  ( # in a subshell: the fallback toolchain's RUSTC etc. must not reach native cargo runs
+    source "$HOME/.cache/edict/wasm-env.sh"
+    CARGO_TARGET_DIR="$WASM_TARGET_DIR" "${WASM_CARGO[@]}" --release --locked -p edict-web
+    wasm="$WASM_TARGET_DIR/wasm32-unknown-unknown/release/edict_web.wasm"
+    out=www/pkg/edict_web_bg.wasm
+    if [[ ! -f "$out" || "$wasm" -nt "$out" ]]; then
+      # staged, so an interrupted build never leaves a half-made www/pkg behind
+      stage="$WASM_TARGET_DIR/pkg"
+      rm -rf "$stage"
+      "$WASM_BINDGEN" --target web --no-typescript --out-dir "$stage" "$wasm"
+      # npm's binaryen; Debian's wasm-opt 108 breaks burn's module
+      node --stack-size=8000 "$WASM_OPT" -O2 --strip-debug --enable-reference-types --enable-bulk-memory \
+        --enable-nontrapping-float-to-int --enable-sign-ext --enable-multivalue --enable-mutable-globals \
+        "$stage/edict_web_bg.wasm" -o "$stage/edict_web_bg.wasm"
+      rm -rf www/pkg
+      cp -r "$stage" www/pkg
+    fi
+    echo "web: $(du -b "$wasm" | cut -f1) bytes from rustc, $(du -b "$out" | cut -f1) in www/pkg after wasm-bindgen + wasm-opt" >&2
+  )
+}
+
+test_web() {
+  web
+  node tests/web/run.mjs
+}
+
 case "${1:-}" in
   setup)
     scripts/setup.sh ;;
   test)
     scripts/setup.sh
-    cargo test --workspace --locked 2>&1 ;;
+    cargo test --workspace --locked 2>&1
+    test_web ;;
   release)
     cargo build --release --locked ;;
+  web)
+    web ;;
+  serve)
+    [[ -f www/pkg/edict_web.js ]] || { echo "www/pkg/ is missing: run ./build.sh web first" >&2; exit 1; }
+    echo "serving www/ on http://127.0.0.1:${PORT:-8000}/" >&2
+    exec python3 -m http.server "${PORT:-8000}" --bind 127.0.0.1 --directory www ;;
+  test-web)
+    test_web ;;
   *)
-    sed -n '2,5p' "$0"; exit 2 ;;
+    sed -n '2,8p' "$0"; exit 2 ;;
 esac

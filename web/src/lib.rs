@@ -1,11 +1,145 @@
-//! The browser face of the pipeline (wasm-bindgen). The full WebGPU editor lands with the
-//! browser issue; for now the page can tokenize prompts with the same tokenizer as the CLI.
+//! The browser face of the pipeline (wasm-bindgen): WebGPU device init, a model from files the
+//! page hands over as bytes (fetched, cached or picked by the page's JS), and `invert`, `edit`,
+//! `reconstruct` over `edict_pipeline::pipeline::Editor` — a thin shell, like the CLI.
+//!
+//! Everything is wasm32-only: natively this crate is empty, so a native workspace build never
+//! enables burn's `webgpu` feature.
+#![cfg(target_arch = "wasm32")]
 
+mod model;
+mod session;
+
+use burn::tensor::Device;
+use burn::tensor::wgpu::wgpu;
+use edict_sd::model::{Precision, SdConfigs};
 use wasm_bindgen::prelude::*;
+
+pub use model::ModelBuilder;
+pub use session::{Options, Output, Session};
+
+/// Panics are bugs (every user error is a `JsError`); at least say where in the console.
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+pub(crate) fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
 
 /// The 77 CLIP token ids of `text`, as `edict tokenize` prints them.
 #[wasm_bindgen]
 pub fn tokenize(text: &str) -> Result<Vec<u32>, JsError> {
-    let tok = edict_sd::tokenizer::ClipTokenizer::embedded().map_err(|e| JsError::new(&e.to_string()))?;
-    Ok(tok.encode(text).map_err(|e| JsError::new(&e.to_string()))?.ids)
+    let tok = edict_sd::tokenizer::ClipTokenizer::embedded().map_err(js_err)?;
+    Ok(tok.encode(text).map_err(js_err)?.ids)
+}
+
+/// The WebGPU device burn runs on, with what the page needs to know about it.
+#[wasm_bindgen]
+pub struct Gpu {
+    device: Device,
+    shader_f16: bool,
+    limits: wgpu::Limits,
+    info: wgpu::AdapterInfo,
+}
+
+/// Acquires the WebGPU device. burn (cubecl) requests every feature the adapter has and its
+/// maximum limits, so the model gets the largest buffers the adapter allows; `Gpu.check` then
+/// says whether they suffice. Call once per page: the runtime cannot be initialised twice.
+#[wasm_bindgen(js_name = initGpu)]
+pub async fn init_gpu() -> Result<Gpu, JsError> {
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| JsError::new(&format!("WebGPU device: {e}")))?;
+    Ok(Gpu {
+        device,
+        shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
+        limits: setup.device.limits(),
+        info: setup.adapter.get_info(),
+    })
+}
+
+#[wasm_bindgen]
+impl Gpu {
+    /// Whether f16 networks can run here (WGSL `enable f16`).
+    #[wasm_bindgen(getter, js_name = shaderF16)]
+    pub fn shader_f16(&self) -> bool {
+        self.shader_f16
+    }
+
+    /// Adapter, features and limits as JSON, for the page to show.
+    pub fn info(&self) -> String {
+        let l = &self.limits;
+        serde_json::json!({
+            "adapter": self.info.name,
+            "vendor": self.info.vendor,
+            "device": self.info.device,
+            "driver": self.info.driver,
+            "backend": format!("{:?}", self.info.backend),
+            "shader_f16": self.shader_f16,
+            "max_buffer_size": l.max_buffer_size,
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+        })
+        .to_string()
+    }
+}
+
+impl Gpu {
+    /// The precision the networks run in: f16 with shader-f16, else f32; `requested` ("f16",
+    /// "f32", or "" for automatic) overrides, and f16 without shader-f16 is an error.
+    pub(crate) fn precision(&self, requested: &str) -> Result<Precision, JsError> {
+        match requested {
+            "" | "auto" => Ok(if self.shader_f16 { Precision::F16 } else { Precision::F32 }),
+            p => {
+                let p: Precision = p.parse().map_err(js_err)?;
+                if p == Precision::F16 && !self.shader_f16 {
+                    return Err(JsError::new(
+                        "this GPU adapter has no shader-f16 feature, so f16 networks cannot run here; use f32",
+                    ));
+                }
+                Ok(p)
+            }
+        }
+    }
+
+    /// Refuses a model whose largest buffer would exceed the device's limits, before loading it.
+    pub(crate) fn check_limits(&self, c: &SdConfigs, precision: Precision) -> Result<(), JsError> {
+        let need = largest_buffer(c, precision);
+        let have = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if need > have {
+            return Err(JsError::new(&format!(
+                "GPU limits too small: this model needs storage buffers of {} MiB in {precision:?}, the adapter \
+                 allows {} MiB (maxStorageBufferBindingSize {}, maxBufferSize {})",
+                need >> 20,
+                have >> 20,
+                self.limits.max_storage_buffer_binding_size,
+                self.limits.max_buffer_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The largest single buffer the networks allocate for a 512×512 image: the CLIP token
+/// embedding, the UNet's GEGLU projection, the VAE decoder's last activation, or an attention
+/// score chunk (capped by `MAX_SCORE_ELEMENTS`).
+fn largest_buffer(c: &SdConfigs, precision: Precision) -> u64 {
+    let bytes = match precision {
+        Precision::F32 => 4,
+        Precision::F16 => 2,
+    };
+    let unet_ch = c.unet.block_out_channels.iter().copied().max().unwrap_or(0);
+    let vae_ch = c.vae.block_out_channels.first().copied().unwrap_or(0);
+    [
+        c.clip.vocab_size * c.clip.hidden_size,
+        unet_ch * 8 * unet_ch,
+        vae_ch * 512 * 512,
+        edict_sd::attention::MAX_SCORE_ELEMENTS,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as u64
+        * bytes
 }

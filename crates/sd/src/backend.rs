@@ -1,6 +1,7 @@
 //! Picks the compute device at run time: wgpu (Vulkan/Metal/DX12 natively, WebGPU in browsers)
 //! or the CPU (burn's flex backend).
 
+#[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
 
 use crate::{Result, SdError};

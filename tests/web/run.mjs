@@ -1,0 +1,260 @@
+// Browser test of www/ (run by `./build.sh test-web` after `./build.sh web`):
+//  1. edit: headless Chromium (WebGPU on SwiftShader) loads the tiny fixture model from URLs on
+//     127.0.0.1 — after a failed load, which the page must survive — and edits a photo through
+//     the UI; the inverted pair must match the native CLI's within 1e-3 relative, the edited
+//     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived.
+//  2. no-webgpu: with WebGPU off, the page says so.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'edict-web-test-'));
+const SOURCE = 'a photo of a cat';
+const TARGET = 'a photo of a dog';
+const STEPS = 10, STRENGTH = 0.5, SIZE = 64;
+const failures = [];
+let checks = 0;
+let cliChild = null; // killed if the test ends first
+const t0 = Date.now();
+const secs = (t) => ((Date.now() - t) / 1000).toFixed(1);
+
+function check(ok, what) {
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
+  checks += 1;
+  if (!ok) failures.push(what);
+}
+
+/** A smooth 64x64 test photo (a disc on a gradient), as PNG. */
+function makePng(file) {
+  const rows = [];
+  for (let y = 0; y < SIZE; y++) {
+    const row = [0]; // filter: none
+    for (let x = 0; x < SIZE; x++) {
+      const inDisc = (x - 36) ** 2 + (y - 28) ** 2 < 18 ** 2;
+      row.push(inDisc ? 230 : 40 + 3 * x, inDisc ? 150 : 60 + 2 * y, inDisc ? 60 : 200 - 2 * x);
+    }
+    rows.push(Buffer.from(row));
+  }
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(SIZE, 0);
+  ihdr.writeUInt32BE(SIZE, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+  fs.writeFileSync(file, Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(Buffer.concat(rows))), chunk('IEND', Buffer.alloc(0)),
+  ]));
+}
+
+/** The f64 tensors of a latents file (safetensors). */
+function readLatents(file) {
+  const b = fs.readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const out = {};
+  for (const [k, v] of Object.entries(header)) {
+    if (k === '__metadata__') continue;
+    const [s, e] = v.data_offsets;
+    const raw = b.subarray(8 + n + s, 8 + n + e);
+    out[k] = Array.from({ length: raw.length / 8 }, (_, i) => raw.readDoubleLE(i * 8));
+  }
+  out.meta = header.__metadata__;
+  return out;
+}
+
+function relErr(a, b) {
+  let d = 0, n = 0;
+  for (let i = 0; i < b.length; i++) {
+    d += (a[i] - b[i]) ** 2;
+    n += b[i] ** 2;
+  }
+  return a.length === b.length ? Math.sqrt(d / n) : Infinity;
+}
+
+/** Serves www/ at /www/ and tests/fixtures/ at /fixtures/ on 127.0.0.1. */
+function serve() {
+  const mounts = { '/www/': path.join(ROOT, 'www'), '/fixtures/': path.join(ROOT, 'tests/fixtures') };
+  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
+  const server = http.createServer((req, res) => {
+    const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    const mount = Object.keys(mounts).find((m) => url.startsWith(m));
+    const file = mount && path.join(mounts[mount], path.normalize(url.slice(mount.length)));
+    if (!file || !file.startsWith(mounts[mount]) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    res.writeHead(200, { 'Content-Type': types[path.extname(file)] || 'application/octet-stream' });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+async function launch(flags) {
+  const udd = fs.mkdtempSync(path.join(TMP, 'profile-'));
+  const ctx = await chromium.launchPersistentContext(udd, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    ignoreDefaultArgs: ['--headless'], // we pass --headless=new
+    acceptDownloads: true,
+    args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--no-first-run', '--disable-dev-shm-usage', ...flags],
+  });
+  const page = ctx.pages()[0] || (await ctx.newPage());
+  page.on('console', (m) => ['error', 'warning'].includes(m.type()) && console.log(`  [browser ${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
+  return { ctx, page };
+}
+
+const waitState = (page, states, timeout) =>
+  page.waitForFunction((s) => s.includes(document.body.dataset.state), states, { timeout, polling: 250 })
+    .then(() => page.evaluate(() => document.body.dataset.state));
+
+async function download(page, selector, file) {
+  const [d] = await Promise.all([page.waitForEvent('download'), page.click(selector)]);
+  await d.saveAs(file);
+}
+
+/** RGBA pixels of PNG files, decoded by the browser. */
+async function pixels(page, files) {
+  const b64 = files.map((f) => fs.readFileSync(f).toString('base64'));
+  return page.evaluate(async (list) => Promise.all(list.map(async (s) => {
+    const bmp = await createImageBitmap(await (await fetch(`data:image/png;base64,${s}`)).blob());
+    const c = new OffscreenCanvas(bmp.width, bmp.height).getContext('2d');
+    c.drawImage(bmp, 0, 0);
+    return { w: bmp.width, h: bmp.height, data: Array.from(c.getImageData(0, 0, bmp.width, bmp.height).data) };
+  })), b64);
+}
+
+function psnr(a, b) {
+  if (a.w !== b.w || a.h !== b.h) return -Infinity;
+  let se = 0, n = 0;
+  for (let i = 0; i < a.data.length; i++) {
+    if (i % 4 === 3) continue; // alpha
+    se += (a.data[i] - b.data[i]) ** 2;
+    n++;
+  }
+  return se === 0 ? Infinity : 10 * Math.log10((255 * 255) / (se / n));
+}
+
+async function testEdit(base) {
+  const photo = path.join(TMP, 'photo.png');
+  makePng(photo);
+  const cli = (f) => path.join(TMP, `cli-${f}`);
+  // the CLI runs while the browser works; its outputs are awaited before the comparison
+  const tCli = Date.now();
+  const cliDone = new Promise((resolve, reject) => {
+    cliChild = spawn('cargo', ['run', '--locked', '--quiet', '--', 'edit', '--backend', 'cpu', '--model', 'tests/fixtures/tiny-sd',
+      '--image', photo, '--source', SOURCE, '--target', TARGET, '--steps', `${STEPS}`, '--strength', `${STRENGTH}`,
+      '--width', `${SIZE}`, '--height', `${SIZE}`, '--save-latents', cli('latents.safetensors'), '--out', cli('edit.png'), '--quiet'],
+    { cwd: ROOT, stdio: 'inherit' })
+      .on('error', reject)
+      .on('exit', (code) => (code === 0 ? resolve(secs(tCli)) : reject(new Error(`native CLI edit exited with ${code}`))));
+  });
+  cliDone.catch(() => {}); // reported where awaited
+
+  const { ctx, page } = await launch(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
+  try {
+    let t = Date.now();
+    await page.goto(`${base}/www/index.html?model=../fixtures/tiny-sd/&precision=f32`);
+    const started = await waitState(page, ['ready', 'no-webgpu', 'failed'], 120_000);
+    check(started === 'ready', `page starts with WebGPU (state ${started}; ${await page.textContent('#gpu-status')}) in ${secs(t)} s`);
+    if (started !== 'ready') return;
+    check((await page.inputValue('#steps')) === '50' && (await page.inputValue('#strength')) === '0.8' &&
+      (await page.inputValue('#mix')) === '0.93' && (await page.inputValue('#guidance')) === '3',
+      'settings show the CLI defaults (50 / 0.8 / 0.93 / 3)');
+
+    // a failed load leaves a message and a usable page
+    await page.fill('#model-url', '../fixtures/no-such-model/');
+    await page.click('#load-url');
+    const failed = await waitState(page, ['load-failed', 'model-loaded'], 60_000);
+    const msg = await page.textContent('#message');
+    check(failed === 'load-failed' && /not found/.test(msg), `a missing model is reported: "${msg.slice(0, 100)}"`);
+
+    t = Date.now();
+    await page.fill('#model-url', '../fixtures/tiny-sd/');
+    await page.click('#load-url');
+    const loaded = await waitState(page, ['load-failed', 'model-loaded'], 120_000);
+    check(loaded === 'model-loaded', `tiny model loads from URLs: "${await page.textContent('#model-status')}" in ${secs(t)} s`);
+    if (loaded !== 'model-loaded') return console.log(`  message: ${await page.textContent('#message')}`);
+
+    await page.setInputFiles('#image-input', photo);
+    await page.fill('#source', SOURCE);
+    await page.fill('#target', TARGET);
+    await page.click('summary');
+    for (const [id, v] of [['steps', STEPS], ['strength', STRENGTH], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
+    t = Date.now();
+    await page.click('#edit');
+    const done = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
+    check(done === 'done', `edit through the UI finishes (${await page.textContent('#stage')}) in ${secs(t)} s`);
+    if (done !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+
+    const events = await page.evaluate(() => window.edict.events);
+    const evals = Math.floor(STEPS * STRENGTH) * 2; // EDICT: 2 UNet calls per step and pass
+    const count = (s) => events.filter((e) => e.stage === s && e.total === evals).length;
+    check(count('invert') === evals && count('edit') === evals && events.some((e) => e.stage === 'decode'),
+      `progress events: ${count('invert')} invert + ${count('edit')} edit UNet calls (expected ${evals} each), ${events.length} in all`);
+
+    const web = (f) => path.join(TMP, `web-${f}`);
+    await download(page, '#download-result', web('edit.png'));
+    await download(page, '#download-latents', web('latents.safetensors'));
+    console.log(`  native CLI edit: done ${await cliDone} s after it started`);
+    const [a, b] = [readLatents(web('latents.safetensors')), readLatents(cli('latents.safetensors'))];
+    for (const k of ['latent', 'x', 'y']) {
+      const e = relErr(a[k], b[k]);
+      check(e <= 1e-3, `latents file ${k}: relative difference to the CLI's ${e.toExponential(2)} (<= 1e-3)`);
+    }
+    check(a.meta.prompt === SOURCE && a.meta.steps === `${STEPS}` && a.meta.format === b.meta.format, 'latents metadata matches the CLI format');
+    const [pw, pc] = await pixels(page, [web('edit.png'), cli('edit.png')]);
+    const p = psnr(pw, pc);
+    check(p >= 35, `edited image vs the CLI's: PSNR ${p.toFixed(2)} dB (>= 35), ${pw.w}x${pw.h}`);
+  } finally {
+    await ctx.close();
+  }
+}
+
+async function testNoWebgpu(base) {
+  const { ctx, page } = await launch(['--disable-features=WebGPU']);
+  try {
+    await page.goto(`${base}/www/index.html`);
+    const s = await waitState(page, ['ready', 'no-webgpu', 'failed'], 60_000);
+    const msg = (await page.isVisible('#message')) ? await page.textContent('#message') : '';
+    check(s === 'no-webgpu' && /WebGPU/.test(msg), `without WebGPU the page says so: "${msg.slice(0, 90)}…"`);
+  } finally {
+    await ctx.close();
+  }
+}
+
+const server = await serve();
+const base = `http://127.0.0.1:${server.address().port}`;
+try {
+  let t = Date.now();
+  console.log('test-web: no-webgpu');
+  await testNoWebgpu(base);
+  console.log(`  (${secs(t)} s)`);
+  t = Date.now();
+  console.log('test-web: edit through the page vs the native CLI');
+  await testEdit(base);
+  console.log(`  (${secs(t)} s)`);
+} catch (e) {
+  check(false, `test crashed: ${e.stack || e}`);
+} finally {
+  server.close();
+  if (cliChild && cliChild.exitCode === null) cliChild.kill();
+  fs.rmSync(TMP, { recursive: true, force: true });
+}
+console.log(`test-web: ${failures.length ? `${failures.length} FAILED` : 'all passed'} in ${secs(t0)} s`);
+console.log(`web: ${checks - failures.length} passed, ${failures.length} failed`);
+process.exit(failures.length ? 1 : 0);

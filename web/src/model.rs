@@ -1,0 +1,164 @@
+//! A model from named byte arrays: the page adds each file it fetched or the user picked, under
+//! its path in a diffusers folder (`unet/config.json`, `unet/diffusion_pytorch_model.fp16.safetensors`,
+//! …) or a single checkpoint (`sd15.safetensors`), then builds a `Session` on the GPU.
+
+use std::collections::BTreeMap;
+
+use edict_pipeline::pipeline::Editor;
+use edict_sd::SdError;
+use edict_sd::clip::ClipConfig;
+use edict_sd::model::{ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource};
+use edict_sd::tokenizer::ClipTokenizer;
+use edict_sd::unet_2d::UNetConfig;
+use edict_sd::vae::VaeConfig;
+use edict_sd::weights::{Bytes, WeightFile, looks_like_pickle};
+use wasm_bindgen::prelude::*;
+
+use crate::session::Session;
+use crate::{Gpu, js_err};
+
+const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
+
+#[wasm_bindgen]
+pub struct ModelBuilder {
+    name: String,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+#[wasm_bindgen]
+impl ModelBuilder {
+    /// `name` is recorded in latents files (as the CLI records `--model`).
+    #[wasm_bindgen(constructor)]
+    pub fn new(name: String) -> Self {
+        Self {
+            name,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one file; `path` is relative to the model folder. The bytes are copied into wasm
+    /// memory, so the page can drop its copy right after.
+    pub fn add(&mut self, path: String, bytes: Vec<u8>) {
+        self.files.insert(path.trim_start_matches("./").to_string(), bytes);
+    }
+
+    /// Loads the networks onto `gpu` in `precision` ("auto", "f16" or "f32"), consuming the files.
+    pub fn build(self, gpu: &Gpu, precision: &str) -> Result<Session, JsError> {
+        let precision = gpu.precision(precision)?;
+        let name = self.name.clone();
+        let files = self.into_model_files(precision).map_err(js_err)?;
+        gpu.check_limits(&files.configs, precision)?;
+        let model = StableDiffusion::load(files, &gpu.device, precision).map_err(js_err)?;
+        let warning = model.unused_keys.first().map(|k| {
+            format!("{} weights in the files were not used (e.g. {k})", model.unused_keys.len())
+        });
+        Ok(Session::new(Editor::new(model, gpu.device.clone()), name, precision, warning))
+    }
+}
+
+impl ModelBuilder {
+    fn into_model_files(mut self, precision: Precision) -> Result<ModelFiles, SdError> {
+        let single: Vec<String> = self
+            .files
+            .keys()
+            .filter(|p| !p.contains('/') && is_weights(p))
+            .cloned()
+            .collect();
+        let has_components = COMPONENTS.iter().all(|c| self.files.contains_key(&format!("{c}/config.json")));
+        let configs = if has_components { self.configs()? } else { SdConfigs::sd15() };
+        let tokenizer = match (self.files.get("tokenizer/vocab.json"), self.files.get("tokenizer/merges.txt")) {
+            (Some(v), Some(m)) => ClipTokenizer::from_vocab_merges(v, m)?,
+            _ => ClipTokenizer::embedded()?,
+        };
+        let weights = match single.as_slice() {
+            // a single-file checkpoint, read with SD1.5's configs unless the folder's came along
+            [path] => WeightSource::SingleFile(self.weight_file(path)?),
+            [] if has_components => {
+                let mut take = |c: &str| -> Result<WeightFile, SdError> {
+                    let path = self.weight_path(c, precision)?;
+                    self.weight_file(&path)
+                };
+                WeightSource::Diffusers {
+                    text_encoder: take("text_encoder")?,
+                    unet: take("unet")?,
+                    vae: take("vae")?,
+                }
+            }
+            [] => {
+                return Err(SdError::Config {
+                    path: self.name.clone(),
+                    reason: "neither a diffusers folder (text_encoder/, unet/, vae/ with config.json) \
+                             nor a single .safetensors checkpoint"
+                        .into(),
+                });
+            }
+            _ => {
+                return Err(SdError::Invalid(format!(
+                    "several checkpoints given ({}); pick one",
+                    single.join(", ")
+                )));
+            }
+        };
+        Ok(ModelFiles {
+            configs,
+            tokenizer,
+            weights,
+        })
+    }
+
+    fn text(&self, path: &str) -> Result<&str, SdError> {
+        std::str::from_utf8(&self.files[path]).map_err(|e| SdError::Config {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn configs(&self) -> Result<SdConfigs, SdError> {
+        let p = |c: &str| format!("{c}/config.json");
+        Ok(SdConfigs {
+            clip: ClipConfig::from_json(self.text(&p("text_encoder"))?, &p("text_encoder"))?,
+            unet: UNetConfig::from_json(self.text(&p("unet"))?, &p("unet"))?,
+            vae: VaeConfig::from_json(self.text(&p("vae"))?, &p("vae"))?,
+        })
+    }
+
+    /// The component's weight file by the CLI's rule: the precision's variant first, then the
+    /// other; pickle files are named and refused.
+    fn weight_path(&self, component: &str, precision: Precision) -> Result<String, SdError> {
+        let variants = match precision {
+            Precision::F16 => [".fp16.safetensors", ".safetensors"],
+            Precision::F32 => [".safetensors", ".fp16.safetensors"],
+        };
+        for v in variants {
+            for stem in ["diffusion_pytorch_model", "model"] {
+                let p = format!("{component}/{stem}{v}");
+                if self.files.contains_key(&p) {
+                    return Ok(p);
+                }
+            }
+        }
+        if let Some(p) = self.files.keys().find(|p| p.starts_with(&format!("{component}/")) && is_pickle(p)) {
+            return Err(SdError::Pickle { path: p.clone() });
+        }
+        Err(SdError::Config {
+            path: format!("{}/{component}", self.name),
+            reason: "no diffusion_pytorch_model.safetensors or model.safetensors here".into(),
+        })
+    }
+
+    fn weight_file(&mut self, path: &str) -> Result<WeightFile, SdError> {
+        let bytes = self.files.remove(path).unwrap_or_default();
+        if is_pickle(path) || looks_like_pickle(&bytes) {
+            return Err(SdError::Pickle { path: path.to_string() });
+        }
+        WeightFile::from_bytes(path, Bytes::Owned(bytes))
+    }
+}
+
+fn is_weights(path: &str) -> bool {
+    path.ends_with(".safetensors") || is_pickle(path)
+}
+
+fn is_pickle(path: &str) -> bool {
+    [".ckpt", ".bin", ".pt", ".pth"].iter().any(|e| path.ends_with(e))
+}
