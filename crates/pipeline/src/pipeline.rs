@@ -232,19 +232,20 @@ impl Editor {
         })
     }
 
-    /// Builds the guided noise predictor for `prompt` under `s`.
-    fn predictor<'a>(
+    /// Validates `s` and builds the guided noise predictor for `prompt` on latents of `shape`;
+    /// returns the steps to run, the predictor and any warnings for the user.
+    fn guided<'a>(
         &'a mut self,
         prompt: &str,
         s: &Settings,
+        method: Method,
         stage: &'static str,
-        total: usize,
+        shape: [usize; 4],
         obs: &'a mut dyn Observer,
-    ) -> Result<(Guided<'a>, Vec<String>)> {
-        let (cond, mut warnings) = {
-            let (c, w) = self.embed(prompt)?;
-            (c, w.into_iter().collect::<Vec<_>>())
-        };
+    ) -> Result<(Vec<Step>, Guided<'a>, Vec<String>)> {
+        let (steps, mut warnings) = s.validate(&self.schedule)?;
+        let (cond, w) = self.embed(prompt)?;
+        warnings.extend(w);
         // guidance 1 is the conditional prediction alone: skip the unconditional branch
         let context = if s.guidance == 1.0 {
             cond
@@ -253,12 +254,14 @@ impl Editor {
             warnings.extend(w);
             Tensor::cat(vec![u, cond], 0)
         };
+        let total = evals_per_pass(method, steps.len());
         Ok((
+            steps,
             Guided {
                 editor: self,
                 context,
                 guidance: s.guidance,
-                shape: [0; 4],
+                shape,
                 stage,
                 done: 0,
                 total,
@@ -277,11 +280,7 @@ impl Editor {
         method: Method,
         obs: &mut dyn Observer,
     ) -> Result<(Inversion, Vec<String>)> {
-        let (steps, mut warnings) = s.validate(&self.schedule)?;
-        let evals = evals_per_pass(method, steps.len());
-        let (mut eps, w) = self.predictor(prompt, s, "invert", evals, obs)?;
-        warnings.extend(w);
-        eps.shape = latent.shape;
+        let (steps, mut eps, warnings) = self.guided(prompt, s, method, "invert", latent.shape, obs)?;
         let pair = match method {
             Method::Edict => s.edict().invert(&latent.values, &steps, &mut eps).await?,
             Method::Ddim => {
@@ -311,10 +310,7 @@ impl Editor {
         obs: &mut dyn Observer,
     ) -> Result<(Pair, Vec<String>)> {
         let s = &inv.settings;
-        let (steps, warnings) = s.validate(&self.schedule)?;
-        let evals = evals_per_pass(inv.method, steps.len());
-        let (mut eps, w) = self.predictor(prompt, s, stage, evals, obs)?;
-        eps.shape = inv.latent.shape;
+        let (steps, mut eps, warnings) = self.guided(prompt, s, inv.method, stage, inv.latent.shape, obs)?;
         let pair = match inv.method {
             Method::Edict => s.edict().denoise(inv.pair.clone(), &steps, &mut eps).await?,
             Method::Ddim => {
@@ -322,7 +318,7 @@ impl Editor {
                 Pair { y: x.clone(), x }
             }
         };
-        Ok((pair, warnings.into_iter().chain(w).collect()))
+        Ok((pair, warnings))
     }
 
     /// Invert then denoise with the same prompt; EDICT returns `z` up to f64 rounding.
@@ -337,7 +333,12 @@ impl Editor {
         let before = self.unet_calls;
         let (inv, mut warnings) = self.invert(latent, prompt, s, method, obs).await?;
         let (pair, w) = self.denoise(&inv, prompt, "reconstruct", obs).await?;
-        warnings.extend(w);
+        // the same prompt and settings warn the same way twice; say it once
+        for w in w {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
         let latent_rel_err = relative_error(&pair.x, &latent.values);
         Ok((
             Reconstruction {
@@ -371,13 +372,11 @@ impl Editor {
             )));
         }
         let s = Settings { strength: 1.0, ..s.clone() };
-        let (steps, mut warnings) = s.validate(&self.schedule)?;
         let shape = [1, self.model.configs.vae.latent_channels, height / down, width / down];
+        // one DDIM chain: one UNet call per step
+        let (steps, mut eps, warnings) = self.guided(prompt, &s, Method::Ddim, "generate", shape, obs)?;
         let mut rng = SplitMix(seed);
         let noise = (0..shape.iter().product::<usize>()).map(|_| rng.normal()).collect();
-        let (mut eps, w) = self.predictor(prompt, &s, "generate", steps.len(), obs)?;
-        warnings.extend(w);
-        eps.shape = shape;
         let values = ddim_denoise(noise, &steps, &mut eps).await?;
         Ok((Latent { values, shape }, warnings))
     }
