@@ -6,11 +6,13 @@ mod eval;
 mod model_source;
 mod progress;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::latents;
 use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Settings};
@@ -227,7 +229,10 @@ struct GenerateArgs {
 }
 
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let typed = matches.subcommand().map(|(_, m)| typed(m)).unwrap_or_default();
+    if let Err(e) = run(cli, &typed) {
         eprintln!("error: {}", one_line(&e));
         if std::env::var("RUST_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0") {
             eprintln!("{}", e.backtrace());
@@ -245,10 +250,18 @@ fn one_line(e: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The ids of the arguments typed on the command line, to tell a choice from a default.
+fn typed(m: &ArgMatches) -> BTreeSet<String> {
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
+}
+
+fn run(cli: Cli, typed: &BTreeSet<String>) -> Result<()> {
     match cli.cmd {
         Cmd::Tokenize { text, model } => tokenize(&text, model.as_deref()),
-        Cmd::Edit(a) => edit(a),
+        Cmd::Edit(a) => edit(a, typed),
         Cmd::Invert(a) => invert(a),
         Cmd::Reconstruct(a) => reconstruct(a),
         Cmd::Generate(a) => generate(a),
@@ -292,6 +305,12 @@ struct Session {
     bars: Bars,
 }
 
+impl Session {
+    fn origin(&self) -> latents::Origin {
+        latents::Origin::of(&self.model_name, &self.editor.model)
+    }
+}
+
 fn open(m: &ModelArgs) -> Result<Session> {
     let bars = Bars::new(m.quiet);
     let precision = match m.precision {
@@ -313,7 +332,7 @@ fn open(m: &ModelArgs) -> Result<Session> {
             model.unused_keys[0]
         ));
     }
-    bars.note(&format!("loaded {} on {backend} ({:.1}s)", m.model, t.elapsed().as_secs_f64()));
+    bars.note(&format!("loaded {} (fingerprint {}) on {backend} ({:.1}s)", m.model, model.fingerprint, t.elapsed().as_secs_f64()));
     Ok(Session {
         editor: Editor::new(model, dev),
         model_name: m.model.clone(),
@@ -355,7 +374,7 @@ fn save_png(s: &mut Session, latent: &Latent, out: &Path) -> Result<edict_pipeli
     Ok(rgb)
 }
 
-fn edit(a: EditArgs) -> Result<()> {
+fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
     check_output(&a.out, a.force)?;
     if let Some(p) = &a.save_latents {
         check_output(p, a.force)?;
@@ -366,11 +385,10 @@ fn edit(a: EditArgs) -> Result<()> {
     let inv: Inversion = match &a.from_latents {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let (inv, model) = latents::from_bytes(&bytes, &path.display().to_string())?;
-            if model != s.model_name {
-                s.bars.warn(&format!("{} was inverted with model {model}, editing with {}", path.display(), s.model_name));
-            }
-            check_latent_fits(&s.editor, &inv.latent, path)?;
+            let shown = path.display().to_string();
+            let (inv, origin) = latents::from_bytes(&bytes, &shown)?;
+            latents::check_fits(&inv, &origin, &s.editor.model, &s.model_name, &shown)?;
+            check_latents_args(&a, typed, &inv, s.editor.model.configs.vae.downscale(), &shown)?;
             inv
         }
         None => {
@@ -382,7 +400,7 @@ fn edit(a: EditArgs) -> Result<()> {
             drop(obs);
             warn_all(&s, &w);
             if let Some(p) = &a.save_latents {
-                write(p, &latents::to_bytes(&inv, &s.model_name)?)?;
+                write(p, &latents::to_bytes(&inv, &s.origin())?)?;
             }
             inv
         }
@@ -403,15 +421,39 @@ fn edit(a: EditArgs) -> Result<()> {
     Ok(())
 }
 
-/// A saved pair must match this model's latent channels.
-fn check_latent_fits(editor: &Editor, latent: &Latent, path: &Path) -> Result<()> {
-    let c = editor.model.configs.vae.latent_channels;
-    if latent.shape[0] != 1 || latent.shape[1] != c {
+/// Arguments typed next to `--from-latents` must agree with the saved inversion, which fixes
+/// the photo, its size and the sampler settings; a silently ignored choice would mislead.
+fn check_latents_args(a: &EditArgs, typed: &BTreeSet<String>, inv: &Inversion, down: usize, path: &str) -> Result<()> {
+    for id in ["image", "seed"] {
+        if typed.contains(id) {
+            bail!("--{id} does not apply with --from-latents: {path} already holds the inverted photo");
+        }
+    }
+    let [_, _, h, w] = inv.latent.shape;
+    let (fw, fh) = (w * down, h * down);
+    if let (Some(ww), Some(hh)) = (a.image.width, a.image.height)
+        && (ww as usize, hh as usize) != (fw, fh)
+    {
         bail!(
-            "{}: latents of shape {:?} do not fit this model (expected [1, {c}, h, w])",
-            path.display(),
-            latent.shape
+            "{path} holds a {fw}×{fh} inversion, but --width {ww} --height {hh} asks for another size; \
+             a saved pair is edited at the size it was inverted at"
         );
+    }
+    let (f, g) = (&inv.settings, a.sample.settings());
+    let pairs = [
+        ("steps", f.steps.to_string(), g.steps.to_string()),
+        ("strength", f.strength.to_string(), g.strength.to_string()),
+        ("mix", f.mix.to_string(), g.mix.to_string()),
+        ("guidance", f.guidance.to_string(), g.guidance.to_string()),
+        ("negative", format!("{:?}", f.negative), format!("{:?}", g.negative)),
+        ("no_leapfrog", (!f.leapfrog).to_string(), (!g.leapfrog).to_string()),
+        ("steps_offset", f.steps_offset.to_string(), g.steps_offset.to_string()),
+    ];
+    for (id, saved, given) in pairs {
+        if typed.contains(id) && saved != given {
+            let flag = id.replace('_', "-");
+            bail!("--{flag} {given} differs from the {saved} {path} was inverted with; a saved pair is denoised with its own settings (leave --{flag} out)");
+        }
     }
     Ok(())
 }
@@ -426,7 +468,7 @@ fn invert(a: InvertArgs) -> Result<()> {
     let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
     drop(obs);
     warn_all(&s, &w);
-    write(&a.save_latents, &latents::to_bytes(&inv, &s.model_name)?)?;
+    write(&a.save_latents, &latents::to_bytes(&inv, &s.origin())?)?;
     s.bars.note(&format!("wrote {} in {:.1}s", a.save_latents.display(), t.elapsed().as_secs_f64()));
     Ok(())
 }

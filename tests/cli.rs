@@ -122,6 +122,40 @@ fn edit_from_latents_reproduces_edit_exactly() {
     assert!(err.contains("--force"), "{err}");
 }
 
+/// A saved inversion is refused, with the reason, by another model and by arguments that
+/// contradict it (another size, other settings, a photo).
+#[test]
+fn from_latents_refuses_what_it_cannot_reproduce() {
+    let t = Tmp::new("latents");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    let (inp, noise, out) = (t.path("in.png"), t.path("n.safetensors"), t.path("out.png"));
+    ok(&["invert", "--model", &m, "--backend", "cpu", "--quiet", "--steps", "4", "--width", "64", "--height", "64", "--image", &inp, "--prompt", "a cat", "--save-latents", &noise]);
+    let edit = |model: &str, extra: &[&str]| {
+        let mut a = vec!["edit", "--model", model, "--backend", "cpu", "--quiet", "--from-latents", &noise, "--target", "a dog", "--out", &out];
+        a.extend(extra);
+        fails(&a)
+    };
+    let cases: [(&[&str], &str); 5] = [
+        (&["--steps", "5"], "--steps 5 differs from the 4"),
+        (&["--guidance", "7.5"], "--guidance 7.5 differs"),
+        (&["--no-leapfrog"], "--no-leapfrog true differs"),
+        (&["--width", "128", "--height", "64"], "holds a 64×64 inversion"),
+        (&["--image", &inp], "already holds the inverted photo"),
+    ];
+    for (extra, want) in cases {
+        let err = edit(&m, extra);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    let other = Model::copy("cli-other");
+    other.perturb("unet/diffusion_pytorch_model.safetensors", "conv_out.weight");
+    let err = edit(&other.0.display().to_string(), &[]);
+    assert!(err.contains("fingerprint") && err.contains("invert the photo again"), "{err}");
+    assert!(!Path::new(&out).exists());
+    // typed values equal to the saved ones are fine
+    ok(&["edit", "--model", &m, "--backend", "cpu", "--quiet", "--from-latents", &noise, "--target", "a dog", "--out", &out, "--steps", "4", "--width", "64", "--height", "64"]);
+}
+
 fn report(t: &Tmp, m: &str, method: &str) -> serde_json::Value {
     let (inp, out, rep) = (t.path("in.png"), t.path(&format!("{method}.png")), t.path(&format!("{method}.json")));
     let mut a = vec!["reconstruct"];

@@ -3,68 +3,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::Device;
 use common::*;
-use edict_sd::SdError;
 use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-
-/// A copy of the fixture folder that a test may break.
-struct Model(PathBuf);
-
-impl Model {
-    fn copy(name: &str) -> Self {
-        let dst = std::env::temp_dir().join(format!("edict-loading-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dst);
-        copy_dir(&tiny_sd(), &dst);
-        Self(dst)
-    }
-    fn file(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn load(&self) -> Result<StableDiffusion, SdError> {
-        let files = ModelFiles::from_folder(&self.0, Precision::F32)?;
-        StableDiffusion::load(files, &Device::flex(), Precision::F32)
-    }
-    /// Rewrites one safetensors file with `edit` applied to its tensors.
-    fn rewrite(&self, rel: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
-        let path = self.file(rel);
-        let bytes = std::fs::read(&path).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut t: Vec<_> = st
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-            .collect();
-        edit(&mut t);
-        let views: Vec<_> = t
-            .iter()
-            .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-            .collect();
-        safetensors::serialize_to_file(views, None, &path).unwrap();
-    }
-}
-
-impl Drop for Model {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
+use safetensors::tensor::Dtype;
 
 fn err(m: &Model) -> String {
     match m.load() {
@@ -239,5 +183,32 @@ fn chunked_attention_matches_the_formula_at_4096_tokens() {
             let got = out[base + row * d + c];
             assert!((got - want).abs() < 1e-5, "row {row} ch {c}: {got} vs {want}");
         }
+    }
+}
+
+/// One model has one fingerprint in all its forms (f32 folder, fp16 variant, f16 single file);
+/// any change to the weights an inversion depends on changes it, a decoder-only change does not.
+#[test]
+fn fingerprint_names_the_weights_not_their_form() {
+    let load = |files: ModelFiles, p: Precision| StableDiffusion::load(files, &Device::flex(), p).unwrap().fingerprint;
+    let base = load(ModelFiles::from_folder(&tiny_sd(), Precision::F32).unwrap(), Precision::F32);
+    assert_eq!(base.len(), 16);
+    assert!(base.chars().all(|c| c.is_ascii_hexdigit()), "{base}");
+    assert_eq!(load(ModelFiles::from_folder(&tiny_sd(), Precision::F16).unwrap(), Precision::F16), base);
+    let configs = edict_sd::model::folder_configs(&tiny_sd()).unwrap();
+    let single = ModelFiles::from_single_file(&fixtures().join("tiny-sd.safetensors"), Some(configs)).unwrap();
+    assert_eq!(load(single, Precision::F32), base);
+
+    let m = Model::copy("fingerprint");
+    m.perturb("vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.weight");
+    assert_eq!(m.load().unwrap().fingerprint, base, "decoder-only change");
+    for (file, key) in [
+        ("unet/diffusion_pytorch_model.safetensors", "conv_out.weight"),
+        ("text_encoder/model.safetensors", "text_model.final_layer_norm.bias"),
+        ("vae/diffusion_pytorch_model.safetensors", "quant_conv.weight"),
+    ] {
+        let m = Model::copy(&format!("fingerprint-{key}"));
+        m.perturb(file, key);
+        assert_ne!(m.load().unwrap().fingerprint, base, "{key} changed");
     }
 }

@@ -107,7 +107,8 @@ def latents(meta, shape=(1, 4, 2, 2), dt="F64"):
     return safetensors(t, meta)
 
 
-meta = {"format": "edict-latents/1", "model": "tiny", "prompt": "a cat", "negative": "",
+meta = {"format": "edict-latents/2", "model": "tiny", "fingerprint": "0123456789abcdef",
+        "prompt": "a cat", "negative": "",
         "method": "edict", "steps": "7", "strength": "0.7", "mix": "0.93", "guidance": "3",
         "leapfrog": "true", "steps_offset": "1"}
 out("latents", "valid_edict.safetensors", latents(meta))
@@ -115,6 +116,7 @@ out("latents", "valid_ddim.safetensors", latents(dict(meta, method="ddim", leapf
 out("latents", "no_metadata.safetensors", latents(None))
 out("latents", "f32_tensors.safetensors", latents(meta, dt="F32"))
 out("latents", "bad_number.safetensors", latents(dict(meta, steps="seven")))
+out("latents", "format_1.safetensors", latents(dict(meta, format="edict-latents/1")))
 
 # ---------------------------------------------------------------- prompts
 prompts = {

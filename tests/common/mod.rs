@@ -2,10 +2,13 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
+use edict_sd::SdError;
 use edict_sd::backend::{Backend, device};
+use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 pub fn fixtures() -> PathBuf {
@@ -66,4 +69,68 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 
 pub fn max_abs(a: &[f64]) -> f64 {
     a.iter().map(|x| x.abs()).fold(0.0, f64::max)
+}
+
+/// A copy of the fixture folder that a test may break.
+pub struct Model(pub PathBuf);
+
+impl Model {
+    pub fn copy(name: &str) -> Self {
+        let dst = std::env::temp_dir().join(format!("edict-model-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dst);
+        copy_dir(&tiny_sd(), &dst);
+        Self(dst)
+    }
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    pub fn load(&self) -> Result<StableDiffusion, SdError> {
+        let files = ModelFiles::from_folder(&self.0, Precision::F32)?;
+        StableDiffusion::load(files, &Device::flex(), Precision::F32)
+    }
+    /// Rewrites one safetensors file with `edit` applied to its tensors.
+    pub fn rewrite(&self, rel: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+        let path = self.file(rel);
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut t: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        edit(&mut t);
+        let views: Vec<_> = t
+            .iter()
+            .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+    }
+    /// Changes the first value of the f32 tensor `key` by 1%, as a fine-tune would.
+    pub fn perturb(&self, rel: &str, key: &str) {
+        self.rewrite(rel, |t| {
+            let (_, dtype, _, bytes) = t.iter_mut().find(|(k, ..)| k == key).expect("key in fixture");
+            assert_eq!(*dtype, Dtype::F32);
+            let v = f32::from_le_bytes(bytes[..4].try_into().unwrap());
+            bytes[..4].copy_from_slice(&(v * 1.01 + 0.01).to_le_bytes());
+        });
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
 }

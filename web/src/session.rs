@@ -224,7 +224,7 @@ impl Job {
         let (inv, warnings) = ed.invert(&latent, prompt, &o.settings(), Method::Edict, &mut &*self).await?;
         let out = Output {
             input_png: image_io::encode_png(&input)?,
-            latents: latents::to_bytes(&inv, &self.model)?,
+            latents: latents::to_bytes(&inv, &latents::Origin::of(&self.model, &ed.model))?,
             report: serde_json::json!({ "image": what }).to_string(),
             warnings,
             ..Output::default()
@@ -295,18 +295,9 @@ impl Session {
     pub fn edit_latents(&self, latents_file: Vec<u8>, target: String, on_progress: Function) -> Promise {
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
-                let (inv, model) = latents::from_bytes(&latents_file, "latents file")?;
-                let c = ed.model.configs.vae.latent_channels;
-                if inv.latent.shape[0] != 1 || inv.latent.shape[1] != c {
-                    return Err(PipelineError::Invalid(format!(
-                        "latents of shape {:?} do not fit this model (expected [1, {c}, h, w])",
-                        inv.latent.shape
-                    )));
-                }
+                let (inv, origin) = latents::from_bytes(&latents_file, "latents file")?;
+                latents::check_fits(&inv, &origin, &ed.model, &job.model, "latents file")?;
                 let mut out = Output::default();
-                if model != job.model {
-                    out.warnings.push(format!("the latents were inverted with model {model}, editing with {}", job.model));
-                }
                 out.input_png = image_io::encode_png(&job.decode(&mut ed, &inv.latent).await?)?;
                 job.edit(&mut ed, &inv, &target, &mut out).await?;
                 Ok(out)

@@ -1,8 +1,11 @@
 //! The latents file: an inversion saved as safetensors (`x`, `y`, `latent`, all f64
 //! `[1, 4, h/8, w/8]`) with its prompt and settings in the metadata, so one inversion can be
-//! edited many times, natively or in a browser.
+//! edited many times, natively or in a browser. The file names the model that inverted it by
+//! its fingerprint, so it is never denoised by weights that cannot reproduce the photo.
 
 use std::collections::HashMap;
+
+use edict_sd::model::StableDiffusion;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -10,19 +13,37 @@ use crate::error::{PipelineError, Result};
 use crate::pipeline::{Inversion, Latent, Method, Settings};
 use crate::sampler::Pair;
 
-const FORMAT: &str = "edict-latents/1";
+const FORMAT: &str = "edict-latents/2";
+
+/// The model a saved inversion was made with: the name the user gave it and its
+/// [`StableDiffusion::fingerprint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub model: String,
+    pub fingerprint: String,
+}
+
+impl Origin {
+    pub fn of(name: &str, model: &StableDiffusion) -> Self {
+        Self {
+            model: name.to_string(),
+            fingerprint: model.fingerprint.clone(),
+        }
+    }
+}
 
 fn f64_bytes(v: &[f64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Serialises an inversion; `model` names the weights it was made with.
-pub fn to_bytes(inv: &Inversion, model: &str) -> Result<Vec<u8>> {
+/// Serialises an inversion made by the model `origin` names.
+pub fn to_bytes(inv: &Inversion, origin: &Origin) -> Result<Vec<u8>> {
     let shape = inv.latent.shape.to_vec();
     let s = &inv.settings;
     let meta: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
-        ("model", model.to_string()),
+        ("model", origin.model.clone()),
+        ("fingerprint", origin.fingerprint.clone()),
         ("prompt", inv.prompt.clone()),
         ("negative", s.negative.clone()),
         ("method", match inv.method {
@@ -56,8 +77,8 @@ pub fn to_bytes(inv: &Inversion, model: &str) -> Result<Vec<u8>> {
     safetensors::serialize(views, Some(meta)).map_err(|e| PipelineError::Invalid(e.to_string()))
 }
 
-/// Reads a latents file; returns the inversion and the model it names.
-pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, String)> {
+/// Reads a latents file; returns the inversion and the model that made it.
+pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
     let bad = |reason: String| PipelineError::Latents {
         path: path.to_string(),
         reason,
@@ -68,8 +89,14 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, String)> {
         .metadata()
         .clone()
         .ok_or_else(|| bad("no metadata: not written by `edict invert`".into()))?;
-    if m.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(format!("not an {FORMAT} file")));
+    match m.get("format").map(String::as_str) {
+        Some(FORMAT) => {}
+        Some("edict-latents/1") => {
+            return Err(bad(
+                "written by an earlier edict that did not record the model's fingerprint; invert the photo again".into(),
+            ));
+        }
+        _ => return Err(bad(format!("not an {FORMAT} file"))),
     }
     let get = |k: &str| m.get(k).cloned().ok_or_else(|| bad(format!("metadata lacks `{k}`")));
     fn num<T: std::str::FromStr>(v: String, k: &str, path: &str) -> Result<T> {
@@ -128,8 +155,47 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, String)> {
             settings,
             method,
         },
-        get("model")?,
+        Origin {
+            model: get("model")?,
+            fingerprint: get("fingerprint")?,
+        },
     ))
+}
+
+/// Refuses a saved inversion that `model` cannot edit, saying why: another model's weights
+/// (the pair only denoises back to the photo under the weights that inverted it) or latents
+/// of a shape this model's VAE does not produce.
+pub fn check_fits(inv: &Inversion, origin: &Origin, model: &StableDiffusion, model_name: &str, path: &str) -> Result<()> {
+    let bad = |reason: String| PipelineError::Latents {
+        path: path.to_string(),
+        reason,
+    };
+    let c = model.configs.vae.latent_channels;
+    let [n, ch, h, w] = inv.latent.shape;
+    if n != 1 || ch != c || h == 0 || w == 0 {
+        return Err(bad(format!(
+            "holds latents of shape {:?}, but {model_name} works on [1, {c}, h, w]",
+            inv.latent.shape
+        )));
+    }
+    let down = model.configs.vae.downscale() as u64;
+    if (h as u64 * down) * (w as u64 * down) > crate::image_io::MAX_PIXELS {
+        return Err(bad(format!(
+            "holds a {}×{} image, larger than the {} Mpixel limit",
+            w as u64 * down,
+            h as u64 * down,
+            crate::image_io::MAX_PIXELS >> 20
+        )));
+    }
+    if origin.fingerprint != model.fingerprint {
+        return Err(bad(format!(
+            "inverted with {} (fingerprint {}), but {model_name} (fingerprint {}) is loaded; an EDICT \
+             pair only denoises back to the photo under the weights that inverted it: edit with that \
+             model, or invert the photo again with this one",
+            origin.model, origin.fingerprint, model.fingerprint
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,17 +223,24 @@ mod tests {
         }
     }
 
+    fn origin() -> Origin {
+        Origin {
+            model: "tiny".into(),
+            fingerprint: "0123456789abcdef".into(),
+        }
+    }
+
     #[test]
     fn round_trips_bit_exactly() {
-        let bytes = to_bytes(&inv(), "tiny").unwrap();
-        let (back, model) = from_bytes(&bytes, "t").unwrap();
+        let bytes = to_bytes(&inv(), &origin()).unwrap();
+        let (back, from) = from_bytes(&bytes, "t").unwrap();
         assert_eq!(back, inv());
-        assert_eq!(model, "tiny");
+        assert_eq!(from, origin());
     }
 
     #[test]
     fn rejects_foreign_and_broken_files() {
-        let bytes = to_bytes(&inv(), "tiny").unwrap();
+        let bytes = to_bytes(&inv(), &origin()).unwrap();
         assert!(from_bytes(&bytes[..bytes.len() - 8], "t").is_err());
         assert!(from_bytes(b"garbage", "t").is_err());
         let plain = safetensors::serialize(
@@ -177,5 +250,11 @@ mod tests {
         .unwrap();
         let err = from_bytes(&plain, "t").unwrap_err().to_string();
         assert!(err.contains("metadata"), "{err}");
+        // a file from before fingerprints: which model made it is unknown
+        let mut old = bytes.clone();
+        let at = old.windows(FORMAT.len()).position(|w| w == FORMAT.as_bytes()).unwrap();
+        old[at..at + FORMAT.len()].copy_from_slice(b"edict-latents/1");
+        let err = from_bytes(&old, "t").unwrap_err().to_string();
+        assert!(err.contains("invert the photo again"), "{err}");
     }
 }

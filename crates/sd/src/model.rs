@@ -90,6 +90,8 @@ pub struct StableDiffusion {
     pub configs: SdConfigs,
     /// Keys found in the files that no network uses (worth a warning, never an error).
     pub unused_keys: Vec<String>,
+    /// Identifies the weights a saved inversion depends on; see [`fingerprint`].
+    pub fingerprint: String,
 }
 
 impl StableDiffusion {
@@ -145,6 +147,7 @@ impl StableDiffusion {
         let text_encoder = ClipTextModel::load(te, &configs.clip)?;
         let unet_model = UNet2DConditionModel::load(unet, &configs.unet)?;
         let vae_model = AutoencoderKL::load(vae, &configs.vae)?;
+        let fingerprint = fingerprint(&configs, te, unet, vae)?;
         let mut unused_keys = Vec::new();
         for (name, vb) in [("text_encoder", te), ("unet", unet), ("vae", vae)] {
             unused_keys.extend(vb.unused_keys().into_iter().map(|k| format!("{name}: {k}")));
@@ -156,8 +159,35 @@ impl StableDiffusion {
             vae: vae_model,
             configs,
             unused_keys,
+            fingerprint,
         })
     }
+}
+
+/// 16 hex digits naming the weights an inversion depends on: a hash of a few tensors that any
+/// fine-tune changes (text encoder output norm, UNet input and output convolutions, VAE
+/// encoder's `quant_conv`) and the latent scaling factor. Values are hashed as f16, so the
+/// f32 and fp16 files of one model, and its folder and single-file forms, agree; a VAE whose
+/// decoder alone was fine-tuned keeps the fingerprint, as it keeps the latent space.
+fn fingerprint(c: &SdConfigs, te: &VarBuilder, unet: &VarBuilder, vae: &VarBuilder) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let (d, c0, l) = (c.clip.hidden_size, c.unet.block_out_channels[0], c.vae.latent_channels);
+    let probes = [
+        (te, "text_model.final_layer_norm.weight", vec![d]),
+        (te, "text_model.final_layer_norm.bias", vec![d]),
+        (unet, "conv_in.weight", vec![c0, c.unet.in_channels, 3, 3]),
+        (unet, "conv_out.weight", vec![c.unet.out_channels, c0, 3, 3]),
+        (vae, "quant_conv.weight", vec![2 * l, 2 * l, 1, 1]),
+    ];
+    let mut h = Sha256::new();
+    h.update(b"edict-model/1");
+    h.update(c.vae.scaling_factor.to_le_bytes());
+    for (vb, key, shape) in probes {
+        h.update(key.as_bytes());
+        let values = vb.host_f32(key, &shape)?;
+        h.update(values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect::<Vec<u8>>());
+    }
+    Ok(h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(not(target_arch = "wasm32"))]
