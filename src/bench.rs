@@ -106,16 +106,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // every timed call ends with a reduction read back to the host, so queued GPU work is counted
     let unet = timed(a.iters, || {
         let out = ed.model.unet.forward(x.clone(), 500.0, &context);
-        out.sum().into_data();
-    });
+        sync(out.sum())
+    })?;
     let encode = timed(a.iters, || {
         let (mean, logvar) = ed.model.vae.encode(image.clone());
-        (mean.sum() + logvar.sum()).into_data();
-    });
+        sync(mean.sum() + logvar.sum())
+    })?;
     let z = upload(pattern(latent[1..].iter().product()), [1, latent[1], latent[2], latent[3]]);
-    let decode = timed(a.iters, || {
-        ed.model.vae.decode(z.clone()).sum().into_data();
-    });
+    let decode = timed(a.iters, || sync(ed.model.vae.decode(z.clone()).sum()))?;
 
     let edit = if a.no_edit {
         None
@@ -179,17 +177,23 @@ pub fn choices(backend: BackendArg, precision: PrecisionArg) -> (Backend, Precis
 
 /// Median seconds of `iters` runs of `f`, after one untimed warm-up (kernel compilation,
 /// autotuning, allocator growth).
-fn timed(iters: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut s: Vec<f64> = (0..iters)
+fn timed(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut s = (0..iters)
         .map(|_| {
             let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
         })
-        .collect();
+        .collect::<Result<Vec<f64>>>()?;
     s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
+    Ok(s[s.len() / 2])
+}
+
+/// Waits for the queued work behind `t` by reading it back; device failures become errors.
+fn sync(t: Tensor<1>) -> Result<()> {
+    pollster::block_on(edict_sd::backend::read(t))?;
+    Ok(())
 }
 
 /// A smooth deterministic input in [−1, 1] (the values do not change the speed).

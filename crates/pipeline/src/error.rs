@@ -20,8 +20,6 @@ pub enum PipelineError {
     Image(String),
     #[error("latents file {path}: {reason}")]
     Latents { path: String, reason: String },
-    #[error("device: {0}")]
-    Device(String),
 }
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

@@ -140,11 +140,7 @@ pub struct Editor {
 }
 
 async fn read_f64<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| PipelineError::Device(format!("{e:?}")))?;
-    Ok(data.iter::<f64>().collect())
+    Ok(edict_sd::backend::read(t).await?.into_iter().map(f64::from).collect())
 }
 
 impl Editor {

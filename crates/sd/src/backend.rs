@@ -3,6 +3,8 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
+use burn::tensor::{DataError, Tensor};
+use burn_std::{AccessError, ExecutionError};
 
 use crate::{Result, SdError};
 
@@ -54,5 +56,81 @@ pub fn device(backend: Backend) -> Result<Device> {
         }
         #[allow(unreachable_patterns)]
         other => Err(SdError::Device(format!("this build has no `{other}` backend"))),
+    }
+}
+
+/// Reads a tensor's values back to the host as f32. Device failures surface here, at the sync
+/// point or when the lazily read bytes arrive (cubecl reports both instead of panicking), and
+/// become errors a user can act on.
+pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    let data = t.into_data_async().await.map_err(execution_error)?;
+    data.try_into_vec_as::<f32>().map_err(|e| match e {
+        DataError::StorageAccess(AccessError::Read(reason)) => {
+            let lost = reason.starts_with("The device is poisoned");
+            classify(&reason, lost)
+        }
+        other => SdError::Device(other.to_string()),
+    })
+}
+
+/// Names a failed device sync: out of memory, a lost device, or another device error.
+pub fn execution_error(e: ExecutionError) -> SdError {
+    match e {
+        ExecutionError::DevicePoisoned { reason } => classify(&reason, true),
+        ExecutionError::WithContext { reason } | ExecutionError::Generic { reason, .. } => classify(&reason, false),
+    }
+}
+
+fn classify(reason: &str, lost: bool) -> SdError {
+    if lost {
+        let cause = reason.split_once("Caused by:").map_or(reason, |(_, c)| c);
+        return SdError::DeviceLost(causes(cause));
+    }
+    match allocation_failure(reason) {
+        Some(bytes) => SdError::OutOfMemory { bytes },
+        None => SdError::Device(causes(reason)),
+    }
+}
+
+/// The size of a failed allocation, from cubecl's `IoError::BufferTooBig` ("can't allocate
+/// buffer of size: N") or `IoError::OutOfMemory` ("out of device memory allocating N bytes").
+fn allocation_failure(reason: &str) -> Option<u64> {
+    ["can't allocate buffer of size: ", "out of device memory allocating "].iter().find_map(|marker| {
+        let rest = &reason[reason.find(marker)? + marker.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
+}
+
+/// A multi-line "Caused by:" chain with backtraces, as one line of its causes.
+fn causes(reason: &str) -> String {
+    let line: Vec<&str> = reason
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Backtrace") && !l.starts_with("No backtrace") && !l.starts_with("Asked at"))
+        .filter(|l| !l.is_empty() && *l != "Caused by:")
+        .collect();
+    let mut s = line.join(": ");
+    if s.chars().count() > 300 {
+        s = s.chars().take(300).collect::<String>() + "…";
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_failures_are_named() {
+        let oom = ExecutionError::WithContext {
+            reason: "Several failures at once\nCaused by:\n  An IO error happened\nCaused by:\n  can't allocate buffer of size: 4294967296\nNo backtrace available".into(),
+        };
+        assert_eq!(execution_error(oom).to_string().split(';').next().unwrap(), "out of GPU memory: a buffer of 4.0 GiB could not be allocated");
+        let oom = ExecutionError::WithContext { reason: "out of device memory allocating 3000000 bytes\n".into() };
+        assert!(matches!(execution_error(oom), SdError::OutOfMemory { bytes: 3000000 }));
+        let lost = ExecutionError::DevicePoisoned { reason: "Destroyed: Device dropped.".into() };
+        assert!(execution_error(lost).to_string().starts_with("the GPU device was lost (Destroyed: Device dropped.)"));
+        let other = ExecutionError::WithContext { reason: "A launch error happened\nCaused by:\n  WGSL compilation failed\nBacktrace:\nframe 1".into() };
+        assert_eq!(execution_error(other).to_string(), "device: A launch error happened: WGSL compilation failed");
     }
 }

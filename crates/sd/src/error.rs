@@ -41,6 +41,22 @@ pub enum SdError {
     Invalid(String),
     #[error("device: {0}")]
     Device(String),
+    #[error(
+        "out of GPU memory: a buffer of {} could not be allocated; use a smaller image, f16 precision \
+         or the CPU backend",
+        gib(*bytes)
+    )]
+    OutOfMemory { bytes: u64 },
+    #[error("the GPU device was lost ({0}); nothing more can run on it, so start again on a new device")]
+    DeviceLost(String),
+}
+
+fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes.div_ceil(1 << 20))
+    }
 }
 
 pub type Result<T, E = SdError> = std::result::Result<T, E>;
