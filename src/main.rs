@@ -15,7 +15,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::latents;
-use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Settings};
+use edict_pipeline::pipeline::{self, Editor, Inversion, Latent, Method, Settings};
 use edict_sd::backend::{Backend, device};
 use edict_sd::model::{Precision, StableDiffusion};
 use edict_sd::tokenizer::ClipTokenizer;
@@ -302,12 +302,31 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 struct Session {
     editor: Editor,
     model_name: String,
+    backend: Backend,
+    precision: Precision,
     bars: Bars,
 }
 
 impl Session {
     fn origin(&self) -> latents::Origin {
         latents::Origin::of(&self.model_name, &self.editor.model)
+    }
+
+    /// On the CPU, refuses an image size whose VAE activations cannot fit in the memory left
+    /// (GPU allocations that fail are reported by the device as an error).
+    fn check_memory(&self, width: usize, height: usize) -> Result<()> {
+        if self.backend != Backend::Cpu {
+            return Ok(());
+        }
+        let bytes = match self.precision {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        };
+        let Some(available) = available_memory() else {
+            return Ok(());
+        };
+        pipeline::check_memory(&self.editor.model.configs.vae, width, height, bytes, available)?;
+        Ok(())
     }
 }
 
@@ -336,8 +355,17 @@ fn open(m: &ModelArgs) -> Result<Session> {
     Ok(Session {
         editor: Editor::new(model, dev),
         model_name: m.model.clone(),
+        backend,
+        precision,
         bars,
     })
+}
+
+/// Linux's estimate of the memory that can be allocated without swapping (`MemAvailable`).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?;
+    Some(kib.trim().parse::<u64>().ok()? * 1024)
 }
 
 fn image_size(a: &ImageArgs) -> Result<Size> {
@@ -359,6 +387,7 @@ fn read_image(a: &ImageArgs) -> Result<(image::RgbImage, String)> {
 fn encode_image(s: &mut Session, (img, what): &(image::RgbImage, String), seed: Option<u64>) -> Result<Latent> {
     s.bars.note(&format!("image: {what}"));
     let (w, h) = img.dimensions();
+    s.check_memory(w as usize, h as usize)?;
     Ok(pollster::block_on(s.editor.encode(image_io::to_pixels(img), h as usize, w as usize, seed))?)
 }
 
@@ -388,7 +417,9 @@ fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
             let shown = path.display().to_string();
             let (inv, origin) = latents::from_bytes(&bytes, &shown)?;
             latents::check_fits(&inv, &origin, &s.editor.model, &s.model_name, &shown)?;
-            check_latents_args(&a, typed, &inv, s.editor.model.configs.vae.downscale(), &shown)?;
+            let down = s.editor.model.configs.vae.downscale();
+            check_latents_args(&a, typed, &inv, down, &shown)?;
+            s.check_memory(inv.latent.shape[3] * down, inv.latent.shape[2] * down)?;
             inv
         }
         None => {
@@ -519,6 +550,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Size::exact(a.width, a.height)?;
     let t = Instant::now();
     let mut s = open(&a.model)?;
+    s.check_memory(a.width as usize, a.height as usize)?;
     let settings = Settings {
         steps: a.steps,
         strength: 1.0,

@@ -244,12 +244,15 @@ fn bad_input_is_one_clear_line() {
         (vec!["--image", &inp, "--out", &out, "--guidance", "NaN"], "guidance"),
         (vec!["--image", &inp, "--out", &out, "--guidance=-1"], "guidance"),
         (vec!["--image", &inp, "--out", &out, "--width", "100", "--height", "64"], "multiples of 8"),
+        (vec!["--image", &inp, "--out", &out, "--width", "16384", "--height", "16384"], "mpixel limit"),
         (vec!["--image", &inp, "--out", &out, "--model", "/no/such/model"], "model"),
     ];
     for (extra, want) in cases {
         let err = edit(&extra);
         assert!(err.to_lowercase().contains(want), "{extra:?}: {err}");
     }
+    let err = fails(&["generate", "--model", &m, "--backend", "cpu", "--quiet", "--prompt", "a", "--out", &out, "--width", "65536", "--height", "2048"]);
+    assert!(err.contains("Mpixel limit"), "{err}");
     assert!(!Path::new(&out).exists());
 }
 

@@ -31,6 +31,12 @@ impl Size {
                 "width and height must be positive multiples of 8, got {width}×{height}"
             )));
         }
+        if width as u64 * height as u64 > MAX_PIXELS {
+            return Err(PipelineError::Invalid(format!(
+                "{width}×{height} is larger than the {} Mpixel limit",
+                MAX_PIXELS >> 20
+            )));
+        }
         Ok(Self::Exact { width, height })
     }
 }
@@ -178,6 +184,9 @@ mod tests {
     fn exact_size_rule() {
         assert!(Size::exact(100, 64).is_err());
         assert!(Size::exact(0, 64).is_err());
+        assert!(Size::exact(8192, 8192).is_ok());
+        let err = Size::exact(8192, 8200).unwrap_err().to_string();
+        assert!(err.contains("64 Mpixel limit"), "{err}");
         let (out, what) = fit(RgbImage::new(64, 128), Size::exact(64, 128).unwrap()).unwrap();
         assert_eq!(out.dimensions(), (64, 128));
         assert!(what.contains("as is"));

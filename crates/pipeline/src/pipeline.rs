@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use edict_sd::model::StableDiffusion;
+use edict_sd::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
 use crate::sampler::{Edict, NoisePredictor, Pair, ddim_denoise, ddim_invert, relative_error};
@@ -367,6 +368,12 @@ impl Editor {
                 "size {width}×{height} must be a positive multiple of {down}"
             )));
         }
+        if width as u64 * height as u64 > crate::image_io::MAX_PIXELS {
+            return Err(PipelineError::Invalid(format!(
+                "{width}×{height} is larger than the {} Mpixel limit",
+                crate::image_io::MAX_PIXELS >> 20
+            )));
+        }
         let s = Settings { strength: 1.0, ..s.clone() };
         let shape = [1, self.model.configs.vae.latent_channels, height / down, width / down];
         // one DDIM chain: one UNet call per step
@@ -376,6 +383,22 @@ impl Editor {
         let values = ddim_denoise(noise, &steps, &mut eps).await?;
         Ok((Latent { values, shape }, warnings))
     }
+}
+
+/// Refuses an image size whose VAE activations cannot fit in `available` bytes (the CPU
+/// backend's free memory), rather than run for minutes and be killed by the OS.
+pub fn check_memory(vae: &VaeConfig, width: usize, height: usize, element_bytes: usize, available: u64) -> Result<()> {
+    let need = vae.activation_bytes(width, height, element_bytes);
+    if need > available {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(PipelineError::Invalid(format!(
+            "a {width}×{height} image needs at least {:.1} GiB of memory in the VAE, but {:.1} GiB is \
+             available; use a smaller size or a GPU",
+            gib(need),
+            gib(available)
+        )));
+    }
+    Ok(())
 }
 
 fn evals_per_pass(method: Method, steps: usize) -> usize {
@@ -442,5 +465,21 @@ impl SplitMix {
     fn normal(&mut self) -> f64 {
         let (u1, u2) = (self.next_f64(), self.next_f64());
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_check_uses_the_widest_full_resolution_block() {
+        let sd = VaeConfig::sd15();
+        // 4 tensors × 256 channels × 4 bytes at 1024²: 4 GiB
+        assert_eq!(sd.activation_bytes(1024, 1024, 4), 4 << 30);
+        assert_eq!(sd.activation_bytes(1024, 1024, 2), 2 << 30);
+        assert!(check_memory(&sd, 1024, 1024, 4, 5 << 30).is_ok());
+        let err = check_memory(&sd, 1024, 1024, 4, 3 << 30).unwrap_err().to_string();
+        assert!(err.starts_with("a 1024×1024 image needs at least 4.0 GiB of memory in the VAE, but 3.0 GiB"), "{err}");
     }
 }
