@@ -1,10 +1,14 @@
 // The page: WebGPU checks, model loading, the photo and prompts, and the edit with its progress.
 // `window.edict` exposes the state (GPU info, progress events) for debugging and the browser test.
-import init, { initGpu, ModelBuilder, Options } from './pkg/edict_web.js';
+import * as firstInstance from './pkg/edict_web.js';
 import { SD15, clearCache, loadFromFiles, loadFromUrl, variantsFor } from './loader.js';
 
+// The wasm module in use. A panic traps its instance for good, so recovery imports a fresh one.
+let wasm = firstInstance;
+let instances = 0;
+
 const $ = (id) => document.getElementById(id);
-const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], image: null, busy: false });
+const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], image: null, busy: false, lastLoad: null, running: null });
 const params = new URLSearchParams(location.search);
 
 function message(text, kind = 'error') {
@@ -42,8 +46,8 @@ async function startGpu() {
     throw new Error('WebGPU is present but offers no GPU adapter (it may be disabled, blocklisted or without a driver). ' +
       'Check chrome://gpu, or try another browser.');
   }
-  await init();
-  state.gpu = await initGpu();
+  await wasm.default();
+  state.gpu = await wasm.initGpu();
   const info = (state.gpuInfo = JSON.parse(state.gpu.info()));
   // wgpu leaves the adapter's name empty in browsers; WebGPU's own GPUAdapterInfo has it
   const ai = adapter.info || {};
@@ -61,6 +65,7 @@ async function loadModel(name, fill) {
   state.busy = true;
   state.session?.free();
   state.session = null;
+  state.lastLoad = { name, fill };
   refresh();
   message('');
   setState('loading');
@@ -72,7 +77,7 @@ async function loadModel(name, fill) {
     if (fraction == null) bar.removeAttribute('value');
     else bar.value = fraction;
   };
-  let builder = new ModelBuilder(name);
+  let builder = new wasm.ModelBuilder(name);
   try {
     await fill(builder, status);
     status('loading the networks onto the GPU…', null);
@@ -85,10 +90,11 @@ async function loadModel(name, fill) {
     if (session.loadWarning) message(session.loadWarning, 'note');
     setState('model-loaded');
   } catch (e) {
-    builder?.free(); // a failed download: drop the bytes gathered so far
+    if (!isTrap(e)) builder?.free(); // a failed download: drop the bytes gathered so far
     status('No model loaded.', 0);
     message(`Could not load the model: ${e.message || e}`);
     setState('load-failed');
+    if (deviceGone(e)) await recover('Loading the model', e, false);
   } finally {
     bar.hidden = true;
     state.busy = false;
@@ -151,7 +157,7 @@ $('image-input').onchange = (e) => e.target.files[0] && setImage(e.target.files[
 // ---- settings: the CLI's defaults come from the wasm Options ----
 
 function readOptions() {
-  const o = new Options();
+  const o = new wasm.Options();
   const num = (id, integer) => {
     const v = $(id).value.trim();
     const n = Number(v);
@@ -200,6 +206,7 @@ async function run(label, start) {
     return message(e.message);
   }
   state.busy = true;
+  state.running = label;
   state.events.length = 0;
   refresh();
   message('');
@@ -229,11 +236,60 @@ async function run(label, start) {
     $('stage').textContent = msg === 'cancelled' ? 'Cancelled.' : '';
     if (msg !== 'cancelled') message(`${label} failed: ${msg}`);
     setState(msg === 'cancelled' ? 'cancelled' : 'failed');
+    if (deviceGone(e)) await recover(label, e, true);
+  } finally {
+    state.running = null;
+    state.busy = false;
+    refresh();
+  }
+}
+
+// ---- recovery: a lost GPU device, or a wasm panic that trapped the instance ----
+
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
+const deviceGone = (e) => isTrap(e) || /GPU device was lost/.test(String(e?.message || e));
+
+/**
+ * Nothing can run on a lost device (or in a trapped instance) again: start a new device (in a
+ * fresh wasm instance after a trap), reload the last model from the browser's cache or the
+ * picked files, and leave the page ready for the user to retry.
+ */
+async function recover(label, e, reload) {
+  const why = isTrap(e) ? `the editor crashed (${e.message})` : String(e.message || e);
+  state.busy = true;
+  refresh();
+  setState('recovering');
+  if (!isTrap(e)) state.session?.free();
+  state.session = null;
+  state.gpu = null;
+  $('gpu-status').textContent = 'Starting a new GPU device…';
+  try {
+    if (isTrap(e)) wasm = await import(`./pkg/edict_web.js?instance=${++instances}`);
+    await startGpu();
+    if (reload && state.lastLoad) await loadModel(state.lastLoad.name, state.lastLoad.fill);
+    if (reload && !state.session) return; // loadModel said why
+    message(`${label} failed: ${why}. The page started a new GPU device${reload ? ' and reloaded the model' : ''}: ` +
+      `press ${reload ? label : 'it'} again to retry.`);
+    setState('recovered');
+  } catch (e2) {
+    message(`${label} failed: ${why}, and no new GPU device could be started (${e2.message || e2}); reload the page.`);
+    setState('failed');
   } finally {
     state.busy = false;
     refresh();
   }
 }
+
+// A panic inside a running operation traps the instance from a callback: its promise never
+// settles, so the error reaches only this handler.
+window.addEventListener('error', (ev) => {
+  if (isTrap(ev.error) && state.running) {
+    const label = state.running;
+    state.running = null;
+    $('stage').textContent = '';
+    recover(label, ev.error, true);
+  }
+});
 
 const src = () => $('source').value;
 $('edit').onclick = () => run('Edit', (o) => state.session.edit(state.image, src(), $('target').value, o, onProgress));
@@ -256,7 +312,7 @@ if (params.get('model')) $('model-url').value = params.get('model');
 if (params.get('precision')) $('precision').value = params.get('precision');
 try {
   await startGpu();
-  const d = new Options();
+  const d = new wasm.Options();
   for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d[k];
   d.free();
   setState('ready');

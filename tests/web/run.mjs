@@ -3,6 +3,8 @@
 //     127.0.0.1 — after a failed load, which the page must survive — and edits a photo through
 //     the UI; the inverted pair must match the native CLI's within 1e-3 relative, the edited
 //     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived.
+//     Then the GPU device is destroyed in the middle of a second edit: the page must say so,
+//     start a new device, reload the model, and a retry must give the same image.
 //  2. no-webgpu: with WebGPU off, the page says so.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -166,6 +168,17 @@ async function testEdit(base) {
   cliDone.catch(() => {}); // reported where awaited
 
   const { ctx, page } = await launch(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
+  // keep the devices the page requests, so the test can destroy one as a driver reset would
+  await page.addInitScript(() => {
+    window.__gpuDevices = [];
+    if (!self.GPUAdapter) return;
+    const request = GPUAdapter.prototype.requestDevice;
+    GPUAdapter.prototype.requestDevice = async function (...args) {
+      const d = await request.apply(this, args);
+      window.__gpuDevices.push(d);
+      return d;
+    };
+  });
   try {
     let t = Date.now();
     await page.goto(`${base}/www/index.html?model=../fixtures/tiny-sd/&precision=f32`);
@@ -220,6 +233,26 @@ async function testEdit(base) {
     const [pw, pc] = await pixels(page, [web('edit.png'), cli('edit.png')]);
     const p = psnr(pw, pc);
     check(p >= 35, `edited image vs the CLI's: PSNR ${p.toFixed(2)} dB (>= 35), ${pw.w}x${pw.h}`);
+
+    // the GPU device is lost mid-edit: a message, a new device, the model reloaded, a retry works
+    t = Date.now();
+    await page.click('#edit');
+    await page.waitForFunction(() => window.edict.events.some((e) => e.stage === 'invert' && e.done >= 2), null, { timeout: 240_000, polling: 50 });
+    await page.evaluate(() => window.__gpuDevices.at(-1).destroy());
+    const lost = await waitState(page, ['recovered', 'failed', 'done'], 240_000);
+    const lostMsg = await page.textContent('#message');
+    check(lost === 'recovered' && /GPU device was lost|crashed/.test(lostMsg) && /press Edit again/.test(lostMsg),
+      `a lost GPU device is reported and the page recovers in ${secs(t)} s (state ${lost}): "${lostMsg.slice(0, 160)}"`);
+    if (lost !== 'recovered') return;
+    t = Date.now();
+    await page.click('#edit');
+    const again = await waitState(page, ['done', 'failed'], 480_000);
+    check(again === 'done', `the retried edit finishes on the new device in ${secs(t)} s (${await page.textContent('#stage')})`);
+    if (again !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+    await download(page, '#download-result', web('retry.png'));
+    const [pr] = await pixels(page, [web('retry.png')]);
+    const same = psnr(pr, pw);
+    check(same === Infinity, `the retried edit equals the first one (PSNR ${same})`);
   } finally {
     await ctx.close();
   }

@@ -9,8 +9,10 @@
 mod model;
 mod session;
 
-use burn::tensor::Device;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::tensor::wgpu::wgpu;
+use burn::tensor::{Device, DeviceKind};
 use edict_sd::model::{Precision, SdConfigs};
 use wasm_bindgen::prelude::*;
 
@@ -21,6 +23,16 @@ pub use session::{Options, Output, Session};
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
+}
+
+/// Why WebGPU lost a device, once it has.
+#[derive(Clone, Default)]
+pub(crate) struct Lost(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl Lost {
+    pub(crate) fn get(&self) -> Option<&String> {
+        self.0.get()
+    }
 }
 
 pub(crate) fn js_err(e: impl std::fmt::Display) -> JsError {
@@ -38,22 +50,39 @@ pub fn tokenize(text: &str) -> Result<Vec<u32>, JsError> {
 #[wasm_bindgen]
 pub struct Gpu {
     device: Device,
+    /// Set when WebGPU reports this device lost.
+    lost: Lost,
     shader_f16: bool,
     limits: wgpu::Limits,
     info: wgpu::AdapterInfo,
 }
 
-/// Acquires the WebGPU device. burn (cubecl) requests every feature the adapter has and its
+/// Acquires a WebGPU device. burn (cubecl) requests every feature the adapter has and its
 /// maximum limits, so the model gets the largest buffers the adapter allows; `Gpu.check` then
-/// says whether they suffice. Call once per page: the runtime cannot be initialised twice.
+/// says whether they suffice. After a device is lost, call again for a new one: a runtime
+/// cannot be initialised twice, so each later call registers another device selector (in
+/// browsers every selector but the low-power one asks for the high-performance adapter).
 #[wasm_bindgen(js_name = initGpu)]
 pub async fn init_gpu() -> Result<Gpu, JsError> {
-    let (device, setup) = Device::wgpu_options()
+    static INITS: AtomicUsize = AtomicUsize::new(0);
+    let mut options = Device::wgpu_options();
+    match INITS.fetch_add(1, Ordering::Relaxed) {
+        0 => {}
+        n => options = options.device_kind(DeviceKind::DiscreteGpu(n)),
+    }
+    let (device, setup) = options
         .init_with_setup_async()
         .await
         .map_err(|e| JsError::new(&format!("WebGPU device: {e}")))?;
+    // In browsers this adds a handler to GPUDevice.lost next to cubecl's own.
+    let lost = Lost::default();
+    let flag = lost.clone();
+    setup.device.set_device_lost_callback(move |_, message| {
+        let _ = flag.0.set(if message.is_empty() { "destroyed".into() } else { message });
+    });
     Ok(Gpu {
         device,
+        lost,
         shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
         limits: setup.device.limits(),
         info: setup.adapter.get_info(),

@@ -52,7 +52,7 @@ impl ModelBuilder {
         let warning = model.unused_keys.first().map(|k| {
             format!("{} weights in the files were not used (e.g. {k})", model.unused_keys.len())
         });
-        Ok(Session::new(Editor::new(model, gpu.device.clone()), name, precision, warning))
+        Ok(Session::new(Editor::new(model, gpu.device.clone()), gpu.lost.clone(), name, precision, warning))
     }
 }
 

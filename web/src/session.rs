@@ -8,10 +8,13 @@ use std::rc::Rc;
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Progress, Rgb, Settings};
 use edict_pipeline::{PipelineError, latents, metrics};
+use edict_sd::SdError;
 use edict_sd::model::Precision;
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::future_to_promise;
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+
+use crate::Lost;
 
 /// Sampling and image settings; a fresh one holds the CLI's defaults.
 #[wasm_bindgen]
@@ -120,6 +123,7 @@ impl Output {
 pub struct Session {
     /// `None` while an operation holds the editor: a second concurrent call is refused.
     editor: Rc<RefCell<Option<Editor>>>,
+    lost: Lost,
     cancel: Rc<Cell<bool>>,
     name: String,
     precision: Precision,
@@ -127,9 +131,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(editor: Editor, name: String, precision: Precision, load_warning: Option<String>) -> Self {
+    pub(crate) fn new(editor: Editor, lost: Lost, name: String, precision: Precision, load_warning: Option<String>) -> Self {
         Self {
             editor: Rc::new(RefCell::new(Some(editor))),
+            lost,
             cancel: Rc::new(Cell::new(false)),
             name,
             precision,
@@ -144,6 +149,7 @@ impl Session {
         Fut: Future<Output = (Editor, Result<Output, PipelineError>)> + 'static,
     {
         let slot = self.editor.clone();
+        let lost = self.lost.clone();
         let job = Job {
             on_progress,
             cancel: self.cancel.clone(),
@@ -157,6 +163,10 @@ impl Session {
             job.cancel.set(false);
             let t0 = js_sys::Date::now();
             let (editor, result) = op(editor, job).await;
+            let result = match result {
+                Err(PipelineError::Model(SdError::Device(reason))) => Err(lost_or(&lost, reason).await),
+                r => r,
+            };
             *slot.borrow_mut() = Some(editor);
             let mut out = result.map_err(crate::js_err)?;
             let seconds = (js_sys::Date::now() - t0) / 1000.0;
@@ -166,6 +176,31 @@ impl Session {
             Ok(out.into())
         })
     }
+}
+
+/// A failed read can be the first sign of a lost device: WebGPU rejects the buffer map at once
+/// but reports the loss itself only once the queue has drained. Waits up to 5 s for that report.
+async fn lost_or(lost: &Lost, reason: String) -> PipelineError {
+    for _ in 0..100 {
+        if let Some(why) = lost.get() {
+            return SdError::DeviceLost(why.clone()).into();
+        }
+        sleep_ms(50).await;
+    }
+    SdError::Device(reason).into()
+}
+
+async fn sleep_ms(ms: i32) {
+    let tick = Promise::new(&mut |resolve, _| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<Function>().ok());
+        match set_timeout {
+            Some(f) => drop(f.call2(&JsValue::NULL, &resolve, &JsValue::from(ms))),
+            None => drop(resolve.call0(&JsValue::NULL)),
+        }
+    });
+    let _ = JsFuture::from(tick).await;
 }
 
 /// What one operation needs besides the editor.
