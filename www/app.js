@@ -3,9 +3,12 @@
 import * as firstInstance from './pkg/edict_web.js';
 import { SD15, clearCache, loadFromFiles, loadFromUrl, variantsFor } from './loader.js';
 
-// The wasm module in use. A panic traps its instance for good, so recovery imports a fresh one.
+// The wasm module in use. After a panic its state cannot be trusted, so recovery imports a
+// fresh instance; `generation` counts recoveries, so an operation that outlives one (a trap can
+// leave it running in the old instance) leaves the page alone.
 let wasm = firstInstance;
 let instances = 0;
+let generation = 0;
 
 const $ = (id) => document.getElementById(id);
 const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], image: null, busy: false, lastLoad: null, running: null });
@@ -212,8 +215,10 @@ async function run(label, start) {
   message('');
   setState('busy');
   $('stage').textContent = `${label}…`;
+  const gen = generation;
   try {
     const out = await start(options);
+    if (gen !== generation) return;
     options.free();
     const before = blobUrl(out.inputPng, 'image/png');
     const after = blobUrl(out.png, 'image/png');
@@ -232,15 +237,18 @@ async function run(label, start) {
     out.free();
     setState('done');
   } catch (e) {
+    if (gen !== generation) return;
     const msg = String(e.message || e);
     $('stage').textContent = msg === 'cancelled' ? 'Cancelled.' : '';
     if (msg !== 'cancelled') message(`${label} failed: ${msg}`);
     setState(msg === 'cancelled' ? 'cancelled' : 'failed');
     if (deviceGone(e)) await recover(label, e, true);
   } finally {
-    state.running = null;
-    state.busy = false;
-    refresh();
+    if (gen === generation) {
+      state.running = null;
+      state.busy = false;
+      refresh();
+    }
   }
 }
 
@@ -256,6 +264,8 @@ const deviceGone = (e) => isTrap(e) || /GPU device was lost/.test(String(e?.mess
  */
 async function recover(label, e, reload) {
   const why = isTrap(e) ? `the editor crashed (${e.message})` : String(e.message || e);
+  generation += 1;
+  state.running = null;
   state.busy = true;
   refresh();
   setState('recovering');
@@ -281,15 +291,15 @@ async function recover(label, e, reload) {
 }
 
 // A panic inside a running operation traps the instance from a callback: its promise never
-// settles, so the error reaches only this handler.
-window.addEventListener('error', (ev) => {
-  if (isTrap(ev.error) && state.running) {
-    const label = state.running;
-    state.running = null;
+// settles, so the error reaches only these handlers.
+function onTrap(error) {
+  if (isTrap(error) && state.running) {
     $('stage').textContent = '';
-    recover(label, ev.error, true);
+    recover(state.running, error, true);
   }
-});
+}
+window.addEventListener('error', (ev) => onTrap(ev.error));
+window.addEventListener('unhandledrejection', (ev) => onTrap(ev.reason));
 
 const src = () => $('source').value;
 $('edit').onclick = () => run('Edit', (o) => state.session.edit(state.image, src(), $('target').value, o, onProgress));

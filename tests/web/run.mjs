@@ -4,7 +4,8 @@
 //     the UI; the inverted pair must match the native CLI's within 1e-3 relative, the edited
 //     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived.
 //     Then the GPU device is destroyed in the middle of a second edit: the page must say so,
-//     start a new device, reload the model, and a retry must give the same image.
+//     start a new device, reload the model, and a retry must give the same image; then a wgpu
+//     error traps the wasm instance mid-edit, and the page must start a fresh one.
 //  2. no-webgpu: with WebGPU off, the page says so.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -253,6 +254,17 @@ async function testEdit(base) {
     const [pr] = await pixels(page, [web('retry.png')]);
     const same = psnr(pr, pw);
     check(same === Infinity, `the retried edit equals the first one (PSNR ${same})`);
+
+    // a wgpu error that cubecl panics on (here an invalid buffer on its device) traps the wasm
+    // instance mid-edit: the page starts a fresh instance and device and reloads the model
+    t = Date.now();
+    await page.click('#edit');
+    await page.waitForFunction(() => window.edict.events.some((e) => e.stage === 'invert' && e.done >= 2), null, { timeout: 240_000, polling: 50 });
+    await page.evaluate(() => window.__gpuDevices.at(-1).createBuffer({ size: 4, usage: 0 }));
+    const trapped = await waitState(page, ['recovered', 'failed', 'done'], 240_000);
+    const trapMsg = await page.textContent('#message');
+    check(trapped === 'recovered' && /crashed/.test(trapMsg) && !(await page.isDisabled('#edit')),
+      `a trapped wasm instance is replaced and the model reloaded in ${secs(t)} s (state ${trapped}): "${trapMsg.slice(0, 120)}"`);
   } finally {
     await ctx.close();
   }
