@@ -278,8 +278,8 @@ async function recover(label, e, reload) {
     await startGpu();
     if (reload && state.lastLoad) await loadModel(state.lastLoad.name, state.lastLoad.fill);
     if (reload && !state.session) return; // loadModel said why
-    message(`${label} failed: ${why}. The page started a new GPU device${reload ? ' and reloaded the model' : ''}: ` +
-      `press ${reload ? label : 'it'} again to retry.`);
+    message(`${label} failed: ${why}. The page started a new GPU device` +
+      (reload ? ` and reloaded the model: press ${label} again to retry.` : ': load the model again.'));
     setState('recovered');
   } catch (e2) {
     message(`${label} failed: ${why}, and no new GPU device could be started (${e2.message || e2}); reload the page.`);
@@ -290,8 +290,8 @@ async function recover(label, e, reload) {
   }
 }
 
-// A panic inside a running operation traps the instance from a callback: its promise never
-// settles, so the error reaches only these handlers.
+// A panic inside a callback (cubecl's wgpu error handler, a map callback) traps there, not in
+// the running operation, whose promise may never settle: the error reaches only these handlers.
 function onTrap(error) {
   if (isTrap(error) && state.running) {
     $('stage').textContent = '';
