@@ -40,8 +40,11 @@ web() {
 }
 
 test_web() {
+  # The native CLI the page is checked against: the binary the test build makes (a plain
+  # `cargo build` unifies features without the dev-dependencies and rebuilds much of burn).
+  cargo test --workspace --no-run --locked --quiet
   web
-  node tests/web/run.mjs
+  EDICT_BIN="$CARGO_TARGET_DIR/debug/edict" node tests/web/run.mjs
 }
 
 case "${1:-}" in

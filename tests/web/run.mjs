@@ -159,7 +159,9 @@ async function testEdit(base) {
   // the CLI runs while the browser works; its outputs are awaited before the comparison
   const tCli = Date.now();
   const cliDone = new Promise((resolve, reject) => {
-    cliChild = spawn('cargo', ['run', '--locked', '--quiet', '--', 'edit', '--backend', 'cpu', '--model', 'tests/fixtures/tiny-sd',
+    // build.sh passes the binary its test build made; `cargo run` otherwise
+    const [cmd, ...pre] = process.env.EDICT_BIN ? [process.env.EDICT_BIN] : ['cargo', 'run', '--locked', '--quiet', '--'];
+    cliChild = spawn(cmd, [...pre, 'edit', '--backend', 'cpu', '--model', 'tests/fixtures/tiny-sd',
       '--image', photo, '--source', SOURCE, '--target', TARGET, '--steps', `${STEPS}`, '--strength', `${STRENGTH}`,
       '--width', `${SIZE}`, '--height', `${SIZE}`, '--save-latents', cli('latents.safetensors'), '--out', cli('edit.png'), '--quiet'],
     { cwd: ROOT, stdio: 'inherit' })
