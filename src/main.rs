@@ -318,15 +318,11 @@ impl Session {
         if self.backend != Backend::Cpu {
             return Ok(());
         }
-        let bytes = match self.precision {
-            Precision::F32 => 4,
-            Precision::F16 => 2,
-        };
         let Some(available) = available_memory() else {
             return Ok(());
         };
-        pipeline::check_memory(&self.editor.model.configs.vae, width, height, bytes, available)?;
-        Ok(())
+        let bytes = self.precision.element_bytes();
+        Ok(pipeline::check_memory(&self.editor.model.configs.vae, width, height, bytes, available)?)
     }
 }
 

@@ -155,10 +155,6 @@ impl Gpu {
 /// embedding, the UNet's GEGLU projection, the VAE decoder's last activation, or an attention
 /// score chunk (capped by `MAX_SCORE_ELEMENTS`).
 fn largest_buffer(c: &SdConfigs, precision: Precision) -> u64 {
-    let bytes = match precision {
-        Precision::F32 => 4,
-        Precision::F16 => 2,
-    };
     let unet_ch = c.unet.block_out_channels.iter().copied().max().unwrap_or(0);
     let vae_ch = c.vae.block_out_channels.first().copied().unwrap_or(0);
     [
@@ -170,5 +166,5 @@ fn largest_buffer(c: &SdConfigs, precision: Precision) -> u64 {
     .into_iter()
     .max()
     .unwrap_or(0) as u64
-        * bytes
+        * precision.element_bytes() as u64
 }

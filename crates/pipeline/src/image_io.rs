@@ -31,14 +31,20 @@ impl Size {
                 "width and height must be positive multiples of 8, got {width}×{height}"
             )));
         }
-        if width as u64 * height as u64 > MAX_PIXELS {
-            return Err(PipelineError::Invalid(format!(
-                "{width}×{height} is larger than the {} Mpixel limit",
-                MAX_PIXELS >> 20
-            )));
-        }
+        check_pixels(width as u64, height as u64)?;
         Ok(Self::Exact { width, height })
     }
+}
+
+/// Refuses a size to make or edit above [`MAX_PIXELS`].
+pub fn check_pixels(width: u64, height: u64) -> Result<()> {
+    if width * height > MAX_PIXELS {
+        return Err(PipelineError::Invalid(format!(
+            "{width}×{height} is larger than the {} Mpixel limit",
+            MAX_PIXELS >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes an image file's bytes into RGB, applying EXIF orientation and compositing alpha

@@ -179,14 +179,7 @@ pub fn check_fits(inv: &Inversion, origin: &Origin, model: &StableDiffusion, mod
         )));
     }
     let down = model.configs.vae.downscale() as u64;
-    if (h as u64 * down) * (w as u64 * down) > crate::image_io::MAX_PIXELS {
-        return Err(bad(format!(
-            "holds a {}×{} image, larger than the {} Mpixel limit",
-            w as u64 * down,
-            h as u64 * down,
-            crate::image_io::MAX_PIXELS >> 20
-        )));
-    }
+    crate::image_io::check_pixels(w as u64 * down, h as u64 * down).map_err(|e| bad(e.to_string()))?;
     if origin.fingerprint != model.fingerprint {
         return Err(bad(format!(
             "inverted with {} (fingerprint {}), but {model_name} (fingerprint {}) is loaded; an EDICT \

@@ -368,12 +368,7 @@ impl Editor {
                 "size {width}×{height} must be a positive multiple of {down}"
             )));
         }
-        if width as u64 * height as u64 > crate::image_io::MAX_PIXELS {
-            return Err(PipelineError::Invalid(format!(
-                "{width}×{height} is larger than the {} Mpixel limit",
-                crate::image_io::MAX_PIXELS >> 20
-            )));
-        }
+        crate::image_io::check_pixels(width as u64, height as u64)?;
         let s = Settings { strength: 1.0, ..s.clone() };
         let shape = [1, self.model.configs.vae.latent_channels, height / down, width / down];
         // one DDIM chain: one UNet call per step

@@ -20,6 +20,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Bytes per network value on the device.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
     pub fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,
