@@ -38,6 +38,27 @@ fn text_encoder_matches_transformers() {
     }
 }
 
+/// transformers 5 saves `CLIPTextModel` without the `text_model.` prefix: such a folder loads
+/// and matches transformers as well.
+#[test]
+fn text_encoder_saved_without_the_text_model_prefix() {
+    let r = reference("text_encoder.safetensors");
+    let m = Model::copy("transformers5");
+    m.rewrite("text_encoder/model.safetensors", |t| {
+        for (k, ..) in t.iter_mut() {
+            *k = k.strip_prefix("text_model.").expect("fixture has the old layout").to_string();
+        }
+    });
+    let sd = m.load().unwrap();
+    assert!(sd.unused_keys.is_empty(), "{:?}", sd.unused_keys);
+    for i in 0..4 {
+        let out = host(sd.text_encoder.forward(&text_ids(&r, i)).unwrap());
+        let err = max_abs_diff(&out, &r[&format!("hidden_{i}")].values);
+        assert!(err <= 1e-4, "prompt {i}: max abs error {err:e}");
+    }
+    assert_eq!(sd.fingerprint, load(&Device::flex(), Precision::F32).fingerprint);
+}
+
 fn unet_case(sd: &StableDiffusion, r: &std::collections::HashMap<String, Ref>, device: &Device, wide: bool, t: usize) -> (Vec<f64>, Vec<f64>) {
     let (x, ctx, out) = if wide {
         ("sample_wide", "encoder_hidden_states_wide", format!("out_wide_t{t}"))
@@ -113,6 +134,34 @@ fn unet_is_bit_identical_across_calls() {
         let first = unet_case(&sd, &r, &device, false, 981).0; // warm-up: kernels compiled
         for _ in 0..3 {
             assert_eq!(unet_case(&sd, &r, &device, false, 981).0, first, "{backend}: UNet not deterministic");
+        }
+    }
+}
+
+/// The CPU backend's threaded kernels (rayon) split work by thread count: the bits must not
+/// depend on it, or an inversion made on one machine would not reproduce on another.
+#[test]
+fn cpu_results_do_not_depend_on_the_thread_count() {
+    let r = reference("unet.safetensors");
+    let device = Device::flex();
+    let sd = load(&device, Precision::F32);
+    // a 16×16 latent decodes to 128²: the VAE's convolutions are large enough to be threaded
+    let latent: Vec<f64> = (0..4 * 16 * 16).map(|i| (i * 37 % 101) as f64 / 50.0 - 1.0).collect();
+    let run = || {
+        let unet = unet_case(&sd, &r, &device, true, 981).0;
+        let vae = host(sd.vae.decode(upload(&latent, [1, 4, 16, 16], &device)));
+        (unet, vae)
+    };
+    let mut first = None;
+    for threads in [1, 2, 3, 4] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let out = pool.install(run);
+        match &first {
+            None => first = Some(out),
+            Some(f) => {
+                assert!(out.0 == f.0, "UNet output with {threads} threads differs from 1 thread");
+                assert!(out.1 == f.1, "VAE decode with {threads} threads differs from 1 thread");
+            }
         }
     }
 }
