@@ -114,8 +114,21 @@ pub struct ClipTextModel {
     pub max_positions: usize,
 }
 
+/// The key a `CLIPTextModel` file's `key` is loaded under. transformers 5 saves the model
+/// without its `text_model.` prefix (`encoder.layers.0.…`, `embeddings.…`,
+/// `final_layer_norm.…`); both layouts load, as they do in transformers.
+pub fn text_model_key(key: &str) -> String {
+    let bare = ["embeddings.", "encoder.", "final_layer_norm."];
+    if bare.iter().any(|p| key.starts_with(p)) {
+        format!("text_model.{key}")
+    } else {
+        key.to_string()
+    }
+}
+
 impl ClipTextModel {
-    /// Loads from transformers keys (`text_model.embeddings.token_embedding.weight`, …).
+    /// Loads from transformers keys (`text_model.embeddings.token_embedding.weight`, …;
+    /// see [`text_model_key`] for the newer layout).
     pub fn load(vb: &VarBuilder, c: &ClipConfig) -> Result<Self> {
         let vb = vb.pp("text_model");
         let d = c.hidden_size;

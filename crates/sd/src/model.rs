@@ -3,7 +3,7 @@
 
 use burn::tensor::{DType, Device};
 
-use crate::clip::{ClipConfig, ClipTextModel};
+use crate::clip::{ClipConfig, ClipTextModel, text_model_key};
 use crate::single_file::{Layout, Part, is_single_file, map_key, map_legacy_vae_key};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet_2d::{UNet2DConditionModel, UNetConfig};
@@ -112,7 +112,7 @@ impl StableDiffusion {
                 unet,
                 vae,
             } => (
-                VarBuilder::from_files([text_encoder], device, dtype),
+                VarBuilder::from_files_mapped([text_encoder], device, dtype, |k| Some(text_model_key(k))),
                 VarBuilder::from_files([unet], device, dtype),
                 VarBuilder::from_files_mapped([vae], device, dtype, |k| Some(map_legacy_vae_key(k))),
             ),
