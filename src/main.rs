@@ -436,7 +436,7 @@ fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
     let (pair, w) = pollster::block_on(s.editor.denoise(&inv, &a.target, "edit", &mut obs))?;
     drop(obs);
     warn_all(&s, &w);
-    let rgb = save_png(&mut s, &Latent { values: pair.x, shape: inv.latent.shape }, &a.out)?;
+    let rgb = save_png(&mut s, &Latent { values: pair.x_f64(), shape: inv.latent.shape }, &a.out)?;
     s.bars.note(&format!(
         "wrote {} ({}×{}) in {:.1}s, {} UNet calls",
         a.out.display(),

@@ -271,7 +271,7 @@ impl Job {
     async fn edit(&self, ed: &mut Editor, inv: &Inversion, target: &str, out: &mut Output) -> Result<(), PipelineError> {
         let (pair, w) = ed.denoise(inv, target, "edit", &mut &*self).await?;
         out.warnings.extend(w);
-        let rgb = self.decode(ed, &Latent { values: pair.x, shape: inv.latent.shape }).await?;
+        let rgb = self.decode(ed, &Latent { values: pair.x_f64(), shape: inv.latent.shape }).await?;
         out.png = image_io::encode_png(&rgb)?;
         Ok(())
     }

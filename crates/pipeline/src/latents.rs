@@ -1,6 +1,8 @@
 //! The latents file: an inversion saved as safetensors (`x`, `y`, `latent`, all f64
-//! `[1, 4, h/8, w/8]`) with its prompt and settings in the metadata, so one inversion can be
-//! edited many times, natively or in a browser. The file names the model that inverted it by
+//! `[1, 4, h/8, w/8]`, and `x_lo`, `y_lo`: the low parts of the double-double pair, so the
+//! pair reloads bit for bit) with its prompt and settings in the metadata, so one inversion can
+//! be edited many times, natively or in a browser. Files without the low parts load with
+//! them zero (the pair rounded to f64: still an inversion, no longer guaranteed exact). The file names the model that inverted it by
 //! its fingerprint, so it is never denoised by weights that cannot reproduce the photo.
 
 use std::collections::HashMap;
@@ -11,7 +13,8 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{PipelineError, Result};
 use crate::pipeline::{Inversion, Latent, Method, Settings};
-use crate::sampler::Pair;
+use crate::sampler::{Pair, hi};
+use twofloat::TwoFloat;
 
 const FORMAT: &str = "edict-latents/2";
 
@@ -61,9 +64,12 @@ pub fn to_bytes(inv: &Inversion, origin: &Origin) -> Result<Vec<u8>> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let lo = |v: &[TwoFloat]| v.iter().map(TwoFloat::lo).collect::<Vec<_>>();
     let data = [
-        ("x", f64_bytes(&inv.pair.x)),
-        ("y", f64_bytes(&inv.pair.y)),
+        ("x", f64_bytes(&hi(&inv.pair.x))),
+        ("x_lo", f64_bytes(&lo(&inv.pair.x))),
+        ("y", f64_bytes(&hi(&inv.pair.y))),
+        ("y_lo", f64_bytes(&lo(&inv.pair.y))),
         ("latent", f64_bytes(&inv.latent.values)),
     ];
     let views = data
@@ -130,6 +136,26 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
     if !x.iter().chain(&y).chain(&latent).all(|v| v.is_finite()) {
         return Err(bad("holds non-finite values".into()));
     }
+    // the low parts, where the file has them
+    let pair_half = |k: &str, hi: Vec<f64>| -> Result<Vec<TwoFloat>> {
+        let k_lo = format!("{k}_lo");
+        if !st.names().contains(&k_lo.as_str()) {
+            return Ok(hi.into_iter().map(TwoFloat::from).collect());
+        }
+        let (lo, s) = tensor(&k_lo)?;
+        if s != shape {
+            return Err(bad(format!("`{k_lo}` differs in shape from `{k}`")));
+        }
+        hi.into_iter()
+            .zip(lo)
+            .map(|(h, l)| TwoFloat::try_from((h, l)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad(format!("`{k_lo}` is not the low part of `{k}` (non-finite or overlapping)")))
+    };
+    let pair = Pair {
+        x: pair_half("x", x)?,
+        y: pair_half("y", y)?,
+    };
     let method = match get("method")?.as_str() {
         "edict" => Method::Edict,
         "ddim" => Method::Ddim,
@@ -146,7 +172,7 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
     };
     Ok((
         Inversion {
-            pair: Pair { x, y },
+            pair,
             latent: Latent {
                 values: latent,
                 shape,
@@ -198,9 +224,10 @@ mod tests {
     fn inv() -> Inversion {
         let n = 4 * 2 * 3;
         Inversion {
+            // values whose low parts are not zero
             pair: Pair {
-                x: (0..n).map(|i| i as f64 * 0.1).collect(),
-                y: (0..n).map(|i| -(i as f64) / 3.0).collect(),
+                x: (0..n).map(|i| TwoFloat::new_div(i as f64, 10.0)).collect(),
+                y: (0..n).map(|i| TwoFloat::new_div(-(i as f64), 3.0)).collect(),
             },
             latent: Latent {
                 values: vec![1.0 / 7.0; n],
@@ -229,6 +256,40 @@ mod tests {
         let (back, from) = from_bytes(&bytes, "t").unwrap();
         assert_eq!(back, inv());
         assert_eq!(from, origin());
+    }
+
+    /// Rewrites the file's tensors through `edit`, keeping its metadata.
+    fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u8> {
+        let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        let shape = st.tensor("x").unwrap().shape().to_vec();
+        let mut t: Vec<_> = st.tensors().into_iter().map(|(k, v)| (k, v.data().to_vec())).collect();
+        edit(&mut t);
+        let views = t.iter().map(|(k, b)| (k.clone(), TensorView::new(Dtype::F64, shape.clone(), b).unwrap()));
+        safetensors::serialize(views, meta.metadata().clone()).unwrap()
+    }
+
+    #[test]
+    fn files_without_low_parts_load_rounded() {
+        let bytes = to_bytes(&inv(), &origin()).unwrap();
+        let old = rewrite(&bytes, |t| t.retain(|(k, _)| !k.ends_with("_lo")));
+        let (back, _) = from_bytes(&old, "t").unwrap();
+        let expect = inv();
+        assert_eq!(hi(&back.pair.x), hi(&expect.pair.x));
+        assert!(back.pair.x.iter().chain(&back.pair.y).all(|d| d.lo() == 0.0));
+        assert_ne!(back.pair, expect.pair, "the fixture's low parts are not all zero");
+    }
+
+    #[test]
+    fn low_parts_must_belong_to_their_high_parts() {
+        let bytes = to_bytes(&inv(), &origin()).unwrap();
+        // a low part as large as its high part is no double-double
+        let bad = rewrite(&bytes, |t| {
+            let x = t.iter().find(|(k, _)| k == "x").unwrap().1.clone();
+            t.iter_mut().find(|(k, _)| k == "x_lo").unwrap().1 = x;
+        });
+        let err = from_bytes(&bad, "t").unwrap_err().to_string();
+        assert!(err.contains("`x_lo` is not the low part of `x`"), "{err}");
     }
 
     #[test]

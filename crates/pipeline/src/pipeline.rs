@@ -281,8 +281,7 @@ impl Editor {
         let pair = match method {
             Method::Edict => s.edict().invert(&latent.values, &steps, &mut eps).await?,
             Method::Ddim => {
-                let x = ddim_invert(&latent.values, &steps, &mut eps).await?;
-                Pair { y: x.clone(), x }
+                Pair::of(&ddim_invert(&latent.values, &steps, &mut eps).await?)
             }
         };
         Ok((
@@ -311,14 +310,13 @@ impl Editor {
         let pair = match inv.method {
             Method::Edict => s.edict().denoise(inv.pair.clone(), &steps, &mut eps).await?,
             Method::Ddim => {
-                let x = ddim_denoise(inv.pair.x.clone(), &steps, &mut eps).await?;
-                Pair { y: x.clone(), x }
+                Pair::of(&ddim_denoise(inv.pair.x_f64(), &steps, &mut eps).await?)
             }
         };
         Ok((pair, warnings))
     }
 
-    /// Invert then denoise with the same prompt; EDICT returns `z` up to f64 rounding.
+    /// Invert then denoise with the same prompt; EDICT returns `z` bit for bit.
     pub async fn reconstruct(
         &mut self,
         latent: &Latent,
@@ -336,11 +334,12 @@ impl Editor {
                 warnings.push(w);
             }
         }
-        let latent_rel_err = relative_error(&pair.x, &latent.values);
+        let values = pair.x_f64();
+        let latent_rel_err = relative_error(&values, &latent.values);
         Ok((
             Reconstruction {
                 latent: Latent {
-                    values: pair.x,
+                    values,
                     shape: latent.shape,
                 },
                 latent_rel_err,
