@@ -11,7 +11,7 @@ let instances = 0;
 let generation = 0;
 
 const $ = (id) => document.getElementById(id);
-const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], image: null, busy: false, lastLoad: null, running: null });
+const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], image: null, busy: false, lastLoad: null, running: null, report: null });
 const params = new URLSearchParams(location.search);
 
 function message(text, kind = 'error') {
@@ -226,7 +226,7 @@ async function run(label, start) {
     $('after').src = after || before;
     show(after, 'download-result');
     show(blobUrl(out.latents, 'application/octet-stream'), 'download-latents');
-    const report = JSON.parse(out.report);
+    const report = (state.report = JSON.parse(out.report));
     $('report').textContent = Object.entries(report)
       .map(([k, v]) => `${k}: ${typeof v === 'number' ? +v.toPrecision(4) : v}`)
       .join(' · ');

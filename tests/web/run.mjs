@@ -2,7 +2,8 @@
 //  1. edit: headless Chromium (WebGPU on SwiftShader) loads the tiny fixture model from URLs on
 //     127.0.0.1 — after a failed load, which the page must survive — and edits a photo through
 //     the UI; the inverted pair must match the native CLI's within 1e-3 relative, the edited
-//     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived.
+//     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived;
+//     the page's own reconstruction must round-trip the latent bit for bit.
 //     Then the GPU device is destroyed in the middle of a second edit: the page must say so,
 //     start a new device, reload the model, and a retry must give the same image; then a wgpu
 //     error traps the wasm instance mid-edit, and the page must start a fresh one.
@@ -236,6 +237,14 @@ async function testEdit(base) {
     const [pw, pc] = await pixels(page, [web('edit.png'), cli('edit.png')]);
     const p = psnr(pw, pc);
     check(p >= 35, `edited image vs the CLI's: PSNR ${p.toFixed(2)} dB (>= 35), ${pw.w}x${pw.h}`);
+
+    // the page's own round trip (invert, then denoise with the source prompt) is bit-exact
+    t = Date.now();
+    await page.click('#reconstruct');
+    const rec = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
+    const report = await page.evaluate(() => window.edict.report);
+    check(rec === 'done' && report.latent_rel_err === 0,
+      `reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0) in ${secs(t)} s`);
 
     // the GPU device is lost mid-edit: a message, a new device, the model reloaded, a retry works
     t = Date.now();
