@@ -121,11 +121,11 @@ fn folders_and_configs_are_checked() {
 
     // a config that disagrees with the weights: the first mismatching weight is named
     let m = Model::copy("inconsistent");
-    let p = m.file("unet/config.json");
-    let c = std::fs::read_to_string(&p).unwrap().replace("\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
+    let p = m.file("text_encoder/config.json");
+    let c = std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 64", "\"intermediate_size\": 48");
     std::fs::write(&p, c).unwrap();
     let e = err(&m);
-    assert!(e.contains("attn2.to_k.weight") && e.contains("shape"), "{e}");
+    assert!(e.contains("mlp.fc1.weight") && e.contains("shape"), "{e}");
 
     let m = Model::copy("heads");
     let p = m.file("unet/config.json");
@@ -135,6 +135,28 @@ fn folders_and_configs_are_checked() {
     assert!(e.contains("heads"), "{e}");
 
     assert!(ModelFiles::from_folder(Path::new("/no/such/folder"), Precision::F32).is_err());
+}
+
+/// Networks that cannot work together are refused in one line before any weight is read.
+#[test]
+fn mismatched_configurations_are_refused() {
+    let edit = |name: &str, file: &str, from: &str, to: &str| {
+        let m = Model::copy(name);
+        let p = m.file(file);
+        let c = std::fs::read_to_string(&p).unwrap();
+        assert!(c.contains(from), "{file} has no `{from}`");
+        std::fs::write(&p, c.replace(from, to)).unwrap();
+        err(&m)
+    };
+    let e = edit("inpaint", "unet/config.json", "\"in_channels\": 4", "\"in_channels\": 9");
+    assert!(e.contains("takes 9 and gives 4 channels") && e.contains("inpainting"), "{e}");
+    let e = edit("pix2pix", "unet/config.json", "\"in_channels\": 4", "\"in_channels\": 8");
+    assert!(e.contains("instruct-pix2pix"), "{e}");
+    let e = edit("cross", "unet/config.json", "\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
+    assert!(e.contains("48-wide text embeddings, but the text encoder gives 32"), "{e}");
+    let e = edit("sample", "scheduler/scheduler_config.json", "\"epsilon\"", "\"sample\"");
+    assert!(e.contains("prediction type `sample` is not supported") && e.contains("scheduler_config.json"), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
 }
 
 #[test]
@@ -165,6 +187,7 @@ fn chunked_attention_matches_the_formula_at_4096_tokens() {
         upload(&q, [b, h, n, d], &device),
         upload(&k, [b, h, n, d], &device),
         upload(&v, [b, h, n, d], &device),
+        false,
         false,
     ));
     // check rows in the first, a middle and the last chunk of one (batch, head)

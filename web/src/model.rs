@@ -6,11 +6,8 @@ use std::collections::BTreeMap;
 
 use edict_pipeline::pipeline::Editor;
 use edict_sd::SdError;
-use edict_sd::clip::ClipConfig;
 use edict_sd::model::{ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource};
 use edict_sd::tokenizer::ClipTokenizer;
-use edict_sd::unet_2d::UNetConfig;
-use edict_sd::vae::VaeConfig;
 use edict_sd::weights::{Bytes, WeightFile, looks_like_pickle};
 use wasm_bindgen::prelude::*;
 
@@ -66,10 +63,8 @@ impl ModelBuilder {
             .collect();
         let has_components = COMPONENTS.iter().all(|c| self.files.contains_key(&format!("{c}/config.json")));
         let configs = if has_components { self.configs()? } else { SdConfigs::sd15() };
-        let tokenizer = match (self.files.get("tokenizer/vocab.json"), self.files.get("tokenizer/merges.txt")) {
-            (Some(v), Some(m)) => ClipTokenizer::from_vocab_merges(v, m)?,
-            _ => ClipTokenizer::embedded()?,
-        };
+        let read = |name: &str| Ok(self.files.get(&format!("tokenizer/{name}")).cloned());
+        let tokenizer = ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)?;
         let weights = match single.as_slice() {
             // a single-file checkpoint, read with SD1.5's configs unless the folder's came along
             [path] => WeightSource::SingleFile(self.weight_file(path)?),
@@ -114,12 +109,8 @@ impl ModelBuilder {
     }
 
     fn configs(&self) -> Result<SdConfigs, SdError> {
-        let p = |c: &str| format!("{c}/config.json");
-        Ok(SdConfigs {
-            clip: ClipConfig::from_json(self.text(&p("text_encoder"))?, &p("text_encoder"))?,
-            unet: UNetConfig::from_json(self.text(&p("unet"))?, &p("unet"))?,
-            vae: VaeConfig::from_json(self.text(&p("vae"))?, &p("vae"))?,
-        })
+        let read = |path: &str| self.files.contains_key(path).then(|| self.text(path).map(str::to_string)).transpose();
+        SdConfigs::from_folder_files(read, &self.name)
     }
 
     /// The component's weight file by the CLI's rule: the precision's variant first, then the

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use edict_sd::model::StableDiffusion;
+use edict_sd::scheduler::Prediction;
 use edict_sd::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
@@ -146,10 +147,11 @@ async fn read_f64<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
 
 impl Editor {
     pub fn new(model: StableDiffusion, device: Device) -> Self {
+        let sc = &model.configs.scheduler;
         Self {
+            schedule: Schedule::scaled_linear(sc.beta_start, sc.beta_end),
             model,
             device,
-            schedule: Schedule::default(),
             embeddings: HashMap::new(),
             unet_calls: 0,
         }
@@ -433,12 +435,23 @@ impl NoisePredictor for Guided<'_> {
             done: self.done,
             total: self.total,
         });
-        if batch == 1 {
-            return Ok(v);
-        }
-        let (u, cnd) = v.split_at(latent.len());
-        let g = self.guidance;
-        Ok(u.iter().zip(cnd).map(|(u, c)| u + g * (c - u)).collect())
+        let guided = if batch == 1 {
+            v
+        } else {
+            let (u, cnd) = v.split_at(latent.len());
+            let g = self.guidance;
+            u.iter().zip(cnd).map(|(u, c)| u + g * (c - u)).collect()
+        };
+        Ok(match self.editor.model.configs.scheduler.prediction {
+            Prediction::Epsilon => guided,
+            // v = √ᾱ·ε − √(1−ᾱ)·x₀ and x_t = √ᾱ·x₀ + √(1−ᾱ)·ε give ε = √ᾱ·v + √(1−ᾱ)·x_t; affine
+            // in v, so guiding v and converting equals converting each branch
+            Prediction::V => {
+                let at = self.editor.schedule.alphas_cumprod[t];
+                let (sa, sb) = (at.sqrt(), (1.0 - at).sqrt());
+                guided.iter().zip(latent).map(|(v, x)| sa * v + sb * x).collect()
+            }
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stable Diffusion v1.x networks on Burn: the CLIP tokenizer and text encoder, the UNet and the
+//! Stable Diffusion 1.x and 2.x networks on Burn: the CLIP tokenizer and text encoder, the UNet and the
 //! VAE, with weights loaded from diffusers folders and single-file checkpoints.
 //!
 //! One file per diffusers module, field names equal to checkpoint keys, configs read from the
@@ -12,6 +12,7 @@ pub mod error;
 pub mod model;
 pub mod nn;
 pub mod resnet;
+pub mod scheduler;
 pub mod single_file;
 pub mod tokenizer;
 pub mod unet_2d;

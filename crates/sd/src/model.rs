@@ -1,9 +1,10 @@
-//! A whole SD1.x model: tokenizer, text encoder, UNet and VAE, from a diffusers folder, a
+//! A whole SD 1.x or 2.x model: tokenizer, text encoder, UNet and VAE, from a diffusers folder, a
 //! single-file checkpoint, or (in browsers) files the user handed over as bytes.
 
 use burn::tensor::{DType, Device};
 
 use crate::clip::{ClipConfig, ClipTextModel, text_model_key};
+use crate::scheduler::SchedulerConfig;
 use crate::single_file::{Layout, Part, is_single_file, map_key, map_legacy_vae_key};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet_2d::{UNet2DConditionModel, UNetConfig};
@@ -47,12 +48,13 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// The three networks' configs.
+/// The three networks' configs and the scheduler's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SdConfigs {
     pub clip: ClipConfig,
     pub unet: UNetConfig,
     pub vae: VaeConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 impl SdConfigs {
@@ -62,7 +64,66 @@ impl SdConfigs {
             clip: ClipConfig::sd15(),
             unet: UNetConfig::sd15(),
             vae: VaeConfig::sd15(),
+            scheduler: SchedulerConfig::default(),
         }
+    }
+
+    /// The configs of a diffusers folder named `folder`, each file read through `read` (a path
+    /// relative to the folder; `None` when absent), so folders on disk and files handed over
+    /// by a browser follow one rule. The scheduler config is optional (SD's defaults).
+    pub fn from_folder_files(read: impl Fn(&str) -> Result<Option<String>>, folder: &str) -> Result<Self> {
+        let required = |component: &str| -> Result<(String, String)> {
+            let path = format!("{component}/config.json");
+            let text = read(&path)?.ok_or_else(|| {
+                SdError::config(folder, format!("not a complete diffusers model folder: `{component}/` is missing"))
+            })?;
+            Ok((text, format!("{folder}/{path}")))
+        };
+        let (t, p) = required("text_encoder")?;
+        let clip = ClipConfig::from_json(&t, &p)?;
+        let (t, p) = required("unet")?;
+        let unet = UNetConfig::from_json(&t, &p)?;
+        let (t, p) = required("vae")?;
+        let vae = VaeConfig::from_json(&t, &p)?;
+        let sched = "scheduler/scheduler_config.json";
+        let scheduler = match read(sched)? {
+            Some(t) => SchedulerConfig::from_json(&t, &format!("{folder}/{sched}"))?,
+            None => SchedulerConfig::default(),
+        };
+        Ok(Self { clip, unet, vae, scheduler })
+    }
+
+    /// The long side images get by default: the UNet's native size (`sample_size` latents times
+    /// the VAE's downscale: 512 for SD 1.x and 2.x-base, 768 for SD 2.x), and at least 512.
+    pub fn default_long_side(&self) -> u32 {
+        ((self.unet.sample_size * self.vae.downscale()) as u32).max(512)
+    }
+
+    /// Refuses networks that cannot work together, before any weight is read: a UNet whose
+    /// input is not the VAE's latent (inpainting, instruct-pix2pix) or whose cross-attention
+    /// width is not the text encoder's.
+    pub fn check(&self) -> Result<()> {
+        let (u, l) = (&self.unet, self.vae.latent_channels);
+        if u.in_channels != l || u.out_channels != l {
+            let kind = match u.in_channels {
+                9 => " (an inpainting UNet: it also takes a mask and a masked image)",
+                8 => " (an instruct-pix2pix UNet: it also takes the image's latent)",
+                _ => "",
+            };
+            return Err(SdError::Invalid(format!(
+                "the UNet takes {} and gives {} channels, but the VAE's latents have {l}{kind}; \
+                 only text-to-image UNets can be inverted",
+                u.in_channels, u.out_channels
+            )));
+        }
+        if u.cross_attention_dim != self.clip.hidden_size {
+            return Err(SdError::Invalid(format!(
+                "the UNet attends to {}-wide text embeddings, but the text encoder gives {}: they come \
+                 from different models",
+                u.cross_attention_dim, self.clip.hidden_size
+            )));
+        }
+        Ok(())
     }
 
     fn layout(&self) -> Layout {
@@ -104,6 +165,7 @@ pub struct StableDiffusion {
 
 impl StableDiffusion {
     pub fn load(files: ModelFiles, device: &Device, precision: Precision) -> Result<Self> {
+        files.configs.check()?;
         let dtype = precision.dtype();
         let c = &files.configs;
         let (te, unet, vae) = match files.weights {
@@ -141,6 +203,7 @@ impl StableDiffusion {
     /// The architecture of `configs` with seeded random weights and the embedded CLIP
     /// tokenizer: runs without a download (benchmarks), produces noise.
     pub fn random(configs: SdConfigs, device: &Device, precision: Precision, seed: u64) -> Result<Self> {
+        configs.check()?;
         let vb = VarBuilder::random(seed, device, precision.dtype());
         Self::build(configs, ClipTokenizer::embedded()?, &vb, &vb, &vb)
     }
@@ -256,17 +319,11 @@ mod native {
 
     /// Reads the configs of a diffusers folder.
     pub fn folder_configs(dir: &Path) -> Result<SdConfigs> {
-        let cfg = |name: &str| -> Result<(String, String)> {
-            let p = component(dir, name)?.join("config.json");
-            Ok((read(&p)?, p.display().to_string()))
+        let read = |rel: &str| {
+            let p = dir.join(rel);
+            if p.is_file() { read(&p).map(Some) } else { Ok(None) }
         };
-        let (t, p) = cfg("text_encoder")?;
-        let clip = ClipConfig::from_json(&t, &p)?;
-        let (t, p) = cfg("unet")?;
-        let unet = UNetConfig::from_json(&t, &p)?;
-        let (t, p) = cfg("vae")?;
-        let vae = VaeConfig::from_json(&t, &p)?;
-        Ok(SdConfigs { clip, unet, vae })
+        SdConfigs::from_folder_files(read, &dir.display().to_string())
     }
 
     impl ModelFiles {
@@ -281,11 +338,15 @@ mod native {
             }
             let configs = folder_configs(dir)?;
             let tok_dir = dir.join("tokenizer");
-            let tokenizer = if tok_dir.join("vocab.json").is_file() {
-                ClipTokenizer::from_folder(&tok_dir)?
-            } else {
-                ClipTokenizer::embedded()?
+            let read = |name: &str| {
+                let p = tok_dir.join(name);
+                if p.is_file() {
+                    std::fs::read(&p).map(Some).map_err(|source| SdError::Io { path: p, source })
+                } else {
+                    Ok(None)
+                }
             };
+            let tokenizer = ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)?;
             let open = |name: &str| -> Result<WeightFile> {
                 WeightFile::open(&weight_file(&component(dir, name)?, precision)?)
             };
