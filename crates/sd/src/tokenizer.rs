@@ -21,7 +21,8 @@
 //! tokenized as written, as the fast tokenizer does.
 //!
 //! [`ClipTokenizer::encode`] then gives exactly [`MAX_LEN`] ids, as SD feeds them to the text
-//! encoder: `BOS`, at most 75 prompt tokens, `EOS`, padded with `EOS`.
+//! encoder: `BOS`, at most 75 prompt tokens, `EOS`, padded with the folder's pad token (`EOS` in
+//! SD 1.x, `!` in SD 2.x).
 //!
 //! The vocabulary is compiled in: [`ClipTokenizer::embedded`] derives the 49 408 tokens and 48 894
 //! merges from OpenAI's `bpe_simple_vocab_16e6.txt.gz` (see `assets/PROVENANCE.md`) the same way
@@ -68,7 +69,7 @@ static FTFY_TABLES_GZ: &[u8] = include_bytes!("../assets/ftfy_tables.txt.gz");
 /// A tokenized prompt, ready for the text encoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {
-    /// Always [`MAX_LEN`] ids: `BOS`, the prompt's tokens, `EOS`, then `EOS` as padding.
+    /// Always [`MAX_LEN`] ids: `BOS`, the prompt's tokens, `EOS`, then the pad token.
     pub ids: Vec<u32>,
     /// Whether the prompt had more than `MAX_LEN - 2` tokens and was cut.
     pub truncated: bool,
@@ -84,6 +85,7 @@ pub struct ClipTokenizer {
     cleaner: TextCleaner,
     bos: u32,
     eos: u32,
+    pad: u32,
 }
 
 impl ClipTokenizer {
@@ -133,18 +135,55 @@ impl ClipTokenizer {
         Self::build(vocab, merges)
     }
 
-    /// The tokenizer in `dir` (a diffusers model's `tokenizer/` folder): `vocab.json` and
-    /// `merges.txt`.
+    /// The tokenizer of a diffusers model's `tokenizer/` folder, its files read through `read`
+    /// (a file name in that folder; `None` when absent): `vocab.json`, `merges.txt` and the pad
+    /// token of `special_tokens_map.json` or `tokenizer_config.json` (SD 2.x pads with `!`).
+    /// `None` when the folder has no vocabulary.
+    pub fn from_folder_files(read: impl Fn(&str) -> Result<Option<Vec<u8>>>) -> Result<Option<Self>> {
+        let (Some(vocab), Some(merges)) = (read("vocab.json")?, read("merges.txt")?) else {
+            return Ok(None);
+        };
+        let mut tok = Self::from_vocab_merges(&vocab, &merges)?;
+        for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+            if let Some(pad) = read(name)?.map(|b| pad_token(&b, name)).transpose()?.flatten() {
+                tok.pad = tok.id(&pad).ok_or_else(|| {
+                    SdError::Tokenizer(format!("{name}: the pad token `{pad}` is not in vocab.json"))
+                })?;
+                break;
+            }
+        }
+        Ok(Some(tok))
+    }
+
+    /// The tokenizer in `dir` (a diffusers model's `tokenizer/` folder), see
+    /// [`Self::from_folder_files`]; its vocabulary is required.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_folder(dir: &std::path::Path) -> Result<Self> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| SdError::Io { path, source })
+            match std::fs::read(&path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(SdError::Io { path, source }),
+            }
         };
-        Self::from_vocab_merges(&read("vocab.json")?, &read("merges.txt")?)
+        Self::from_folder_files(read)?.ok_or_else(|| SdError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no vocab.json and merges.txt here"),
+        })
     }
 
-    /// Tokenizes `text` into exactly [`MAX_LEN`] ids: `BOS`, the tokens, `EOS`, `EOS` padding. A
+    fn id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The id the prompt is padded with after `EOS`: `EOS` itself unless the folder names
+    /// another pad token.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    /// Tokenizes `text` into exactly [`MAX_LEN`] ids: `BOS`, the tokens, `EOS`, padding. A
     /// prompt of more than `MAX_LEN - 2` tokens is cut, keeping `EOS` last; [`Tokens::truncated`]
     /// and [`Tokens::dropped`] tell.
     pub fn encode(&self, text: &str) -> Result<Tokens> {
@@ -177,7 +216,8 @@ impl ClipTokenizer {
         let mut ids = Vec::with_capacity(MAX_LEN);
         ids.push(self.bos);
         ids.extend_from_slice(&content[..content.len().min(room)]);
-        ids.resize(MAX_LEN, self.eos);
+        ids.push(self.eos);
+        ids.resize(MAX_LEN, self.pad);
         Ok(Tokens {
             ids,
             truncated,
@@ -239,8 +279,20 @@ impl ClipTokenizer {
             cleaner: TextCleaner::new()?,
             bos,
             eos,
+            pad: eos,
         })
     }
+}
+
+/// The `pad_token` of a transformers tokenizer file: a string, or an object with `content`.
+fn pad_token(json: &[u8], name: &str) -> Result<Option<String>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| SdError::Tokenizer(format!("{name}: {e}")))?;
+    Ok(match &v["pad_token"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    })
 }
 
 /// The first `<|startoftext|>` or `<|endoftext|>` in `text`: its byte offset and the literal.
