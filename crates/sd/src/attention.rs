@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 
 use crate::Result;
 use crate::nn::{group_norm, layer_norm, linear};
@@ -15,14 +15,29 @@ use crate::weights::VarBuilder;
 /// so its self-attention (batch 2 × 8 heads × 4096²) runs in query chunks of 512.
 pub const MAX_SCORE_ELEMENTS: usize = 1 << 24;
 
+/// How attention runs: heads, whether later keys are hidden (CLIP), and whether scores and
+/// softmax are computed in f32 when the network runs in f16 (`upcast_attention`, SD 2.1).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attend {
+    pub heads: usize,
+    pub causal: bool,
+    pub upcast: bool,
+}
+
 /// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks small enough
 /// that no score buffer exceeds [`MAX_SCORE_ELEMENTS`]. `causal` hides later keys (CLIP).
 /// Plain matmul + softmax kernels: deterministic, and identical natively and in browsers.
-pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, upcast: bool) -> Tensor<4> {
     let [b, h, n_q, d] = q.dims();
     let n_k = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
-    let kt = k.swap_dims(2, 3);
+    let dtype = q.dtype();
+    let up = upcast && dtype == DType::F16;
+    let (q, kt) = if up {
+        (q.cast(DType::F32), k.cast(DType::F32).swap_dims(2, 3))
+    } else {
+        (q, k.swap_dims(2, 3))
+    };
     let chunk = (MAX_SCORE_ELEMENTS / (b * h * n_k)).clamp(1, n_q.max(1));
     let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
     let mut start = 0;
@@ -35,7 +50,9 @@ pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool
             let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
             scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, len, n_k]), f32::NEG_INFINITY);
         }
-        outs.push(softmax(scores, 3).matmul(v.clone()));
+        let probs = softmax(scores, 3);
+        let probs = if up { probs.cast(dtype) } else { probs };
+        outs.push(probs.matmul(v.clone()));
         start += len;
     }
     Tensor::cat(outs, 2)
@@ -56,18 +73,12 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
 /// Multi-head attention through four projections: queries from `x`, keys and values from
 /// `context` (`x` itself for self-attention). Shared by the UNet, the VAE and CLIP, whose
 /// checkpoints only name the projections differently.
-pub fn project_attend(
-    [q, k, v, out]: [&Linear; 4],
-    x: Tensor<3>,
-    context: Option<Tensor<3>>,
-    heads: usize,
-    causal: bool,
-) -> Tensor<3> {
+pub fn project_attend([q, k, v, out]: [&Linear; 4], x: Tensor<3>, context: Option<Tensor<3>>, how: Attend) -> Tensor<3> {
     let ctx = context.unwrap_or_else(|| x.clone());
-    let q = split_heads(q.forward(x), heads);
-    let k = split_heads(k.forward(ctx.clone()), heads);
-    let v = split_heads(v.forward(ctx), heads);
-    out.forward(merge_heads(scaled_dot_product(q, k, v, causal)))
+    let q = split_heads(q.forward(x), how.heads);
+    let k = split_heads(k.forward(ctx.clone()), how.heads);
+    let v = split_heads(v.forward(ctx), how.heads);
+    out.forward(merge_heads(scaled_dot_product(q, k, v, how.causal, how.upcast)))
 }
 
 /// diffusers `Attention`: `to_q`, `to_k`, `to_v` (no bias in the UNet, bias in the VAE) and
@@ -79,31 +90,29 @@ pub struct Attention {
     pub to_v: Linear,
     pub to_out: Linear,
     pub heads: usize,
+    pub upcast: bool,
 }
 
 impl Attention {
-    pub fn load(
-        vb: &VarBuilder,
-        query_dim: usize,
-        context_dim: usize,
-        heads: usize,
-        head_dim: usize,
-        qkv_bias: bool,
-    ) -> Result<Self> {
-        let inner = heads * head_dim;
+    /// The UNet's attention: `heads` heads over `query_dim` channels, keys and values from
+    /// `context_dim`-wide tokens; no q/k/v biases.
+    pub fn load(vb: &VarBuilder, query_dim: usize, context_dim: usize, heads: usize, upcast: bool) -> Result<Self> {
+        let inner = query_dim;
         Ok(Self {
-            to_q: linear(&vb.pp("to_q"), query_dim, inner, qkv_bias)?,
-            to_k: linear(&vb.pp("to_k"), context_dim, inner, qkv_bias)?,
-            to_v: linear(&vb.pp("to_v"), context_dim, inner, qkv_bias)?,
+            to_q: linear(&vb.pp("to_q"), query_dim, inner, false)?,
+            to_k: linear(&vb.pp("to_k"), context_dim, inner, false)?,
+            to_v: linear(&vb.pp("to_v"), context_dim, inner, false)?,
             to_out: linear(&vb.pp("to_out.0"), inner, query_dim, true)?,
             heads,
+            upcast,
         })
     }
 
     /// `x: [b, n, query_dim]`, `context: [b, m, context_dim]` (None = self-attention).
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
-        project_attend(p, x, context, self.heads, false)
+        let how = Attend { heads: self.heads, causal: false, upcast: self.upcast };
+        project_attend(p, x, context, how)
     }
 }
 
@@ -143,13 +152,12 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    pub fn load(vb: &VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
-        let head_dim = dim / heads;
+    pub fn load(vb: &VarBuilder, dim: usize, heads: usize, t: &TransformerConfig) -> Result<Self> {
         Ok(Self {
             norm1: layer_norm(&vb.pp("norm1"), dim, 1e-5)?,
-            attn1: Attention::load(&vb.pp("attn1"), dim, dim, heads, head_dim, false)?,
+            attn1: Attention::load(&vb.pp("attn1"), dim, dim, heads, t.upcast)?,
             norm2: layer_norm(&vb.pp("norm2"), dim, 1e-5)?,
-            attn2: Attention::load(&vb.pp("attn2"), dim, context_dim, heads, head_dim, false)?,
+            attn2: Attention::load(&vb.pp("attn2"), dim, t.context_dim, heads, t.upcast)?,
             norm3: layer_norm(&vb.pp("norm3"), dim, 1e-5)?,
             ff: FeedForward::load(&vb.pp("ff"), dim)?,
         })
@@ -174,27 +182,26 @@ pub struct Transformer2DModel {
     pub proj_out: Linear,
 }
 
+/// What every `Transformer2DModel` of a UNet shares.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerConfig {
+    /// `transformer_layers_per_block`
+    pub layers: usize,
+    /// `cross_attention_dim`: the text embeddings' width
+    pub context_dim: usize,
+    /// `norm_num_groups`
+    pub groups: usize,
+    /// `upcast_attention`
+    pub upcast: bool,
+}
+
 impl Transformer2DModel {
-    pub fn load(
-        vb: &VarBuilder,
-        channels: usize,
-        heads: usize,
-        layers: usize,
-        context_dim: usize,
-        groups: usize,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, channels: usize, heads: usize, t: &TransformerConfig) -> Result<Self> {
         Ok(Self {
-            norm: group_norm(&vb.pp("norm"), groups, channels, 1e-6)?,
+            norm: group_norm(&vb.pp("norm"), t.groups, channels, 1e-6)?,
             proj_in: linear(&vb.pp("proj_in"), channels, channels, true)?,
-            transformer_blocks: (0..layers)
-                .map(|i| {
-                    BasicTransformerBlock::load(
-                        &vb.pp("transformer_blocks").pp(i),
-                        channels,
-                        heads,
-                        context_dim,
-                    )
-                })
+            transformer_blocks: (0..t.layers)
+                .map(|i| BasicTransformerBlock::load(&vb.pp("transformer_blocks").pp(i), channels, heads, t))
                 .collect::<Result<_>>()?,
             proj_out: linear(&vb.pp("proj_out"), channels, channels, true)?,
         })

@@ -1,4 +1,4 @@
-//! transformers `CLIPTextModel`: the text encoder of SD1.x (ViT-L/14's text tower).
+//! transformers `CLIPTextModel`: the text encoder of SD 1.x (ViT-L/14's text tower) and SD 2.x (OpenCLIP ViT-H's).
 
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
@@ -6,7 +6,7 @@ use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::attention::project_attend;
+use crate::attention::{Attend, project_attend};
 use crate::nn::{embedding, layer_norm, linear};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
@@ -77,7 +77,7 @@ pub struct ClipAttention {
 impl ClipAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let p = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
-        project_attend(p, x, None, self.heads, true)
+        project_attend(p, x, None, Attend { heads: self.heads, causal: true, upcast: false })
     }
 }
 

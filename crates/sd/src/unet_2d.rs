@@ -1,4 +1,4 @@
-//! diffusers `UNet2DConditionModel` for SD1.x (and SD2.x's linear projections).
+//! diffusers `UNet2DConditionModel` for SD 1.x and 2.x.
 
 use burn::module::Module;
 use burn::nn::GroupNorm;
@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
+use crate::attention::TransformerConfig;
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::nn::{conv2d, group_norm};
 use crate::unet_2d_blocks::{BlockSettings, DownBlock, MidBlockCrossAttn, UpBlock};
@@ -60,6 +61,9 @@ pub struct UNetConfig {
     pub freq_shift: f64,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// Attention scores and softmax in f32 when the networks run in f16 (SD 2.1).
+    #[serde(default)]
+    pub upcast_attention: bool,
     #[serde(default = "one")]
     pub transformer_layers_per_block: usize,
     #[serde(default = "sixty_four")]
@@ -110,6 +114,7 @@ impl UNetConfig {
             flip_sin_to_cos: true,
             freq_shift: 0.0,
             use_linear_projection: false,
+            upcast_attention: false,
             transformer_layers_per_block: 1,
             sample_size: 64,
         }
@@ -191,8 +196,12 @@ impl UNet2DConditionModel {
             temb_channels: temb,
             groups: c.norm_num_groups,
             eps: c.norm_eps,
-            context_dim: c.cross_attention_dim,
-            transformer_layers: c.transformer_layers_per_block,
+            transformer: TransformerConfig {
+                layers: c.transformer_layers_per_block,
+                context_dim: c.cross_attention_dim,
+                groups: c.norm_num_groups,
+                upcast: c.upcast_attention,
+            },
         };
         let mut down_blocks = Vec::with_capacity(n);
         let mut c_out = c0;

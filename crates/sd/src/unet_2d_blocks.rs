@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::Result;
-use crate::attention::Transformer2DModel;
+use crate::attention::{Transformer2DModel, TransformerConfig};
 use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::vae::VaeAttention;
 use crate::weights::VarBuilder;
@@ -15,8 +15,7 @@ pub struct BlockSettings {
     pub temb_channels: usize,
     pub groups: usize,
     pub eps: f64,
-    pub context_dim: usize,
-    pub transformer_layers: usize,
+    pub transformer: TransformerConfig,
 }
 
 /// `CrossAttnDownBlock2D` (with attentions) or `DownBlock2D` (without).
@@ -46,14 +45,7 @@ impl DownBlock {
             resnets.push(ResnetBlock2D::load(&r, c, c_out, Some(s.temb_channels), s.groups, s.eps)?);
             if let Some(h) = heads {
                 let a = vb.pp("attentions").pp(j);
-                attentions.push(Transformer2DModel::load(
-                    &a,
-                    c_out,
-                    h,
-                    s.transformer_layers,
-                    s.context_dim,
-                    s.groups,
-                )?);
+                attentions.push(Transformer2DModel::load(&a, c_out, h, &s.transformer)?);
             }
         }
         let downsampler = add_downsample
@@ -104,14 +96,7 @@ impl MidBlockCrossAttn {
                     ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c, Some(s.temb_channels), s.groups, s.eps)
                 })
                 .collect::<Result<_>>()?,
-            attentions: vec![Transformer2DModel::load(
-                &vb.pp("attentions.0"),
-                c,
-                heads,
-                s.transformer_layers,
-                s.context_dim,
-                s.groups,
-            )?],
+            attentions: vec![Transformer2DModel::load(&vb.pp("attentions.0"), c, heads, &s.transformer)?],
         })
     }
 
@@ -154,14 +139,7 @@ impl UpBlock {
             resnets.push(ResnetBlock2D::load(&r, c + skip, c_out, Some(s.temb_channels), s.groups, s.eps)?);
             if let Some(h) = heads {
                 let a = vb.pp("attentions").pp(j);
-                attentions.push(Transformer2DModel::load(
-                    &a,
-                    c_out,
-                    h,
-                    s.transformer_layers,
-                    s.context_dim,
-                    s.groups,
-                )?);
+                attentions.push(Transformer2DModel::load(&a, c_out, h, &s.transformer)?);
             }
         }
         let upsampler = add_upsample

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
-use crate::attention::project_attend;
+use crate::attention::{Attend, project_attend};
 use crate::nn::{conv2d, group_norm, linear};
 use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D};
 use crate::weights::VarBuilder;
@@ -125,7 +125,7 @@ impl VaeAttention {
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
-        let o = project_attend(p, t, None, 1, false);
+        let o = project_attend(p, t, None, Attend { heads: 1, ..Attend::default() });
         o.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
