@@ -7,6 +7,9 @@ Builds, fully offline and deterministically (no hub downloads):
                                         rounded to f16-representable values, real CLIP BPE vocab)
   tests/fixtures/tiny-sd.safetensors    the same networks as one original-SD (LDM/CompVis) checkpoint, f16
   tests/fixtures/reference/             reference outputs (tokenizer, text encoder, UNet, VAE, EDICT f64)
+  tests/fixtures/tiny-sd2/              a tiny SD 2.x-shaped model (gelu text encoder padded with "!",
+                                        linear projections, per-block heads, upcast attention,
+                                        v-prediction), fp16 files only; references in reference/sd2_*
 
 Run:  python tests/reference/make_fixtures.py          (from the repository root; see README.md)
 
@@ -46,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 MODEL = FIX / "tiny-sd"
 SINGLE = FIX / "tiny-sd.safetensors"
+MODEL2 = FIX / "tiny-sd2"
 REF = FIX / "reference"
 
 BASE_SEED = 20240611
@@ -661,6 +665,140 @@ VAE_CONFIG: dict = {}
 
 
 # ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+# 4. SD 2.x: what differs from 1.x, on the same tiny widths
+# ----------------------------------------------------------------------------------------------
+def make_unet2():
+    """SD 2.x's UNet options: linear proj_in/proj_out, a per-block head count (SD 2.1:
+    [5, 10, 20, 20], i.e. 64-wide heads), upcast attention, a wider cross-attention."""
+    return UNet2DConditionModel(
+        sample_size=12,
+        in_channels=4,
+        out_channels=4,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=BLOCK_OUT,
+        layers_per_block=2,
+        norm_num_groups=8,
+        norm_eps=1e-5,
+        cross_attention_dim=48,
+        attention_head_dim=[2, 2, 4, 4],
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+
+
+def make_text_encoder2():
+    """OpenCLIP ViT-H's text tower as diffusers ships SD 2.x: gelu, pad token "!" (id 0)."""
+    cfg = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+        projection_dim=48,
+        attention_dropout=0.0,
+        dropout=0.0,
+    )
+    return CLIPTextModel(cfg)
+
+
+def make_sd2(vae):
+    log("SD 2.x-shaped model")
+    if MODEL2.exists():
+        shutil.rmtree(MODEL2)
+    MODEL2.mkdir(parents=True)
+    shutil.copytree(MODEL / "tokenizer", MODEL2 / "tokenizer")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # SD 2.x pads with "!"
+        path = MODEL2 / "tokenizer" / name
+        cfg = json.loads(path.read_text())
+        cfg["pad_token"] = "!"
+        path.write_text(json.dumps(cfg, indent=2) + "\n")
+    tok = CLIPTokenizer.from_pretrained(str(MODEL2 / "tokenizer"))
+    assert tok.pad_token_id == 0 and tokenize(tok, "a photo")[0, -1] == 0
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    sched.save_pretrained(str(MODEL2 / "scheduler"))
+    unet, te = make_unet2(), make_text_encoder2()
+    randomize(unet, "unet2")
+    randomize(te, "text_encoder2")
+    # fp16 files only (the weights are f16-representable): half the fixture size
+    for m, sub in ((unet, "unet"), (vae, "vae"), (te, "text_encoder")):
+        m.eval()
+        copy = type(m).from_config(m.config) if sub != "text_encoder" else CLIPTextModel(m.config)
+        copy.load_state_dict(m.state_dict())
+        copy.half().save_pretrained(str(MODEL2 / sub), safe_serialization=True, variant="fp16")
+    index = json.loads((MODEL / "model_index.json").read_text())
+    (MODEL2 / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    unet = UNet2DConditionModel.from_pretrained(str(MODEL2 / "unet"), variant="fp16", torch_dtype=torch.float32).eval()
+    te = CLIPTextModel.from_pretrained(str(MODEL2 / "text_encoder"), variant="fp16", torch_dtype=torch.float32).eval()
+    assert unet.config.upcast_attention and unet.config.use_linear_projection
+
+    log("SD 2.x references")
+    prompts = ["", "a photo of a cat", "a photo of a dog"]
+    out = {}
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            ids = tokenize(tok, p)
+            out[f"ids_{i}"], out[f"hidden_{i}"] = ids, te(ids).last_hidden_state
+            stats(f"sd2 hidden_{i}", out[f"hidden_{i}"])
+        g = torch.Generator().manual_seed(BASE_SEED + 5)
+        out["sample"] = torch.randn(2, 4, 8, 8, generator=g)
+        out["encoder_hidden_states"] = torch.cat([out["hidden_0"], out["hidden_1"]])
+        for t in (981, 1):
+            out[f"out_t{t}"] = unet(out["sample"], t, encoder_hidden_states=out["encoder_hidden_states"]).sample
+            stats(f"sd2 out_t{t}", out[f"out_t{t}"])
+    save(out, REF / "sd2_networks.safetensors")
+
+    # EDICT in float64 with v converted to ε inside the noise prediction
+    ac = alphas_cumprod_f64()[0]
+    unet64, vae64, te64 = unet.double(), vae.double(), te.double()
+    with torch.no_grad():
+        image = smooth_image(BASE_SEED + 2)
+        z0 = vae64.encode(image.double()).latent_dist.mean * SCALING_FACTOR
+        torch.set_default_dtype(torch.float64)
+        emb = {p: te64(tokenize(tok, p)).last_hidden_state for p in prompts}
+        torch.set_default_dtype(torch.float32)
+
+    class GuidedV(Guided):
+        """ε = √ᾱ_t·v + √(1−ᾱ_t)·x_t, v classifier-free guided."""
+
+        def __call__(self, z, t):
+            return ac[t].sqrt() * super().__call__(z, t) + (1 - ac[t]).sqrt() * z
+
+    # cross-check the conversion with diffusers' own v-prediction DDIM step (f32 alphas)
+    ref = DDIMScheduler.from_config(sched.config, steps_offset=0)
+    ref.set_timesteps(10)
+    gg = torch.Generator().manual_seed(BASE_SEED + 6)
+    xs, vs = torch.randn(1, 4, 8, 8, generator=gg, dtype=torch.float64), torch.randn(1, 4, 8, 8, generator=gg, dtype=torch.float64)
+    for t in (900, 500):
+        a, b = coeffs(ac, t, 100)
+        eps = ac[t].sqrt() * vs + (1 - ac[t]).sqrt() * xs
+        assert rel(a * xs + b * eps, ref.step(vs, t, xs, eta=0.0).prev_sample) < 1e-5, t
+
+    src, tgt, guidance, p = prompts[1], prompts[2], 3.0, 0.93
+    eps_src = GuidedV(unet64, emb[""], emb[src], guidance)
+    eps_tgt = GuidedV(unet64, emb[""], emb[tgt], guidance)
+    ts, stride = edict_timesteps(10, 0.8)
+    inv_x, inv_y = edict_invert(z0.clone(), z0.clone(), ts, stride, ac, eps_src, p)
+    edit_x, edit_y = edict_denoise(inv_x, inv_y, ts, stride, ac, eps_tgt, p)
+    recon_x, _ = edict_denoise(inv_x, inv_y, ts, stride, ac, eps_src, p)
+    log(f"  SD 2.x EDICT (v-prediction) round trip rel err {rel(recon_x, z0):.3e}, edit vs latent {rel(edit_x, z0):.3e}")
+    assert rel(recon_x, z0) < 1e-10
+    with torch.no_grad():
+        edit_image = vae64.decode(edit_x / SCALING_FACTOR).sample
+    save({"latent": z0, "inv_x": inv_x, "inv_y": inv_y, "edit_x": edit_x, "edit_y": edit_y, "edit_image": edit_image},
+         REF / "sd2_edict.safetensors")
+
+
 def main():
     for d in (MODEL, REF):
         if d.exists():
@@ -885,6 +1023,8 @@ def main():
     with open(REF / "edict.json", "w") as f:
         json.dump(edict_meta, f, indent=2)
         f.write("\n")
+
+    make_sd2(vae)
 
     # ---------------- summary ----------------
     log("files:")
