@@ -80,6 +80,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let args = ModelArgs {
                 model: model.clone(),
                 config: None,
+                prediction: None,
                 backend: a.backend,
                 precision: a.precision,
                 quiet: true,

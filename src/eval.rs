@@ -115,7 +115,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         let prompt = captions.get(&name).cloned().unwrap_or_else(|| a.prompt.clone());
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let img = image_io::decode(&bytes).with_context(|| path.display().to_string())?;
-        let (img, _) = image_io::fit(img, size).with_context(|| path.display().to_string())?;
+        let long_side = s.editor.model.configs.default_long_side();
+        let (img, _) = image_io::fit(img, size, long_side).with_context(|| path.display().to_string())?;
         let (w, h) = img.dimensions();
         let input = image_io::from_rgb(&img);
         let row = |method, q, latent_rel_err, unet_evals, seconds| Row {

@@ -18,6 +18,7 @@ use edict_pipeline::latents;
 use edict_pipeline::pipeline::{self, Editor, Inversion, Latent, Method, Settings};
 use edict_sd::backend::{Backend, device};
 use edict_sd::model::{Precision, StableDiffusion};
+use edict_sd::scheduler::Prediction;
 use edict_sd::tokenizer::ClipTokenizer;
 
 use crate::progress::Bars;
@@ -78,6 +79,10 @@ struct ModelArgs {
     /// For a single-file checkpoint: a diffusers folder whose configs describe it (default SD1.5's).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// What the UNet predicts, overriding the scheduler config (a single file has none):
+    /// epsilon (SD 1.x, 2.x-base) or v (SD 2.x at 768²).
+    #[arg(long)]
+    prediction: Option<Prediction>,
     #[arg(long, value_enum, default_value = "wgpu")]
     backend: BackendArg,
     #[arg(long, value_enum, default_value = "f32")]
@@ -220,10 +225,11 @@ struct GenerateArgs {
     guidance: f64,
     #[arg(long, default_value = "")]
     negative: String,
-    #[arg(long, default_value_t = 512)]
-    width: u32,
-    #[arg(long, default_value_t = 512)]
-    height: u32,
+    /// Default: the model's native size (512 for SD 1.x and 2.x-base, 768 for SD 2.x).
+    #[arg(long)]
+    width: Option<u32>,
+    #[arg(long)]
+    height: Option<u32>,
     #[arg(long)]
     force: bool,
 }
@@ -336,7 +342,10 @@ fn open(m: &ModelArgs) -> Result<Session> {
         BackendArg::Wgpu => Backend::Wgpu,
         BackendArg::Cpu => Backend::Cpu,
     };
-    let files = model_source::resolve(&m.model, m.config.as_deref(), precision)?;
+    let mut files = model_source::resolve(&m.model, m.config.as_deref(), precision)?;
+    if let Some(p) = m.prediction {
+        files.configs.scheduler.prediction = p;
+    }
     let dev = device(backend)?;
     let t = Instant::now();
     let model = StableDiffusion::load(files, &dev, precision)?;
@@ -371,20 +380,23 @@ fn image_size(a: &ImageArgs) -> Result<Size> {
     })
 }
 
-/// Reads and sizes the photo, before any model loads, so a bad image fails fast.
-fn read_image(a: &ImageArgs) -> Result<(image::RgbImage, String)> {
+/// Reads and decodes the photo before any model loads, so a bad image fails fast; it is sized
+/// once the model's default size is known.
+fn read_image(a: &ImageArgs) -> Result<(image::RgbImage, Size)> {
     let path = a.image.as_ref().context("--image is required")?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let img = image_io::decode(&bytes).with_context(|| format!("{}", path.display()))?;
-    Ok(image_io::fit(img, image_size(a)?)?)
+    Ok((img, image_size(a)?))
 }
 
-/// Encodes the sized photo to its latent.
-fn encode_image(s: &mut Session, (img, what): &(image::RgbImage, String), seed: Option<u64>) -> Result<Latent> {
+/// Sizes the photo for the model and encodes it to its latent; returns the sized photo too.
+fn encode_image(s: &mut Session, (img, size): (image::RgbImage, Size), seed: Option<u64>) -> Result<(Latent, image::RgbImage)> {
+    let (img, what) = image_io::fit(img, size, s.editor.model.configs.default_long_side())?;
     s.bars.note(&format!("image: {what}"));
     let (w, h) = img.dimensions();
     s.check_memory(w as usize, h as usize)?;
-    Ok(pollster::block_on(s.editor.encode(image_io::to_pixels(img), h as usize, w as usize, seed))?)
+    let latent = pollster::block_on(s.editor.encode(image_io::to_pixels(&img), h as usize, w as usize, seed))?;
+    Ok((latent, img))
 }
 
 fn warn_all(s: &Session, warnings: &[String]) {
@@ -420,7 +432,7 @@ fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
         }
         None => {
             let photo = photo.context("--image is required")?;
-            let latent = encode_image(&mut s, &photo, a.image.seed)?;
+            let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
             let source = a.source.as_deref().unwrap_or_default();
             let mut obs = s.bars.observer();
             let (inv, w) = pollster::block_on(s.editor.invert(&latent, source, &a.sample.settings(), Method::Edict, &mut obs))?;
@@ -490,7 +502,7 @@ fn invert(a: InvertArgs) -> Result<()> {
     let t = Instant::now();
     let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
-    let latent = encode_image(&mut s, &photo, a.image.seed)?;
+    let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
     let mut obs = s.bars.observer();
     let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
     drop(obs);
@@ -508,8 +520,8 @@ fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let t = Instant::now();
     let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
-    let latent = encode_image(&mut s, &photo, a.image.seed)?;
-    let input = &photo.0;
+    let (latent, input) = encode_image(&mut s, photo, a.image.seed)?;
+    let input = &input;
     let method = match a.method {
         MethodArg::Edict => Method::Edict,
         MethodArg::Ddim => Method::Ddim,
@@ -543,10 +555,14 @@ fn reconstruct(a: ReconstructArgs) -> Result<()> {
 
 fn generate(a: GenerateArgs) -> Result<()> {
     check_output(&a.out, a.force)?;
-    Size::exact(a.width, a.height)?;
+    // typed sizes are checked before the model loads
+    Size::exact(a.width.unwrap_or(512), a.height.unwrap_or(512))?;
     let t = Instant::now();
     let mut s = open(&a.model)?;
-    s.check_memory(a.width as usize, a.height as usize)?;
+    let native = s.editor.model.configs.default_long_side();
+    let (width, height) = (a.width.unwrap_or(native), a.height.unwrap_or(native));
+    Size::exact(width, height)?;
+    s.check_memory(width as usize, height as usize)?;
     let settings = Settings {
         steps: a.steps,
         strength: 1.0,
@@ -555,7 +571,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         ..Settings::default()
     };
     let mut obs = s.bars.observer();
-    let (latent, w) = pollster::block_on(s.editor.generate(&a.prompt, a.width as usize, a.height as usize, a.seed, &settings, &mut obs))?;
+    let (latent, w) = pollster::block_on(s.editor.generate(&a.prompt, width as usize, height as usize, a.seed, &settings, &mut obs))?;
     drop(obs);
     warn_all(&s, &w);
     save_png(&mut s, &latent, &a.out)?;

@@ -20,6 +20,9 @@ fn repo_files(precision: Precision) -> Vec<String> {
         "vae/config.json",
         "tokenizer/vocab.json",
         "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
     ]
     .map(String::from)
     .to_vec();

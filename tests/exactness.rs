@@ -23,7 +23,7 @@ fn editor(device: &Device) -> Editor {
 
 fn photo_latent(ed: &mut Editor, photo: &str, size: u32) -> Latent {
     let bytes = std::fs::read(fixtures().join("photos").join(photo)).unwrap();
-    let (img, _) = image_io::fit(image_io::decode(&bytes).unwrap(), Size::exact(size, size).unwrap()).unwrap();
+    let (img, _) = image_io::fit(image_io::decode(&bytes).unwrap(), Size::exact(size, size).unwrap(), 512).unwrap();
     pollster::block_on(ed.encode(image_io::to_pixels(&img), size as usize, size as usize, None)).unwrap()
 }
 

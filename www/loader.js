@@ -12,6 +12,10 @@ export const SD15 = {
 const CACHE = 'edict-models-v1';
 const CHUNK = 64 << 20;
 const COMPONENTS = { text_encoder: ['model', 'diffusion_pytorch_model'], unet: ['diffusion_pytorch_model', 'model'], vae: ['diffusion_pytorch_model', 'model'] };
+// Read when the folder has them: the tokenizer (else the built-in CLIP vocabulary; SD 2.x names
+// its own pad token) and the scheduler config (SD 2.x at 768² predicts v, not ε).
+const OPTIONAL = ['tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/special_tokens_map.json',
+  'tokenizer/tokenizer_config.json', 'scheduler/scheduler_config.json'];
 
 /** Weight-file variants in the order the CLI tries them for this precision. */
 export function variantsFor(precision) {
@@ -107,7 +111,7 @@ export async function loadFromUrl(builder, base, variants, onProgress) {
     want.push({ path: `${c}/config.json`, required: true });
     want.push({ candidates: variants.flatMap((v) => stems.map((s) => `${c}/${s}${v}`)), required: true });
   }
-  want.push({ path: 'tokenizer/vocab.json' }, { path: 'tokenizer/merges.txt' });
+  for (const path of OPTIONAL) want.push({ path });
   let i = 0;
   for (const w of want) {
     i++;
@@ -160,7 +164,7 @@ export async function loadFromFiles(builder, fileList, precision, onProgress) {
     // no safetensors: hand over the other weight files' names only, for the builder to refuse
     else for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());
   }
-  picks.push('tokenizer/vocab.json', 'tokenizer/merges.txt');
+  picks.push(...OPTIONAL);
   for (const [i, p] of picks.entries()) {
     const f = byPath.get(p);
     if (!f) continue;

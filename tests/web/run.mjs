@@ -8,6 +8,7 @@
 //     start a new device, reload the model, and a retry must give the same image; then a wgpu
 //     error traps the wasm instance mid-edit, and the page must start a fresh one.
 //  2. no-webgpu: with WebGPU off, the page says so.
+//  3. sd2: the tiny SD 2.x folder loads from URLs and the page's reconstruction is exact.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -281,6 +282,33 @@ async function testEdit(base) {
   }
 }
 
+/** An SD 2.x folder (v-prediction, pad token "!") loads from URLs and round-trips exactly. */
+async function testSd2(base) {
+  const photo = path.join(TMP, 'photo.png');
+  makePng(photo);
+  const { ctx, page } = await launch(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
+  try {
+    await page.goto(`${base}/www/index.html?model=../fixtures/tiny-sd2/&precision=f32`);
+    if ((await waitState(page, ['ready', 'no-webgpu', 'failed'], 120_000)) !== 'ready') return check(false, 'sd2: page starts');
+    await page.click('#load-url');
+    const loaded = await waitState(page, ['load-failed', 'model-loaded'], 120_000);
+    check(loaded === 'model-loaded', `tiny SD 2.x model loads from URLs: "${await page.textContent('#model-status')}"`);
+    if (loaded !== 'model-loaded') return console.log(`  message: ${await page.textContent('#message')}`);
+    await page.setInputFiles('#image-input', photo);
+    await page.fill('#source', SOURCE);
+    await page.click('summary');
+    for (const [id, v] of [['steps', 4], ['strength', 0.5], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
+    const t = Date.now();
+    await page.click('#reconstruct');
+    const rec = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
+    const report = await page.evaluate(() => window.edict.report);
+    check(rec === 'done' && report.latent_rel_err === 0,
+      `SD 2.x reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0) in ${secs(t)} s`);
+  } finally {
+    await ctx.close();
+  }
+}
+
 async function testNoWebgpu(base) {
   const { ctx, page } = await launch(['--disable-features=WebGPU']);
   try {
@@ -303,6 +331,10 @@ try {
   t = Date.now();
   console.log('test-web: edit through the page vs the native CLI');
   await testEdit(base);
+  console.log(`  (${secs(t)} s)`);
+  t = Date.now();
+  console.log('test-web: an SD 2.x folder');
+  await testSd2(base);
   console.log(`  (${secs(t)} s)`);
 } catch (e) {
   check(false, `test crashed: ${e.stack || e}`);

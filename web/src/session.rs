@@ -238,7 +238,7 @@ impl Job {
     /// Decodes, sizes and encodes the photo: its latent, the pixels used, and the sizing note.
     async fn encode(&self, ed: &mut Editor, image: &[u8], o: &Options) -> Result<(Latent, Rgb, String), PipelineError> {
         let img = image_io::decode(image)?;
-        let (img, what) = image_io::fit(img, o.size()?)?;
+        let (img, what) = image_io::fit(img, o.size()?, ed.model.configs.default_long_side())?;
         let (w, h) = img.dimensions();
         self.stage("encode", 0);
         let latent = ed.encode(image_io::to_pixels(&img), h as usize, w as usize, None).await?;

@@ -11,13 +11,12 @@ use crate::pipeline::Rgb;
 /// Largest image accepted for decoding (pixels); larger ones are refused before the decoder
 /// allocates, so a 16000×16000 file cannot exhaust memory.
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
-/// Long side of the automatic size rule.
-pub const DEFAULT_LONG_SIDE: u32 = 512;
 
 /// How to size the picture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Size {
-    /// Long side 512, then both sides rounded down to multiples of 64 by a centred crop.
+    /// The model's default long side (see `SdConfigs::default_long_side`), then both sides
+    /// rounded down to multiples of 64 by a centred crop.
     #[default]
     Auto,
     /// Exactly this size (multiples of 8); no resampling when the image already has it.
@@ -97,8 +96,9 @@ fn flatten_on_white(img: DynamicImage) -> RgbImage {
     })
 }
 
-/// Sizes `img` by `size`; returns the result and a sentence saying what was done.
-pub fn fit(img: RgbImage, size: Size) -> Result<(RgbImage, String)> {
+/// Sizes `img` by `size`, `long_side` being the model's default; returns the result and a
+/// sentence saying what was done.
+pub fn fit(img: RgbImage, size: Size, long_side: u32) -> Result<(RgbImage, String)> {
     let (w, h) = img.dimensions();
     match size {
         Size::Exact { width, height } if (w, h) == (width, height) => {
@@ -110,7 +110,7 @@ pub fn fit(img: RgbImage, size: Size) -> Result<(RgbImage, String)> {
         )),
         Size::Auto => {
             let long = w.max(h);
-            let scale = DEFAULT_LONG_SIDE as f64 / long as f64;
+            let scale = long_side as f64 / long as f64;
             let (rw, rh) = (
                 ((w as f64 * scale).round() as u32).max(1),
                 ((h as f64 * scale).round() as u32).max(1),
@@ -118,7 +118,7 @@ pub fn fit(img: RgbImage, size: Size) -> Result<(RgbImage, String)> {
             let (cw, ch) = (rw / 64 * 64, rh / 64 * 64);
             if cw == 0 || ch == 0 {
                 return Err(PipelineError::Image(format!(
-                    "{w}×{h} is too narrow: at long side {DEFAULT_LONG_SIDE} the short side is under 64 pixels"
+                    "{w}×{h} is too narrow: at long side {long_side} the short side is under 64 pixels"
                 )));
             }
             let resized = if (rw, rh) == (w, h) {
@@ -178,12 +178,14 @@ mod tests {
     #[test]
     fn auto_size_rule() {
         let img = RgbImage::new(1000, 600);
-        let (out, what) = fit(img, Size::Auto).unwrap();
+        let (out, what) = fit(img, Size::Auto, 512).unwrap();
         assert_eq!(out.dimensions(), (512, 256));
         assert!(what.contains("1000×600 resized to 512×307"), "{what}");
         let same = RgbImage::new(512, 512);
-        assert_eq!(fit(same, Size::Auto).unwrap().0.dimensions(), (512, 512));
-        assert!(fit(RgbImage::new(2000, 20), Size::Auto).is_err());
+        assert_eq!(fit(same, Size::Auto, 512).unwrap().0.dimensions(), (512, 512));
+        assert!(fit(RgbImage::new(2000, 20), Size::Auto, 512).is_err());
+        // SD 2.x at 768: long side 768
+        assert_eq!(fit(RgbImage::new(2000, 1000), Size::Auto, 768).unwrap().0.dimensions(), (768, 384));
     }
 
     #[test]
@@ -193,10 +195,10 @@ mod tests {
         assert!(Size::exact(8192, 8192).is_ok());
         let err = Size::exact(8192, 8200).unwrap_err().to_string();
         assert!(err.contains("64 Mpixel limit"), "{err}");
-        let (out, what) = fit(RgbImage::new(64, 128), Size::exact(64, 128).unwrap()).unwrap();
+        let (out, what) = fit(RgbImage::new(64, 128), Size::exact(64, 128).unwrap(), 512).unwrap();
         assert_eq!(out.dimensions(), (64, 128));
         assert!(what.contains("as is"));
-        let (out, _) = fit(RgbImage::new(30, 30), Size::exact(64, 64).unwrap()).unwrap();
+        let (out, _) = fit(RgbImage::new(30, 30), Size::exact(64, 64).unwrap(), 512).unwrap();
         assert_eq!(out.dimensions(), (64, 64));
     }
 
@@ -243,7 +245,7 @@ mod tests {
     fn tiny_and_huge_images_are_refused_before_decoding() {
         // a 1×1 picture is simply upscaled
         let one = decode(&encode(DynamicImage::new_rgb8(1, 1), image::ImageFormat::Png)).unwrap();
-        assert_eq!(fit(one, Size::Auto).unwrap().0.dimensions(), (512, 512));
+        assert_eq!(fit(one, Size::Auto, 512).unwrap().0.dimensions(), (512, 512));
         // a BMP header claiming 16000×16000 with no pixel data behind it
         let (w, h) = (16000u32, 16000u32);
         let mut bmp = b"BM".to_vec();
