@@ -152,9 +152,11 @@ def write_tokenizer(dst: Path):
 # ----------------------------------------------------------------------------------------------
 # 1b. Networks with seeded random weights
 # ----------------------------------------------------------------------------------------------
-def make_unet():
+def make_unet(sample_size=8, cross_attention_dim=32, attention_head_dim=2, sd2=False):
+    """SD 1.x's options by default; `sd2` turns on SD 2.x's linear projections and upcast
+    attention (SD 2.1 also has a per-block head count: [5, 10, 20, 20], 64-wide heads)."""
     return UNet2DConditionModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         center_input_sample=False,
@@ -171,9 +173,10 @@ def make_unet():
         act_fn="silu",
         norm_num_groups=8,
         norm_eps=1e-5,
-        cross_attention_dim=32,
-        attention_head_dim=2,  # SD1.x semantics: this is the NUMBER OF HEADS (8 in real SD1.x)
-        use_linear_projection=False,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,  # SD semantics: the NUMBER OF HEADS (8 in real SD1.x)
+        use_linear_projection=sd2,
+        upcast_attention=sd2,
     )
 
 
@@ -193,20 +196,22 @@ def make_vae():
     )
 
 
-def make_text_encoder():
+def make_text_encoder(hidden=32, heads=2, hidden_act="quick_gelu", pad_token_id=1):
+    """SD 1.x's text tower shape by default; SD 2.x's OpenCLIP tower differs in activation
+    (gelu) and pad token ("!", id 0)."""
     cfg = CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        hidden_act="quick_gelu",
+        hidden_act=hidden_act,
         layer_norm_eps=1e-5,
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=1,
-        projection_dim=32,
+        pad_token_id=pad_token_id,
+        projection_dim=hidden,
         attention_dropout=0.0,
         dropout=0.0,
     )
@@ -668,49 +673,6 @@ VAE_CONFIG: dict = {}
 # ----------------------------------------------------------------------------------------------
 # 4. SD 2.x: what differs from 1.x, on the same tiny widths
 # ----------------------------------------------------------------------------------------------
-def make_unet2():
-    """SD 2.x's UNet options: linear proj_in/proj_out, a per-block head count (SD 2.1:
-    [5, 10, 20, 20], i.e. 64-wide heads), upcast attention, a wider cross-attention."""
-    return UNet2DConditionModel(
-        sample_size=12,
-        in_channels=4,
-        out_channels=4,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=BLOCK_OUT,
-        layers_per_block=2,
-        norm_num_groups=8,
-        norm_eps=1e-5,
-        cross_attention_dim=48,
-        attention_head_dim=[2, 2, 4, 4],
-        use_linear_projection=True,
-        upcast_attention=True,
-    )
-
-
-def make_text_encoder2():
-    """OpenCLIP ViT-H's text tower as diffusers ships SD 2.x: gelu, pad token "!" (id 0)."""
-    cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0,
-        projection_dim=48,
-        attention_dropout=0.0,
-        dropout=0.0,
-    )
-    return CLIPTextModel(cfg)
-
-
 def make_sd2(vae):
     log("SD 2.x-shaped model")
     if MODEL2.exists():
@@ -727,7 +689,8 @@ def make_sd2(vae):
     sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
     sched.save_pretrained(str(MODEL2 / "scheduler"))
-    unet, te = make_unet2(), make_text_encoder2()
+    unet = make_unet(sample_size=12, cross_attention_dim=48, attention_head_dim=[2, 2, 4, 4], sd2=True)
+    te = make_text_encoder(hidden=48, heads=3, hidden_act="gelu", pad_token_id=0)
     randomize(unet, "unet2")
     randomize(te, "text_encoder2")
     # fp16 files only (the weights are f16-representable): half the fixture size
