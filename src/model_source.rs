@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use edict_sd::model::{ModelFiles, Precision, folder_configs};
+use edict_sd::model::{ModelFiles, Precision};
 
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 
@@ -38,8 +38,7 @@ pub fn resolve(model: &str, config: Option<&Path>, precision: Precision) -> Resu
         return Ok(ModelFiles::from_folder(path, precision)?);
     }
     if path.is_file() {
-        let configs = config.map(folder_configs).transpose()?;
-        return Ok(ModelFiles::from_single_file(path, configs)?);
+        return Ok(ModelFiles::from_single_file(path, config)?);
     }
     let looks_like_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
     if !looks_like_id {

@@ -218,8 +218,7 @@ fn fingerprint_names_the_weights_not_their_form() {
     assert_eq!(base.len(), 16);
     assert!(base.chars().all(|c| c.is_ascii_hexdigit()), "{base}");
     assert_eq!(load(ModelFiles::from_folder(&tiny_sd(), Precision::F16).unwrap(), Precision::F16), base);
-    let configs = edict_sd::model::folder_configs(&tiny_sd()).unwrap();
-    let single = ModelFiles::from_single_file(&fixtures().join("tiny-sd.safetensors"), Some(configs)).unwrap();
+    let single = ModelFiles::from_single_file(&fixtures().join("tiny-sd.safetensors"), Some(&tiny_sd())).unwrap();
     assert_eq!(load(single, Precision::F32), base);
 
     let m = Model::copy("fingerprint");

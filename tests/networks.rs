@@ -5,7 +5,7 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::*;
-use edict_sd::model::{ModelFiles, Precision, SdConfigs, StableDiffusion, folder_configs};
+use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
 
 fn load(device: &Device, precision: Precision) -> StableDiffusion {
     let files = ModelFiles::from_folder(&tiny_sd(), precision).expect("fixture folder");
@@ -13,8 +13,7 @@ fn load(device: &Device, precision: Precision) -> StableDiffusion {
 }
 
 fn load_single_file(device: &Device) -> StableDiffusion {
-    let configs: SdConfigs = folder_configs(&tiny_sd()).unwrap();
-    let files = ModelFiles::from_single_file(&fixtures().join("tiny-sd.safetensors"), Some(configs)).unwrap();
+    let files = ModelFiles::from_single_file(&fixtures().join("tiny-sd.safetensors"), Some(&tiny_sd())).unwrap();
     StableDiffusion::load(files, device, Precision::F32).expect("single file loads")
 }
 
@@ -172,13 +171,7 @@ fn unet_in_f16_is_close() {
     let r = reference("unet.safetensors");
     let device = burn::tensor::Device::flex();
     let sd = load(&device, Precision::F16);
-    let s = &r["sample"].shape;
-    let x = upload(&r["sample"].values, [s[0], s[1], s[2], s[3]], &device).cast(burn::tensor::DType::F16);
-    let c = &r["encoder_hidden_states"].shape;
-    let ctx: Tensor<3> = upload(&r["encoder_hidden_states"].values, [c[0], c[1], c[2]], &device).cast(burn::tensor::DType::F16);
-    let ours = host(sd.unet.forward(x, 981.0, &ctx));
-    let want = &r["out_t981"].values;
-    let err = max_abs_diff(&ours, want);
-    eprintln!("cpu unet f16: max abs error {err:e}, scale {:.3}", max_abs(want));
-    assert!(err <= 2e-2 * max_abs(want), "f16 max abs error {err:e}");
+    let (err, scale) = unet_f16_error(&sd, &r, &device);
+    eprintln!("cpu unet f16: max abs error {err:e}, scale {scale:.3}");
+    assert!(err <= 2e-2 * scale, "f16 max abs error {err:e}");
 }

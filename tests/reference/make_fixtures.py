@@ -39,6 +39,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast
 
@@ -50,6 +51,7 @@ FIX = ROOT / "tests" / "fixtures"
 MODEL = FIX / "tiny-sd"
 SINGLE = FIX / "tiny-sd.safetensors"
 MODEL2 = FIX / "tiny-sd2"
+SINGLE2 = FIX / "tiny-sd2.safetensors"
 REF = FIX / "reference"
 
 BASE_SEED = 20240611
@@ -673,6 +675,60 @@ VAE_CONFIG: dict = {}
 # ----------------------------------------------------------------------------------------------
 # 4. SD 2.x: what differs from 1.x, on the same tiny widths
 # ----------------------------------------------------------------------------------------------
+def text_to_openclip(sd: dict, extra_layer: dict) -> dict:
+    """transformers CLIPTextModel keys -> the OpenCLIP layout of SD 2.x single files
+    (`cond_stage_model.model.*`, q/k/v fused into `in_proj`). SD 2.x uses the penultimate layer
+    of OpenCLIP's 24, so real files hold one more resblock than the text encoder: `extra_layer`
+    plays it here, with `text_projection`, both to be ignored by a loader."""
+    p, out = "cond_stage_model.model.", {}
+    out[p + "token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
+    out[p + "positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
+    out[p + "ln_final.weight"] = sd["text_model.final_layer_norm.weight"]
+    out[p + "ln_final.bias"] = sd["text_model.final_layer_norm.bias"]
+    layers = sorted({int(k.split(".")[3]) for k in sd if k.startswith("text_model.encoder.layers.")})
+    for i in layers + [len(layers)]:
+        src = extra_layer if i == len(layers) else {k.split(f"layers.{i}.", 1)[1]: v for k, v in sd.items() if f"layers.{i}." in k}
+        r = f"{p}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[r + f"attn.in_proj_{kind}"] = torch.cat([src[f"self_attn.{x}_proj.{kind}"] for x in "qkv"])
+            out[r + f"attn.out_proj.{kind}"] = src[f"self_attn.out_proj.{kind}"]
+            out[r + f"ln_1.{kind}"] = src[f"layer_norm1.{kind}"]
+            out[r + f"ln_2.{kind}"] = src[f"layer_norm2.{kind}"]
+            out[r + f"mlp.c_fc.{kind}"] = src[f"mlp.fc1.{kind}"]
+            out[r + f"mlp.c_proj.{kind}"] = src[f"mlp.fc2.{kind}"]
+    out[p + "text_projection"] = torch.eye(sd["text_model.final_layer_norm.weight"].shape[0])
+    return out
+
+
+def write_single_file2(unet_sd, vae_sd, te, unet_config):
+    """The SD 2.x model as one original (LDM) checkpoint, f16, verified with diffusers' loaders."""
+    text_sd = state_f32(te)
+    extra = make_text_encoder(hidden=48, heads=3, hidden_act="gelu", pad_token_id=0)
+    randomize(extra, "text_encoder2_extra")
+    extra_layer = {k.split("layers.0.", 1)[1]: v for k, v in state_f32(extra).items() if "layers.0." in k}
+    ckpt = {**unet_to_ldm(unet_sd), **vae_to_ldm(vae_sd), **text_to_openclip(text_sd, extra_layer)}
+    ckpt = {k: v.half().contiguous() for k, v in ckpt.items()}
+    save_file(ckpt, str(SINGLE2), metadata={"format": "pt"})
+    back = load_file(str(SINGLE2))
+    conv_text = convert_open_clip_checkpoint(te, back)
+    extra_keys = {k for k in conv_text if ".layers.2." in k or k == "text_projection.weight"}
+    checks = [
+        ("unet", convert_ldm_unet_checkpoint(back, dict(unet_config)), state_f32_of(unet_sd)),
+        ("vae", convert_ldm_vae_checkpoint(back, dict(VAE_CONFIG)), vae_sd),
+        ("text", {k: v for k, v in conv_text.items() if k not in extra_keys}, text_sd),
+    ]
+    assert len(extra_keys) == 16, sorted(extra_keys)  # the extra resblock (q, k, v split); text_projection is skipped
+    for name, conv, ref in checks:
+        assert set(conv) == set(ref), (name, sorted(set(conv) ^ set(ref))[:10])
+        for k in ref:
+            assert torch.equal(conv[k].float().reshape(ref[k].shape), ref[k]), (name, k)
+        log(f"  SD 2.x single file via diffusers' loaders: {name}: {len(ref)} tensors identical")
+
+
+def state_f32_of(sd: dict) -> dict:
+    return {k: v.float() for k, v in sd.items()}
+
+
 def make_sd2(vae):
     log("SD 2.x-shaped model")
     if MODEL2.exists():
@@ -704,6 +760,7 @@ def make_sd2(vae):
     unet = UNet2DConditionModel.from_pretrained(str(MODEL2 / "unet"), variant="fp16", torch_dtype=torch.float32).eval()
     te = CLIPTextModel.from_pretrained(str(MODEL2 / "text_encoder"), variant="fp16", torch_dtype=torch.float32).eval()
     assert unet.config.upcast_attention and unet.config.use_linear_projection
+    write_single_file2(state_f32(unet), state_f32(vae), te, unet.config)
 
     log("SD 2.x references")
     prompts = ["", "a photo of a cat", "a photo of a dog"]
@@ -766,8 +823,9 @@ def main():
     for d in (MODEL, REF):
         if d.exists():
             shutil.rmtree(d)
-    if SINGLE.exists():
-        SINGLE.unlink()
+    for f in (SINGLE, SINGLE2):
+        if f.exists():
+            f.unlink()
     MODEL.mkdir(parents=True)
     REF.mkdir(parents=True)
     log(f"torch {torch.__version__}  diffusers {diffusers.__version__}  transformers {transformers.__version__}")

@@ -62,22 +62,31 @@ impl ModelBuilder {
             .cloned()
             .collect();
         let has_components = COMPONENTS.iter().all(|c| self.files.contains_key(&format!("{c}/config.json")));
-        let configs = if has_components { self.configs()? } else { SdConfigs::sd15() };
         let read = |name: &str| Ok(self.files.get(&format!("tokenizer/{name}")).cloned());
-        let tokenizer = ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)?;
-        let weights = match single.as_slice() {
-            // a single-file checkpoint, read with SD1.5's configs unless the folder's came along
-            [path] => WeightSource::SingleFile(self.weight_file(path)?),
+        let folder_tokenizer = ClipTokenizer::from_folder_files(read)?;
+        let (weights, configs, tokenizer) = match single.as_slice() {
+            // a single-file checkpoint, read with the folder's configs if they came along
+            [path] => {
+                let file = self.weight_file(path)?;
+                let (configs, tokenizer) = if has_components {
+                    (self.configs()?, folder_tokenizer.map_or_else(ClipTokenizer::embedded, Ok)?)
+                } else {
+                    SdConfigs::for_single_file(&file)?
+                };
+                (WeightSource::SingleFile(file), configs, tokenizer)
+            }
             [] if has_components => {
+                let configs = self.configs()?;
                 let mut take = |c: &str| -> Result<WeightFile, SdError> {
                     let path = self.weight_path(c, precision)?;
                     self.weight_file(&path)
                 };
-                WeightSource::Diffusers {
+                let weights = WeightSource::Diffusers {
                     text_encoder: take("text_encoder")?,
                     unet: take("unet")?,
                     vae: take("vae")?,
-                }
+                };
+                (weights, configs, folder_tokenizer.map_or_else(ClipTokenizer::embedded, Ok)?)
             }
             [] => {
                 return Err(SdError::Config {

@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::attention::{Attend, project_attend};
-use crate::nn::{embedding, layer_norm, linear};
+use crate::nn::{embedding, fused_qkv, layer_norm, linear};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
 use crate::{Result, SdError};
@@ -137,12 +137,18 @@ impl ClipTextModel {
             .map(|i| {
                 let l = vb.pp("encoder.layers").pp(i);
                 let a = l.pp("self_attn");
+                // SD 2.x single files keep OpenCLIP's fused q/k/v projection
+                let [q_proj, k_proj, v_proj] = if a.contains("in_proj.weight") {
+                    fused_qkv(&a.pp("in_proj"), d)?
+                } else {
+                    [linear(&a.pp("q_proj"), d, d, true)?, linear(&a.pp("k_proj"), d, d, true)?, linear(&a.pp("v_proj"), d, d, true)?]
+                };
                 Ok(ClipEncoderLayer {
                     layer_norm1: layer_norm(&l.pp("layer_norm1"), d, eps)?,
                     self_attn: ClipAttention {
-                        q_proj: linear(&a.pp("q_proj"), d, d, true)?,
-                        k_proj: linear(&a.pp("k_proj"), d, d, true)?,
-                        v_proj: linear(&a.pp("v_proj"), d, d, true)?,
+                        q_proj,
+                        k_proj,
+                        v_proj,
                         out_proj: linear(&a.pp("out_proj"), d, d, true)?,
                         heads: c.num_attention_heads,
                     },

@@ -4,10 +4,10 @@
 use burn::tensor::{DType, Device};
 
 use crate::clip::{ClipConfig, ClipTextModel, text_model_key};
-use crate::scheduler::SchedulerConfig;
-use crate::single_file::{Layout, Part, is_single_file, map_key, map_legacy_vae_key};
+use crate::scheduler::{Prediction, SchedulerConfig};
+use crate::single_file::{Layout, Part, is_sd2, is_single_file, map_key, map_legacy_vae_key};
 use crate::tokenizer::ClipTokenizer;
-use crate::unet_2d::{UNet2DConditionModel, UNetConfig};
+use crate::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::weights::{VarBuilder, WeightFile};
 use crate::{Result, SdError};
@@ -66,6 +66,47 @@ impl SdConfigs {
             vae: VaeConfig::sd15(),
             scheduler: SchedulerConfig::default(),
         }
+    }
+
+    /// SD 2.1 (768², v-prediction), the configs SD 2.x single-file checkpoints are read with by
+    /// default: OpenCLIP ViT-H's text tower (23 of its 24 layers), 64-wide attention heads,
+    /// linear projections, upcast attention.
+    pub fn sd21() -> Self {
+        let sd15 = Self::sd15();
+        Self {
+            clip: ClipConfig {
+                hidden_size: 1024,
+                intermediate_size: 4096,
+                num_hidden_layers: 23,
+                num_attention_heads: 16,
+                hidden_act: "gelu".into(),
+                ..sd15.clip
+            },
+            unet: UNetConfig {
+                attention_head_dim: PerBlock::Each(vec![5, 10, 20, 20]),
+                cross_attention_dim: 1024,
+                use_linear_projection: true,
+                upcast_attention: true,
+                sample_size: 96,
+                ..sd15.unet
+            },
+            vae: sd15.vae,
+            scheduler: SchedulerConfig {
+                prediction: Prediction::V,
+                ..SchedulerConfig::default()
+            },
+        }
+    }
+
+    /// What a single-file checkpoint is read with when no configs are given: SD 2.1's when its
+    /// text encoder is OpenCLIP's, else SD 1.5's; the embedded CLIP vocabulary, padded as
+    /// that family pads.
+    pub fn for_single_file(file: &WeightFile) -> Result<(Self, ClipTokenizer)> {
+        Ok(if is_sd2(file.keys()) {
+            (Self::sd21(), ClipTokenizer::embedded()?.with_pad("!")?)
+        } else {
+            (Self::sd15(), ClipTokenizer::embedded()?)
+        })
     }
 
     /// The configs of a diffusers folder named `folder`, each file read through `read` (a path
@@ -130,6 +171,7 @@ impl SdConfigs {
         Layout {
             unet_layers_per_block: self.unet.layers_per_block,
             vae_blocks: self.vae.block_out_channels.len(),
+            text_layers: self.clip.num_hidden_layers,
         }
     }
 }
@@ -317,6 +359,16 @@ mod native {
         })
     }
 
+    /// The tokenizer of a diffusers folder (`tokenizer/`), else the embedded CLIP vocabulary.
+    fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer> {
+        let tok_dir = dir.join("tokenizer");
+        let read = |name: &str| {
+            let p = tok_dir.join(name);
+            if p.is_file() { std::fs::read(&p).map(Some).map_err(|source| SdError::Io { path: p, source }) } else { Ok(None) }
+        };
+        ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)
+    }
+
     /// Reads the configs of a diffusers folder.
     pub fn folder_configs(dir: &Path) -> Result<SdConfigs> {
         let read = |rel: &str| {
@@ -337,16 +389,7 @@ mod native {
                 });
             }
             let configs = folder_configs(dir)?;
-            let tok_dir = dir.join("tokenizer");
-            let read = |name: &str| {
-                let p = tok_dir.join(name);
-                if p.is_file() {
-                    std::fs::read(&p).map(Some).map_err(|source| SdError::Io { path: p, source })
-                } else {
-                    Ok(None)
-                }
-            };
-            let tokenizer = ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)?;
+            let tokenizer = folder_tokenizer(dir)?;
             let open = |name: &str| -> Result<WeightFile> {
                 WeightFile::open(&weight_file(&component(dir, name)?, precision)?)
             };
@@ -361,12 +404,18 @@ mod native {
             })
         }
 
-        /// An original single-file checkpoint, read with `configs` (SD1.5's unless given).
-        pub fn from_single_file(path: &Path, configs: Option<SdConfigs>) -> Result<Self> {
+        /// An original single-file checkpoint, read with the configs and tokenizer of the
+        /// diffusers folder `config`, else [`SdConfigs::for_single_file`]'s.
+        pub fn from_single_file(path: &Path, config: Option<&Path>) -> Result<Self> {
+            let file = WeightFile::open(path)?;
+            let (configs, tokenizer) = match config {
+                Some(dir) => (folder_configs(dir)?, folder_tokenizer(dir)?),
+                None => SdConfigs::for_single_file(&file)?,
+            };
             Ok(Self {
-                configs: configs.unwrap_or_else(SdConfigs::sd15),
-                tokenizer: ClipTokenizer::embedded()?,
-                weights: WeightSource::SingleFile(WeightFile::open(path)?),
+                configs,
+                tokenizer,
+                weights: WeightSource::SingleFile(file),
             })
         }
     }

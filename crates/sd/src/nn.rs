@@ -12,21 +12,30 @@ use crate::weights::VarBuilder;
 /// `torch.nn.Linear`: stored `[out, in]`, Burn keeps `[in, out]`, so transpose on the host.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
     let w = vb.host_f32("weight", &[d_out, d_in])?;
+    let b = if bias { Some(vb.host_f32("bias", &[d_out])?) } else { None };
+    Ok(linear_from(vb, &w, b, d_in, d_out))
+}
+
+/// q, k and v of width `d` from one fused projection (`in_proj`, `[3d, d]`, OpenCLIP).
+pub fn fused_qkv(vb: &VarBuilder, d: usize) -> Result<[Linear; 3]> {
+    let w = vb.host_f32("weight", &[3 * d, d])?;
+    let b = vb.host_f32("bias", &[3 * d])?;
+    let part = |i: usize| linear_from(vb, &w[i * d * d..(i + 1) * d * d], Some(b[i * d..(i + 1) * d].to_vec()), d, d);
+    Ok([part(0), part(1), part(2)])
+}
+
+/// A Burn `Linear` from a PyTorch-layout `[out, in]` weight and an optional bias.
+fn linear_from(vb: &VarBuilder, w: &[f32], bias: Option<Vec<f32>>, d_in: usize, d_out: usize) -> Linear {
     let mut t = vec![0f32; w.len()];
     for o in 0..d_out {
         for i in 0..d_in {
             t[i * d_out + o] = w[o * d_in + i];
         }
     }
-    let bias = if bias {
-        Some(Param::from_tensor(vb.get("bias", [d_out])?))
-    } else {
-        None
-    };
-    Ok(Linear {
+    Linear {
         weight: Param::from_tensor(vb.tensor(t, [d_in, d_out])),
-        bias,
-    })
+        bias: bias.map(|b| Param::from_tensor(vb.tensor(b, [d_out]))),
+    }
 }
 
 /// `torch.nn.Conv2d` with square kernel, symmetric padding and a bias.

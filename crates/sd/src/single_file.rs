@@ -15,12 +15,21 @@ pub enum Part {
 pub struct Layout {
     pub unet_layers_per_block: usize,
     pub vae_blocks: usize,
+    /// SD 2.x uses the first 23 of OpenCLIP's 24 text layers; the file holds all of them.
+    pub text_layers: usize,
 }
 
 /// True when the keys look like an original SD checkpoint.
 pub fn is_single_file<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
     keys.any(|k| k.starts_with("model.diffusion_model."))
 }
+
+/// True when an original checkpoint's text encoder is OpenCLIP's (SD 2.x), not OpenAI CLIP's.
+pub fn is_sd2<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
+    keys.any(|k| k.starts_with(OPEN_CLIP))
+}
+
+const OPEN_CLIP: &str = "cond_stage_model.model.";
 
 /// Maps one original key to `(part, diffusers key)`; `None` for keys no network uses
 /// (EMA copies, `position_ids`, loss buffers, …).
@@ -31,6 +40,9 @@ pub fn map_key(key: &str, layout: Layout) -> Option<(Part, String)> {
     if let Some(rest) = key.strip_prefix("first_stage_model.") {
         return map_vae(rest, layout.vae_blocks).map(|k| (Part::Vae, k));
     }
+    if let Some(rest) = key.strip_prefix(OPEN_CLIP) {
+        return map_open_clip(rest, layout.text_layers).map(|k| (Part::TextEncoder, format!("text_model.{k}")));
+    }
     if let Some(rest) = key.strip_prefix("cond_stage_model.transformer.") {
         if rest.ends_with("position_ids") {
             return None;
@@ -39,6 +51,35 @@ pub fn map_key(key: &str, layout: Layout) -> Option<(Part, String)> {
         return Some((Part::TextEncoder, format!("text_model.{rest}")));
     }
     None
+}
+
+/// OpenCLIP's text tower (SD 2.x) to transformers names under `text_model.`; q, k and v stay
+/// fused as `self_attn.in_proj` (the text encoder splits them). `text_projection`, `logit_scale`
+/// and layers past the ones used map to nothing.
+fn map_open_clip(k: &str, layers: usize) -> Option<String> {
+    let direct = [
+        ("token_embedding.weight", "embeddings.token_embedding.weight"),
+        ("positional_embedding", "embeddings.position_embedding.weight"),
+        ("ln_final.weight", "final_layer_norm.weight"),
+        ("ln_final.bias", "final_layer_norm.bias"),
+    ];
+    if let Some((_, to)) = direct.iter().find(|(from, _)| *from == k) {
+        return Some(to.to_string());
+    }
+    let (i, rest) = split_index(k.strip_prefix("transformer.resblocks.")?)?;
+    if i >= layers {
+        return None;
+    }
+    let parts = [
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("attn.in_proj_", "self_attn.in_proj."),
+    ];
+    let (from, to) = parts.iter().find(|(from, _)| rest.starts_with(from))?;
+    Some(format!("encoder.layers.{i}.{to}{}", &rest[from.len()..]))
 }
 
 fn split_index(s: &str) -> Option<(usize, &str)> {
@@ -198,6 +239,7 @@ mod tests {
     const SD: Layout = Layout {
         unet_layers_per_block: 2,
         vae_blocks: 4,
+        text_layers: 23,
     };
 
     fn m(k: &str) -> String {
@@ -233,6 +275,16 @@ mod tests {
         );
         assert_eq!(map_key("cond_stage_model.transformer.text_model.embeddings.position_ids", SD), None);
         assert_eq!(map_key("model_ema.decay", SD), None);
+        // SD 2.x: OpenCLIP's text tower, 23 of its 24 layers
+        assert_eq!(m("cond_stage_model.model.positional_embedding"), "text_model.embeddings.position_embedding.weight");
+        assert_eq!(
+            m("cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight"),
+            "text_model.encoder.layers.22.self_attn.in_proj.weight"
+        );
+        assert_eq!(m("cond_stage_model.model.transformer.resblocks.0.mlp.c_proj.bias"), "text_model.encoder.layers.0.mlp.fc2.bias");
+        assert_eq!(map_key("cond_stage_model.model.transformer.resblocks.23.ln_1.weight", SD), None);
+        assert_eq!(map_key("cond_stage_model.model.text_projection", SD), None);
+        assert!(is_sd2(["cond_stage_model.model.ln_final.bias"].into_iter()));
         assert_eq!(map_legacy_vae_key("encoder.mid_block.attentions.0.query.weight"), "encoder.mid_block.attentions.0.to_q.weight");
     }
 }

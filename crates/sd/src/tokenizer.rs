@@ -143,16 +143,22 @@ impl ClipTokenizer {
         let (Some(vocab), Some(merges)) = (read("vocab.json")?, read("merges.txt")?) else {
             return Ok(None);
         };
-        let mut tok = Self::from_vocab_merges(&vocab, &merges)?;
+        let tok = Self::from_vocab_merges(&vocab, &merges)?;
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             if let Some(pad) = read(name)?.map(|b| pad_token(&b, name)).transpose()?.flatten() {
-                tok.pad = tok.id(&pad).ok_or_else(|| {
-                    SdError::Tokenizer(format!("{name}: the pad token `{pad}` is not in vocab.json"))
-                })?;
-                break;
+                return tok.with_pad(&pad).map(Some).map_err(|e| SdError::Tokenizer(format!("{name}: {e}")));
             }
         }
         Ok(Some(tok))
+    }
+
+    /// The same tokenizer padding with `token` (SD 2.x: `!`).
+    pub fn with_pad(mut self, token: &str) -> Result<Self> {
+        self.pad = self
+            .inner
+            .token_to_id(token)
+            .ok_or_else(|| SdError::Tokenizer(format!("the pad token `{token}` is not in the vocabulary")))?;
+        Ok(self)
     }
 
     /// The tokenizer in `dir` (a diffusers model's `tokenizer/` folder), see
@@ -171,10 +177,6 @@ impl ClipTokenizer {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no vocab.json and merges.txt here"),
         })
-    }
-
-    fn id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
     }
 
     /// The id the prompt is padded with after `EOS`: `EOS` itself unless the folder names
