@@ -71,6 +71,17 @@ pub fn max_abs(a: &[f64]) -> f64 {
     a.iter().map(|x| x.abs()).fold(0.0, f64::max)
 }
 
+/// A model loaded in f16 against a reference file's `out_t981` for `sample` and
+/// `encoder_hidden_states`, inputs cast to f16: (max abs error, output scale).
+pub fn unet_f16_error(sd: &StableDiffusion, r: &HashMap<String, Ref>, device: &Device) -> (f64, f64) {
+    let s = &r["sample"].shape;
+    let c = &r["encoder_hidden_states"].shape;
+    let x = upload(&r["sample"].values, [s[0], s[1], s[2], s[3]], device).cast(burn::tensor::DType::F16);
+    let ctx: Tensor<3> = upload(&r["encoder_hidden_states"].values, [c[0], c[1], c[2]], device).cast(burn::tensor::DType::F16);
+    let want = &r["out_t981"].values;
+    (max_abs_diff(&host(sd.unet.forward(x, 981.0, &ctx)), want), max_abs(want))
+}
+
 /// A copy of the fixture folder that a test may break.
 pub struct Model(pub PathBuf);
 
