@@ -175,3 +175,17 @@ fn unet_in_f16_is_close() {
     eprintln!("cpu unet f16: max abs error {err:e}, scale {scale:.3}");
     assert!(err <= 2e-2 * scale, "f16 max abs error {err:e}");
 }
+
+/// SD 1.5's text encoder in f32 runs on an adapter with WebGPU's default limits (lavapipe has
+/// them: 128 MiB per storage buffer): its 145 MiB token table stays on the host.
+#[test]
+fn sd15_text_encoder_in_f32_fits_default_gpu_limits() {
+    use edict_sd::clip::{ClipConfig, ClipTextModel};
+    let device = edict_sd::backend::device(edict_sd::backend::Backend::Wgpu).unwrap();
+    let vb = edict_sd::weights::VarBuilder::random(7, &device, burn::tensor::DType::F32);
+    let te = ClipTextModel::load(&vb, &ClipConfig::sd15()).unwrap();
+    let ids: Vec<u32> = (0..77).map(|i| if i == 0 { 49406 } else { 49407 - i % 2 }).collect();
+    let out = pollster::block_on(edict_sd::backend::read(te.forward(&ids).unwrap())).unwrap();
+    assert_eq!(out.len(), 77 * 768);
+    assert!(out.iter().all(|v| v.is_finite()));
+}

@@ -151,16 +151,16 @@ impl Gpu {
     }
 }
 
-/// The largest single buffer the networks allocate for a 512×512 image: the CLIP token
-/// embedding, the UNet's GEGLU projection, the VAE decoder's last activation, or an attention
-/// score chunk (capped by `MAX_SCORE_ELEMENTS`).
+/// The largest single buffer the networks allocate for an image of the model's native size:
+/// the UNet's GEGLU projection, the VAE decoder's last activation, or an attention score chunk
+/// (capped by `MAX_SCORE_ELEMENTS`). The CLIP token table stays on the host.
 fn largest_buffer(c: &SdConfigs, precision: Precision) -> u64 {
     let unet_ch = c.unet.block_out_channels.iter().copied().max().unwrap_or(0);
     let vae_ch = c.vae.block_out_channels.first().copied().unwrap_or(0);
+    let side = c.default_long_side() as usize;
     [
-        c.clip.vocab_size * c.clip.hidden_size,
         unet_ch * 8 * unet_ch,
-        vae_ch * 512 * 512,
+        vae_ch * side * side,
         edict_sd::attention::MAX_SCORE_ELEMENTS,
     ]
     .into_iter()

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorCreationOptions, TensorData};
 use serde::Deserialize;
 
 use crate::attention::{Attend, project_attend};
@@ -106,7 +106,11 @@ impl ClipEncoderLayer {
 
 #[derive(Module, Debug)]
 pub struct ClipTextModel {
-    pub token_embedding: Embedding,
+    /// `[vocab, hidden]`, kept on the host: in f32 the table (SD 1.5: 49408 × 768 × 4 bytes =
+    /// 145 MiB) exceeds WebGPU's default 128 MiB buffer binding limit, and a prompt needs 77
+    /// of its rows, which go to the device.
+    #[module(skip)]
+    pub token_embedding: Vec<f32>,
     pub position_embedding: Embedding,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
@@ -160,7 +164,7 @@ impl ClipTextModel {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            token_embedding: embedding(&vb.pp("embeddings.token_embedding"), c.vocab_size, d)?,
+            token_embedding: vb.pp("embeddings.token_embedding").host_f32("weight", &[c.vocab_size, d])?,
             position_embedding: embedding(
                 &vb.pp("embeddings.position_embedding"),
                 c.max_position_embeddings,
@@ -188,17 +192,19 @@ impl ClipTextModel {
                 self.vocab_size
             )));
         }
-        let device = self.token_embedding.weight.device();
+        let table = self.position_embedding.weight.val();
+        let (device, dtype, d) = (table.device(), table.dtype(), table.dims()[1]);
         let n = ids.len();
-        let tok = Tensor::<2, Int>::from_data(
-            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]),
-            &device,
+        let rows: Vec<f32> = ids.iter().flat_map(|&i| &self.token_embedding[i as usize * d..(i as usize + 1) * d]).copied().collect();
+        let tok = Tensor::<3>::from_data(
+            TensorData::new(rows, [1, n, d]),
+            TensorCreationOptions::new(device.clone()).with_dtype(dtype),
         );
         let pos = Tensor::<2, Int>::from_data(
             TensorData::new((0..n as i64).collect::<Vec<_>>(), [1, n]),
             &device,
         );
-        let mut x = self.token_embedding.forward(tok) + self.position_embedding.forward(pos);
+        let mut x = tok + self.position_embedding.forward(pos);
         for layer in &self.layers {
             x = layer.forward(x);
         }
