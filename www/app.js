@@ -82,7 +82,7 @@ async function loadModel(name, fill) {
   };
   let builder = new wasm.ModelBuilder(name);
   try {
-    await fill(builder, status);
+    const note = await fill(builder, status);
     status('loading the networks onto the GPU…', null);
     await new Promise((r) => setTimeout(r, 0)); // let the status paint: building blocks the tab
     const b = builder;
@@ -90,7 +90,8 @@ async function loadModel(name, fill) {
     const session = b.build(state.gpu, $('precision').value);
     state.session = session;
     status(`Loaded ${name} (${session.precision}).`, 1);
-    if (session.loadWarning) message(session.loadWarning, 'note');
+    const notes = [note, session.loadWarning].filter(Boolean);
+    if (notes.length) message(notes.join('\n'), 'note');
     setState('model-loaded');
   } catch (e) {
     if (!isTrap(e)) builder?.free(); // a failed download: drop the bytes gathered so far

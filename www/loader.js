@@ -30,10 +30,26 @@ async function openCache() {
 }
 
 /**
- * Downloads `url` (or reads it from the cache); resolves to its bytes, or null on 404.
+ * Stores a response in `store.cache`. The cache must never be why a model cannot load (quota,
+ * or Chromium's "Unexpected internal error" on multi-GB models): a failed put turns caching off
+ * for the rest of the load and leaves a note for the page.
+ */
+async function tryPut(store, key, response) {
+  if (!store.cache) return;
+  try {
+    await store.cache.put(key, response);
+  } catch (e) {
+    store.cache = null;
+    store.note = `The browser's download cache failed (${e.message || e}), so this model was loaded without caching: a reload downloads it again.`;
+  }
+}
+
+/**
+ * Downloads `url` (or reads it from `store.cache`); resolves to its bytes, or null on 404.
  * onBytes(received, total|0) reports progress for this file.
  */
-async function fetchFile(cache, url, onBytes) {
+async function fetchFile(store, url, onBytes) {
+  const cache = store.cache;
   const manifestKey = `${url}?edict-chunks`;
   const chunkKey = (i) => `${url}?edict-chunk=${i}`;
   const chunks = [];
@@ -76,10 +92,10 @@ async function fetchFile(cache, url, onBytes) {
     const blob = await readWithProgress(res, (n) => onBytes(received + n, total));
     received += blob.size;
     chunks.push(blob);
-    if (cache) await cache.put(chunkKey(chunks.length - 1), new Response(blob));
+    await tryPut(store, chunkKey(chunks.length - 1), new Response(blob));
     if (!ranged || blob.size < CHUNK) break;
   }
-  if (cache) await cache.put(manifestKey, new Response(JSON.stringify({ count: chunks.length, size: received })));
+  await tryPut(store, manifestKey, new Response(JSON.stringify({ count: chunks.length, size: received })));
   onBytes(received, received);
   return new Uint8Array(await new Blob(chunks).arrayBuffer());
 }
@@ -101,11 +117,12 @@ async function readWithProgress(res, onBytes) {
 
 /**
  * Fetches a diffusers folder at `base` into `builder` (configs, one weight file per network by
- * `variants`, the tokenizer when the folder has one). onProgress(text, fraction|null).
+ * `variants`, the tokenizer when the folder has one). onProgress(text, fraction|null). Resolves
+ * to a note for the user (the cache failed), or null.
  */
 export async function loadFromUrl(builder, base, variants, onProgress) {
   if (!base.endsWith('/')) base += '/';
-  const cache = await openCache();
+  const store = { cache: await openCache().catch(() => null), note: null };
   const want = [];
   for (const [c, stems] of Object.entries(COMPONENTS)) {
     want.push({ path: `${c}/config.json`, required: true });
@@ -118,7 +135,7 @@ export async function loadFromUrl(builder, base, variants, onProgress) {
     let got = null;
     for (const path of w.candidates || [w.path]) {
       const url = new URL(path, new URL(base, location.href)).href;
-      const bytes = await fetchFile(cache, url, (n, total) =>
+      const bytes = await fetchFile(store, url, (n, total) =>
         onProgress(`downloading ${path} (file ${i}/${want.length}): ${mib(n)}${total ? ' of ' + mib(total) : ''}`, total ? n / total : null),
       );
       if (bytes) {
@@ -131,6 +148,7 @@ export async function loadFromUrl(builder, base, variants, onProgress) {
       throw new Error(`${base}: not found: ${(w.candidates || [w.path]).join(' or ')} (is this a diffusers model folder?)`);
     }
   }
+  return store.note;
 }
 
 /** Deletes every cached model file. */
@@ -140,7 +158,7 @@ export async function clearCache() {
 
 /**
  * Adds user-picked files: one .safetensors checkpoint, or the files of a diffusers folder (from a
- * webkitdirectory input; only the files the model needs are read).
+ * webkitdirectory input; only the files the model needs are read). Resolves to null (no note).
  */
 export async function loadFromFiles(builder, fileList, precision, onProgress) {
   const files = [...fileList];
@@ -151,7 +169,7 @@ export async function loadFromFiles(builder, fileList, precision, onProgress) {
     }
     onProgress(`reading ${f.name}`, null);
     builder.add(f.name, new Uint8Array(await f.arrayBuffer()));
-    return f.name;
+    return null;
   }
   // "folder/unet/config.json" -> "unet/config.json"
   const byPath = new Map(files.map((f) => [f.webkitRelativePath.split('/').slice(1).join('/'), f]));
@@ -171,7 +189,7 @@ export async function loadFromFiles(builder, fileList, precision, onProgress) {
     onProgress(`reading ${root}/${p}`, i / picks.length);
     builder.add(p, new Uint8Array(await f.arrayBuffer()));
   }
-  return root;
+  return null;
 }
 
 function mib(n) {
