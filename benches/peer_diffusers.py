@@ -138,7 +138,8 @@ def main():
     a = ours(args)
     b = peer(args)
     threads = torch.get_num_threads()
-    print(f"ours: edict on {a['backend']} ({a['precision']}); peer: diffusers {__import__('diffusers').__version__}, "
+    ours_threads = f", {a['threads']} threads" if a.get("threads") else ""
+    print(f"ours: edict on {a['backend']} ({a['precision']}{ours_threads}); peer: diffusers {__import__('diffusers').__version__}, "
           f"torch {torch.__version__} on {args.device} ({threads} threads); {args.size}×{args.size} pixels, "
           f"UNet input {a['unet_input']}")
     print(f"{'':18} {'ours':>10} {'peer':>10} {'ours/peer':>10}")

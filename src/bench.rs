@@ -11,7 +11,7 @@ use edict_sd::backend::{Backend, device};
 use edict_sd::model::{Precision, SdConfigs, StableDiffusion, folder_configs};
 use serde_json::json;
 
-use crate::{BackendArg, ModelArgs, PrecisionArg, model_source, open};
+use crate::{ModelArgs, model_source, open};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -23,10 +23,12 @@ pub struct BenchArgs {
     /// diffusers folder whose configs to use.
     #[arg(long)]
     config: Option<String>,
-    #[arg(long, value_enum, default_value = "wgpu")]
-    backend: BackendArg,
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: PrecisionArg,
+    /// wgpu or cpu.
+    #[arg(long, default_value = "wgpu")]
+    backend: Backend,
+    /// f32 or f16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Image side in pixels (square; multiple of 8); the latent is side/8.
     #[arg(long, default_value_t = 512)]
     size: u32,
@@ -62,7 +64,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if !a.no_edit {
         settings.validate(&edict_pipeline::schedule::Schedule::default())?;
     }
-    let (backend, precision) = choices(a.backend, a.precision);
+    let (backend, precision) = (a.backend, a.precision);
 
     let t = Instant::now();
     let (mut ed, model_name) = match &a.config {
@@ -132,7 +134,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let report = json!({
         "model": model_name,
         "backend": backend.to_string(),
-        "precision": format!("{precision:?}").to_lowercase(),
+        "precision": precision.to_string(),
+        // the CPU kernels' threads (RAYON_NUM_THREADS, else every core); none on a GPU
+        "threads": (backend == Backend::Cpu).then(rayon::current_num_threads),
         "size": size,
         "unet_input": latent,
         "iters": a.iters,
@@ -151,7 +155,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("model       {model_name} on {backend} ({}), {size}×{size} pixels, load {load_s:.1}s", report["precision"].as_str().unwrap_or_default());
+    let threads = report["threads"].as_u64().map(|n| format!(", {n} threads")).unwrap_or_default();
+    println!("model       {model_name} on {backend} ({precision}{threads}), {size}×{size} pixels, load {load_s:.1}s");
     println!("UNet        {:.3} s per batch-2 call {latent:?} = {:.3} evaluations/s", unet, 1.0 / unet);
     println!("VAE         encode {encode:.3} s, decode {decode:.3} s");
     if let Some((s, calls)) = edit {
@@ -162,18 +167,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         None => println!("peak memory unknown on this platform (read from /proc/self/status on Linux)"),
     }
     Ok(())
-}
-
-pub fn choices(backend: BackendArg, precision: PrecisionArg) -> (Backend, Precision) {
-    let backend = match backend {
-        BackendArg::Wgpu => Backend::Wgpu,
-        BackendArg::Cpu => Backend::Cpu,
-    };
-    let precision = match precision {
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::F16 => Precision::F16,
-    };
-    (backend, precision)
 }
 
 /// Median seconds of `iters` runs of `f`, after one untimed warm-up (kernel compilation,

@@ -13,7 +13,7 @@ use edict_pipeline::metrics::{self, Quality};
 use edict_pipeline::pipeline::{Method, Settings};
 use serde_json::{Value, json};
 
-use crate::{MethodArg, ModelArgs, check_output, open, warn_all, write};
+use crate::{ModelArgs, check_output, open, warn_all, write};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -29,8 +29,9 @@ pub struct EvalArgs {
     /// Prompt for images without a caption.
     #[arg(long, default_value = "")]
     prompt: String,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "edict,ddim")]
-    methods: Vec<MethodArg>,
+    /// Comma-separated: edict, ddim.
+    #[arg(long, value_delimiter = ',', default_value = "edict,ddim")]
+    methods: Vec<Method>,
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Fraction of the schedule to invert and re-denoise, in (0, 1].
@@ -97,17 +98,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     settings.validate(&edict_pipeline::schedule::Schedule::default())?;
     let mut methods: Vec<Method> = Vec::new();
-    for m in &a.methods {
-        let m = match m {
-            MethodArg::Edict => Method::Edict,
-            MethodArg::Ddim => Method::Ddim,
-        };
+    for &m in &a.methods {
         if !methods.contains(&m) {
             methods.push(m);
         }
     }
 
-    let (backend, precision) = crate::bench::choices(a.model.backend, a.model.precision);
+    let (backend, precision) = (a.model.backend, a.model.precision);
     let mut s = open(&a.model)?;
     let mut rows = Vec::new();
     for (i, path) in images.iter().enumerate() {
@@ -147,14 +144,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             warn_all(&s, &warnings);
             let out = pollster::block_on(s.editor.decode(&rec.latent))?;
             let q = metrics::compare(&input, &out)?;
-            let label = method_name(method);
+            let label = method.name();
             rows.push(row(label, q, Some(rec.latent_rel_err), rec.unet_evals, t.elapsed().as_secs_f64()));
             write!(line, ", {label} {:.2} dB (latent {:.1e})", q.psnr, rec.latent_rel_err)?;
         }
         s.bars.note(&line);
     }
 
-    let order: Vec<&str> = std::iter::once("vae").chain(methods.iter().map(|&m| method_name(m))).collect();
+    let order: Vec<&str> = std::iter::once("vae").chain(methods.iter().map(|&m| m.name())).collect();
     let means: Vec<Mean> = order.iter().map(|m| Mean::of(m, &rows)).collect();
     let info = json!({
         "model": a.model.model,
@@ -165,20 +162,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "mix": a.mix,
         "guidance": a.guidance,
         "backend": backend.to_string(),
-        "precision": format!("{precision:?}").to_lowercase(),
+        "precision": precision.to_string(),
     });
     write(&a.out.join(FILES[0]), csv(&rows).as_bytes())?;
     write(&a.out.join(FILES[1]), serde_json::to_string_pretty(&to_json(info, &rows, &means))?.as_bytes())?;
     write(&a.out.join(FILES[2]), markdown(&means, &a, images.len()).as_bytes())?;
     s.bars.note(&format!("{}\nwrote {}", markdown_table(&means), a.out.join("results.{csv,json,md}").display()));
     Ok(())
-}
-
-fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::Edict => "edict",
-        Method::Ddim => "ddim",
-    }
 }
 
 fn list_images(dir: &Path, limit: Option<usize>) -> Result<Vec<PathBuf>> {

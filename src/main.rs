@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::latents;
 use edict_pipeline::pipeline::{self, Editor, Inversion, Latent, Method, Settings};
@@ -53,24 +53,6 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    Wgpu,
-    Cpu,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PrecisionArg {
-    F32,
-    F16,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum MethodArg {
-    Edict,
-    Ddim,
-}
-
 #[derive(Args)]
 struct ModelArgs {
     /// Hugging Face model id, local diffusers folder, or single-file .safetensors checkpoint.
@@ -83,10 +65,12 @@ struct ModelArgs {
     /// epsilon (SD 1.x, 2.x-base) or v (SD 2.x at 768²).
     #[arg(long)]
     prediction: Option<Prediction>,
-    #[arg(long, value_enum, default_value = "wgpu")]
-    backend: BackendArg,
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: PrecisionArg,
+    /// wgpu (Vulkan / Metal / DX12) or cpu.
+    #[arg(long, default_value = "wgpu")]
+    backend: Backend,
+    /// f32 or f16: what the networks run in.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// No progress bars or summary.
     #[arg(long)]
     quiet: bool,
@@ -200,8 +184,9 @@ struct ReconstructArgs {
     prompt: String,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value = "edict")]
-    method: MethodArg,
+    /// edict or ddim (the inexact baseline).
+    #[arg(long, default_value = "edict")]
+    method: Method,
     /// Write a JSON report (latent_rel_err, mse, psnr, ssim, unet_evals, seconds).
     #[arg(long)]
     report: Option<PathBuf>,
@@ -334,14 +319,7 @@ impl Session {
 
 fn open(m: &ModelArgs) -> Result<Session> {
     let bars = Bars::new(m.quiet);
-    let precision = match m.precision {
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::F16 => Precision::F16,
-    };
-    let backend = match m.backend {
-        BackendArg::Wgpu => Backend::Wgpu,
-        BackendArg::Cpu => Backend::Cpu,
-    };
+    let (precision, backend) = (m.precision, m.backend);
     let mut files = model_source::resolve(&m.model, m.config.as_deref(), precision)?;
     if let Some(p) = m.prediction {
         files.configs.scheduler.prediction = p;
@@ -522,10 +500,7 @@ fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let mut s = open(&a.model)?;
     let (latent, input) = encode_image(&mut s, photo, a.image.seed)?;
     let input = &input;
-    let method = match a.method {
-        MethodArg::Edict => Method::Edict,
-        MethodArg::Ddim => Method::Ddim,
-    };
+    let method = a.method;
     let mut obs = s.bars.observer();
     let (rec, w) = pollster::block_on(s.editor.reconstruct(&latent, &a.prompt, &a.sample.settings(), method, &mut obs))?;
     drop(obs);
@@ -535,7 +510,7 @@ fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let seconds = t.elapsed().as_secs_f64();
     if let Some(p) = &a.report {
         let report = serde_json::json!({
-            "method": match method { Method::Edict => "edict", Method::Ddim => "ddim" },
+            "method": method.to_string(),
             "latent_rel_err": rec.latent_rel_err,
             "mse": q.mse, "psnr": q.psnr, "ssim": q.ssim,
             "unet_evals": rec.unet_evals,

@@ -291,7 +291,7 @@ impl Session {
     /// "f16" or "f32": what the networks run in.
     #[wasm_bindgen(getter)]
     pub fn precision(&self) -> String {
-        format!("{:?}", self.precision).to_lowercase()
+        self.precision.to_string()
     }
 
     /// A note from loading (unused weights in the files), if any.

@@ -49,11 +49,7 @@ pub fn to_bytes(inv: &Inversion, origin: &Origin) -> Result<Vec<u8>> {
         ("fingerprint", origin.fingerprint.clone()),
         ("prompt", inv.prompt.clone()),
         ("negative", s.negative.clone()),
-        ("method", match inv.method {
-            Method::Edict => "edict",
-            Method::Ddim => "ddim",
-        }
-        .to_string()),
+        ("method", inv.method.to_string()),
         ("steps", s.steps.to_string()),
         ("strength", s.strength.to_string()),
         ("mix", s.mix.to_string()),
@@ -156,11 +152,7 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
         x: pair_half("x", x)?,
         y: pair_half("y", y)?,
     };
-    let method = match get("method")?.as_str() {
-        "edict" => Method::Edict,
-        "ddim" => Method::Ddim,
-        other => return Err(bad(format!("unknown method `{other}`"))),
-    };
+    let method: Method = get("method")?.parse().map_err(|e: PipelineError| bad(e.to_string()))?;
     let settings = Settings {
         steps: num(get("steps")?, "steps", path)?,
         strength: num(get("strength")?, "strength", path)?,

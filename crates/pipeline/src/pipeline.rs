@@ -2,8 +2,6 @@
 //! (cached), invert → noise pair, edit/reconstruct → latent → image. Async so browsers can read
 //! GPU results; native code blocks on it with `pollster`.
 
-use std::collections::HashMap;
-
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use edict_sd::model::StableDiffusion;
 use edict_sd::scheduler::Prediction;
@@ -12,6 +10,10 @@ use edict_sd::vae::VaeConfig;
 use crate::error::{PipelineError, Result};
 use crate::sampler::{Edict, NoisePredictor, Pair, ddim_denoise, ddim_invert, relative_error};
 use crate::schedule::{Schedule, Step};
+
+/// Prompt embeddings kept on the device: an edit needs three (source, target, negative); `eval`
+/// over thousands of captions must not keep them all.
+pub const EMBEDDING_CACHE: usize = 8;
 
 /// Sampling settings; defaults are the EDICT authors' (`EDICT_editing`).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +71,33 @@ pub enum Method {
     #[default]
     Edict,
     Ddim,
+}
+
+impl std::str::FromStr for Method {
+    type Err = PipelineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "edict" => Ok(Self::Edict),
+            "ddim" => Ok(Self::Ddim),
+            _ => Err(PipelineError::Invalid(format!("method `{s}`: expected edict or ddim"))),
+        }
+    }
+}
+
+impl Method {
+    /// The method's name in files, reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Edict => "edict",
+            Self::Ddim => "ddim",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One UNet evaluation done (batch of 2 with guidance), in a named stage.
@@ -136,7 +165,8 @@ pub struct Editor {
     pub model: StableDiffusion,
     pub device: Device,
     pub schedule: Schedule,
-    embeddings: HashMap<String, Tensor<3>>,
+    /// The last [`EMBEDDING_CACHE`] prompts' embeddings, least recently used first.
+    embeddings: Vec<(String, Tensor<3>)>,
     /// UNet calls made so far (each a batch of 2 under guidance).
     pub unet_calls: usize,
 }
@@ -152,7 +182,7 @@ impl Editor {
             schedule: Schedule::scaled_linear(sc.beta_start, sc.beta_end),
             model,
             device,
-            embeddings: HashMap::new(),
+            embeddings: Vec::new(),
             unet_calls: 0,
         }
     }
@@ -168,7 +198,8 @@ impl Editor {
         )
     }
 
-    /// The text embedding of `prompt` (`[1, 77, d]`), computed once per prompt.
+    /// The text embedding of `prompt` (`[1, 77, d]`), computed once per prompt while it stays
+    /// among the last [`EMBEDDING_CACHE`] used.
     pub fn embed(&mut self, prompt: &str) -> Result<(Tensor<3>, Option<String>)> {
         let tokens = self.model.tokenizer.encode(prompt)?;
         let warning = tokens.truncated.then(|| {
@@ -177,11 +208,18 @@ impl Editor {
                 tokens.dropped.trim()
             )
         });
-        if let Some(e) = self.embeddings.get(prompt) {
-            return Ok((e.clone(), warning));
+        // most recently used last
+        if let Some(i) = self.embeddings.iter().position(|(p, _)| p == prompt) {
+            let hit = self.embeddings.remove(i);
+            let e = hit.1.clone();
+            self.embeddings.push(hit);
+            return Ok((e, warning));
         }
         let e = self.model.text_encoder.forward(&tokens.ids)?;
-        self.embeddings.insert(prompt.to_string(), e.clone());
+        if self.embeddings.len() == EMBEDDING_CACHE {
+            self.embeddings.remove(0);
+        }
+        self.embeddings.push((prompt.to_string(), e.clone()));
         Ok((e, warning))
     }
 

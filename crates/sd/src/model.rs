@@ -37,6 +37,15 @@ impl Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = SdError;
     fn from_str(s: &str) -> Result<Self> {
