@@ -39,13 +39,6 @@ pub(crate) fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// The 77 CLIP token ids of `text`, as `edict tokenize` prints them.
-#[wasm_bindgen]
-pub fn tokenize(text: &str) -> Result<Vec<u32>, JsError> {
-    let tok = edict_sd::tokenizer::ClipTokenizer::embedded().map_err(js_err)?;
-    Ok(tok.encode(text).map_err(js_err)?.ids)
-}
-
 /// The WebGPU device burn runs on, with what the page needs to know about it.
 #[wasm_bindgen]
 pub struct Gpu {

@@ -86,10 +86,6 @@ impl WeightFile {
         self.tensors.keys().map(String::as_str)
     }
 
-    /// The `__metadata__` header entry is not needed by the loader; single-file detection uses keys.
-    pub fn contains(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
-    }
 }
 
 /// Refuses pickle-based checkpoints by extension or by magic bytes (zip or pickle protocol).
@@ -215,10 +211,6 @@ impl VarBuilder {
         &self.store.device
     }
 
-    pub fn dtype(&self) -> DType {
-        self.store.dtype
-    }
-
     fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -227,6 +219,7 @@ impl VarBuilder {
         }
     }
 
+    /// Whether the files hold `name` (always, for random weights).
     pub fn contains(&self, name: &str) -> bool {
         self.store.random.is_some() || self.store.index.contains_key(&self.key(name))
     }
@@ -295,19 +288,6 @@ impl VarBuilder {
     pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let values = self.host_f32(name, &shape)?;
         Ok(self.tensor(values, shape))
-    }
-
-    /// `Some(tensor)` when the key exists (optional biases), else `None`.
-    pub fn get_opt<const D: usize>(
-        &self,
-        name: &str,
-        shape: [usize; D],
-    ) -> Result<Option<Tensor<D>>> {
-        if self.contains(name) {
-            self.get(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
     }
 
     /// Uploads host values in the model's dtype.
