@@ -6,11 +6,18 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
 
 use crate::error::{PipelineError, Result};
-use crate::pipeline::Rgb;
 
 /// Largest image accepted for decoding (pixels); larger ones are refused before the decoder
 /// allocates, so a 16000×16000 file cannot exhaust memory.
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// An RGB image, 8 bits per channel, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rgb {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
 
 /// How to size the picture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,6 +8,7 @@ use edict_sd::scheduler::Prediction;
 use edict_sd::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
+pub use crate::image_io::Rgb;
 use crate::sampler::{Edict, NoisePredictor, Pair, ddim_denoise, ddim_invert, relative_error};
 use crate::schedule::{Schedule, Step};
 
@@ -151,14 +152,6 @@ pub struct Reconstruction {
     /// `‖denoise(invert(z)) − z‖ / ‖z‖`
     pub latent_rel_err: f64,
     pub unet_evals: usize,
-}
-
-/// An RGB image, 8 bits per channel, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rgb {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
 }
 
 pub struct Editor {

@@ -1,4 +1,4 @@
-//! diffusers `attention_processor.Attention` and `attention.BasicTransformerBlock`, plus the
+//! diffusers `attention_processor.Attention` (the UNet's, and the VAE mid-block's with its own group norm) and `attention.BasicTransformerBlock`, plus the
 //! scaled-dot-product attention they share with CLIP.
 
 use burn::module::Module;
@@ -217,5 +217,39 @@ impl Transformer2DModel {
         }
         let t = self.proj_out.forward(t);
         t.swap_dims(1, 2).reshape([b, c, h, w]) + residual
+    }
+}
+
+/// The VAE mid-block's single-head spatial self-attention with its own GroupNorm and residual.
+#[derive(Module, Debug)]
+pub struct VaeAttention {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+}
+
+impl VaeAttention {
+    pub fn load(vb: &VarBuilder, c: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            group_norm: group_norm(&vb.pp("group_norm"), groups, c, 1e-6)?,
+            to_q: linear(&vb.pp("to_q"), c, c, true)?,
+            to_k: linear(&vb.pp("to_k"), c, c, true)?,
+            to_v: linear(&vb.pp("to_v"), c, c, true)?,
+            to_out: linear(&vb.pp("to_out.0"), c, c, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let t = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
+        let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
+        let o = project_attend(p, t, None, Attend { heads: 1, ..Attend::default() });
+        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }

@@ -4,9 +4,8 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::Result;
-use crate::attention::{Transformer2DModel, TransformerConfig};
+use crate::attention::{Transformer2DModel, TransformerConfig, VaeAttention};
 use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::vae::VaeAttention;
 use crate::weights::VarBuilder;
 
 /// Settings shared by every block of one UNet.

@@ -2,13 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
-use crate::attention::{Attend, project_attend};
-use crate::nn::{conv2d, group_norm, linear};
+use crate::nn::{conv2d, group_norm};
 use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
@@ -93,40 +92,6 @@ impl VaeConfig {
     pub fn activation_bytes(&self, width: usize, height: usize, element_bytes: usize) -> u64 {
         let c = self.block_out_channels.iter().take(2).copied().max().unwrap_or(0);
         4 * (c * element_bytes) as u64 * width as u64 * height as u64
-    }
-}
-
-/// The VAE mid-block's single-head spatial self-attention with its own GroupNorm and residual.
-#[derive(Module, Debug)]
-pub struct VaeAttention {
-    pub group_norm: GroupNorm,
-    pub to_q: Linear,
-    pub to_k: Linear,
-    pub to_v: Linear,
-    pub to_out: Linear,
-}
-
-impl VaeAttention {
-    pub fn load(vb: &VarBuilder, c: usize, groups: usize) -> Result<Self> {
-        Ok(Self {
-            group_norm: group_norm(&vb.pp("group_norm"), groups, c, 1e-6)?,
-            to_q: linear(&vb.pp("to_q"), c, c, true)?,
-            to_k: linear(&vb.pp("to_k"), c, c, true)?,
-            to_v: linear(&vb.pp("to_v"), c, c, true)?,
-            to_out: linear(&vb.pp("to_out.0"), c, c, true)?,
-        })
-    }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let t = self
-            .group_norm
-            .forward(x.clone())
-            .reshape([b, c, h * w])
-            .swap_dims(1, 2);
-        let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
-        let o = project_attend(p, t, None, Attend { heads: 1, ..Attend::default() });
-        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
 
