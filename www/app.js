@@ -1,7 +1,7 @@
 // The page: WebGPU checks, model loading, the photo and prompts, and the edit with its progress.
 // `window.edict` exposes the state (GPU info, progress events) for debugging and the browser test.
 import * as firstInstance from './pkg/edict_web.js';
-import { SD15, clearCache, loadFromFiles, loadFromUrl, variantsFor } from './loader.js';
+import { SD15, clearCache, loadFromFiles, loadFromUrl } from './loader.js';
 
 // The wasm module in use. After a panic its state cannot be trusted, so recovery imports a
 // fresh instance; `generation` counts recoveries, so an operation that outlives one (a trap can
@@ -111,16 +111,19 @@ function precision() {
   return p === 'auto' ? (state.gpu.shaderF16 ? 'f16' : 'f32') : p;
 }
 
-$('load-sd15').onclick = () => loadModel(SD15.name, (b, s) => loadFromUrl(b, SD15.base, SD15.variants, s));
+/** A component's weight files in the order the CLI tries them (the rule lives in the wasm module). */
+const candidates = (p) => (component) => wasm.weightCandidates(component, p);
+
+$('load-sd15').onclick = () => loadModel(SD15.name, (b, s) => loadFromUrl(b, SD15.base, candidates(SD15.precision), s));
 $('load-url').onclick = () => {
   const url = $('model-url').value.trim();
   if (!url) return message('Enter the base URL of a diffusers model folder.');
-  loadModel(url, (b, s) => loadFromUrl(b, url, variantsFor(precision()), s));
+  loadModel(url, (b, s) => loadFromUrl(b, url, candidates(precision()), s));
 };
 for (const id of ['model-folder', 'model-file']) {
   $(id).onchange = (ev) => {
     const files = ev.target.files;
-    if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s) => loadFromFiles(b, files, precision(), s));
+    if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s) => loadFromFiles(b, files, candidates(precision()), s));
     ev.target.value = '';
   };
 }

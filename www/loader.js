@@ -5,22 +5,18 @@
 export const SD15 = {
   name: 'stable-diffusion-v1-5/stable-diffusion-v1-5',
   base: 'https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/',
-  // fp16 files only: 2 GB instead of 4 GB, and they upcast to f32 on adapters without shader-f16
-  variants: ['.fp16.safetensors'],
+  // fp16 files first: 2 GB instead of 4 GB, and they upcast to f32 on adapters without shader-f16
+  precision: 'f16',
 };
 
 const CACHE = 'edict-models-v1';
 const CHUNK = 64 << 20;
-const COMPONENTS = { text_encoder: ['model', 'diffusion_pytorch_model'], unet: ['diffusion_pytorch_model', 'model'], vae: ['diffusion_pytorch_model', 'model'] };
+const COMPONENTS = ['text_encoder', 'unet', 'vae'];
 // Read when the folder has them: the tokenizer (else the built-in CLIP vocabulary; SD 2.x names
 // its own pad token) and the scheduler config (SD 2.x at 768² predicts v, not ε).
 const OPTIONAL = ['tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/special_tokens_map.json',
   'tokenizer/tokenizer_config.json', 'scheduler/scheduler_config.json'];
 
-/** Weight-file variants in the order the CLI tries them for this precision. */
-export function variantsFor(precision) {
-  return precision === 'f16' ? ['.fp16.safetensors', '.safetensors'] : ['.safetensors', '.fp16.safetensors'];
-}
 
 async function openCache() {
   // The Cache API exists only in secure contexts (https, localhost); elsewhere just download.
@@ -116,17 +112,18 @@ async function readWithProgress(res, onBytes) {
 }
 
 /**
- * Fetches a diffusers folder at `base` into `builder` (configs, one weight file per network by
- * `variants`, the tokenizer when the folder has one). onProgress(text, fraction|null). Resolves
- * to a note for the user (the cache failed), or null.
+ * Fetches a diffusers folder at `base` into `builder` (configs, one weight file per network, the
+ * first of `candidates(component)` the server has — the CLI's rule, from the wasm module — and
+ * the tokenizer and scheduler files when the folder has them). onProgress(text, fraction|null).
+ * Resolves to a note for the user (the cache failed), or null.
  */
-export async function loadFromUrl(builder, base, variants, onProgress) {
+export async function loadFromUrl(builder, base, candidates, onProgress) {
   if (!base.endsWith('/')) base += '/';
   const store = { cache: await openCache().catch(() => null), note: null };
   const want = [];
-  for (const [c, stems] of Object.entries(COMPONENTS)) {
+  for (const c of COMPONENTS) {
     want.push({ path: `${c}/config.json`, required: true });
-    want.push({ candidates: variants.flatMap((v) => stems.map((s) => `${c}/${s}${v}`)), required: true });
+    want.push({ candidates: candidates(c), required: true });
   }
   for (const path of OPTIONAL) want.push({ path });
   let i = 0;
@@ -158,9 +155,10 @@ export async function clearCache() {
 
 /**
  * Adds user-picked files: one .safetensors checkpoint, or the files of a diffusers folder (from a
- * webkitdirectory input; only the files the model needs are read). Resolves to null (no note).
+ * webkitdirectory input; only the files the model needs are read, the weights by
+ * `candidates(component)` as in loadFromUrl). Resolves to null (no note).
  */
-export async function loadFromFiles(builder, fileList, precision, onProgress) {
+export async function loadFromFiles(builder, fileList, candidates, onProgress) {
   const files = [...fileList];
   if (files.length === 1 && !files[0].webkitRelativePath) {
     const f = files[0];
@@ -175,9 +173,9 @@ export async function loadFromFiles(builder, fileList, precision, onProgress) {
   const byPath = new Map(files.map((f) => [f.webkitRelativePath.split('/').slice(1).join('/'), f]));
   const root = files[0]?.webkitRelativePath.split('/')[0] || 'model';
   const picks = [];
-  for (const [c, stems] of Object.entries(COMPONENTS)) {
+  for (const c of COMPONENTS) {
     picks.push(`${c}/config.json`);
-    const w = variantsFor(precision).flatMap((v) => stems.map((s) => `${c}/${s}${v}`)).find((p) => byPath.has(p));
+    const w = candidates(c).find((p) => byPath.has(p));
     if (w) picks.push(w);
     // no safetensors: hand over the other weight files' names only, for the builder to refuse
     else for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());

@@ -39,6 +39,13 @@ pub(crate) fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// The weight files `component` may have in a diffusers folder, in the order the CLI tries
+/// them for `precision` ("f16" or "f32"): the page fetches or picks by this one rule.
+#[wasm_bindgen(js_name = weightCandidates)]
+pub fn weight_candidates(component: &str, precision: &str) -> Result<Vec<String>, JsError> {
+    Ok(edict_sd::model::weight_candidates(component, precision.parse().map_err(js_err)?))
+}
+
 /// The WebGPU device burn runs on, with what the page needs to know about it.
 #[wasm_bindgen]
 pub struct Gpu {

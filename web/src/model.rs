@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use edict_pipeline::pipeline::Editor;
 use edict_sd::SdError;
-use edict_sd::model::{ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource};
+use edict_sd::model::{ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource, select_weight_file};
 use edict_sd::tokenizer::ClipTokenizer;
-use edict_sd::weights::{Bytes, WeightFile, looks_like_pickle};
+use edict_sd::weights::{Bytes, WeightFile, is_pickle_name, looks_like_pickle};
 use wasm_bindgen::prelude::*;
 
 use crate::session::Session;
@@ -122,33 +122,14 @@ impl ModelBuilder {
         SdConfigs::from_folder_files(read, &self.name)
     }
 
-    /// The component's weight file by the CLI's rule: the precision's variant first, then the
-    /// other; pickle files are named and refused.
+    /// The component's weight file by the CLI's rule ([`select_weight_file`]).
     fn weight_path(&self, component: &str, precision: Precision) -> Result<String, SdError> {
-        let variants = match precision {
-            Precision::F16 => [".fp16.safetensors", ".safetensors"],
-            Precision::F32 => [".safetensors", ".fp16.safetensors"],
-        };
-        for v in variants {
-            for stem in ["diffusion_pytorch_model", "model"] {
-                let p = format!("{component}/{stem}{v}");
-                if self.files.contains_key(&p) {
-                    return Ok(p);
-                }
-            }
-        }
-        if let Some(p) = self.files.keys().find(|p| p.starts_with(&format!("{component}/")) && is_pickle(p)) {
-            return Err(SdError::Pickle { path: p.clone() });
-        }
-        Err(SdError::Config {
-            path: format!("{}/{component}", self.name),
-            reason: "no diffusion_pytorch_model.safetensors or model.safetensors here".into(),
-        })
+        select_weight_file(component, precision, self.files.keys().map(String::as_str), &self.name)
     }
 
     fn weight_file(&mut self, path: &str) -> Result<WeightFile, SdError> {
         let bytes = self.files.remove(path).unwrap_or_default();
-        if is_pickle(path) || looks_like_pickle(&bytes) {
+        if is_pickle_name(path) || looks_like_pickle(&bytes) {
             return Err(SdError::Pickle { path: path.to_string() });
         }
         WeightFile::from_bytes(path, Bytes::Owned(bytes))
@@ -156,9 +137,5 @@ impl ModelBuilder {
 }
 
 fn is_weights(path: &str) -> bool {
-    path.ends_with(".safetensors") || is_pickle(path)
-}
-
-fn is_pickle(path: &str) -> bool {
-    [".ckpt", ".bin", ".pt", ".pth"].iter().any(|e| path.ends_with(e))
+    path.ends_with(".safetensors") || is_pickle_name(path)
 }

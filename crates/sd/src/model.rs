@@ -9,7 +9,7 @@ use crate::single_file::{Layout, Part, is_sd2, is_single_file, map_key, map_lega
 use crate::tokenizer::ClipTokenizer;
 use crate::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
-use crate::weights::{VarBuilder, WeightFile};
+use crate::weights::{VarBuilder, WeightFile, is_pickle_name};
 use crate::{Result, SdError};
 
 /// Numeric precision of the networks on the device. The sampler stays in f64 on the host.
@@ -55,6 +55,48 @@ impl std::str::FromStr for Precision {
             _ => Err(SdError::Invalid(format!("precision `{s}`: expected f32 or f16"))),
         }
     }
+}
+
+/// The weight files a diffusers folder's `component` may have, in the order they are tried:
+/// the precision's variant first (`.fp16.safetensors` in f16), then the other, each with the
+/// stem its library saves first (`model` for transformers' text encoder,
+/// `diffusion_pytorch_model` for diffusers' networks), then the other stem. One rule for
+/// folders on disk, hub downloads and the page.
+pub fn weight_candidates(component: &str, precision: Precision) -> Vec<String> {
+    let variants = match precision {
+        Precision::F16 => [".fp16.safetensors", ".safetensors"],
+        Precision::F32 => [".safetensors", ".fp16.safetensors"],
+    };
+    let stems = match component {
+        "text_encoder" => ["model", "diffusion_pytorch_model"],
+        _ => ["diffusion_pytorch_model", "model"],
+    };
+    variants.iter().flat_map(|v| stems.map(|s| format!("{component}/{s}{v}"))).collect()
+}
+
+/// Picks `component`'s weight file among `present` (paths relative to the folder `folder`) by
+/// [`weight_candidates`]; a pickle file where the weights should be is refused by name.
+pub fn select_weight_file<'a>(
+    component: &str,
+    precision: Precision,
+    present: impl IntoIterator<Item = &'a str> + Clone,
+    folder: &str,
+) -> Result<String> {
+    for c in weight_candidates(component, precision) {
+        if present.clone().into_iter().any(|p| p == c) {
+            return Ok(c);
+        }
+    }
+    let prefix = format!("{component}/");
+    if let Some(p) = present.into_iter().find(|p| p.starts_with(&prefix) && is_pickle_name(p)) {
+        return Err(SdError::Pickle {
+            path: format!("{folder}/{p}"),
+        });
+    }
+    Err(SdError::Config {
+        path: format!("{folder}/{component}"),
+        reason: "no diffusion_pytorch_model.safetensors or model.safetensors here".into(),
+    })
 }
 
 /// The three networks' configs and the scheduler's.
@@ -337,35 +379,17 @@ mod native {
         }
     }
 
-    /// The weight file of one component, f16 variants first when running in f16.
-    fn weight_file(dir: &Path, precision: Precision) -> Result<PathBuf> {
-        let stems = ["diffusion_pytorch_model", "model"];
-        let variants: [&str; 2] = match precision {
-            Precision::F16 => [".fp16.safetensors", ".safetensors"],
-            Precision::F32 => [".safetensors", ".fp16.safetensors"],
-        };
-        for v in variants {
-            for s in stems {
-                let p = dir.join(format!("{s}{v}"));
-                if p.is_file() {
-                    return Ok(p);
-                }
-            }
-        }
-        for s in stems {
-            for ext in ["bin", "fp16.bin", "ckpt"] {
-                let p = dir.join(format!("{s}.{ext}"));
-                if p.is_file() {
-                    return Err(SdError::Pickle {
-                        path: p.display().to_string(),
-                    });
-                }
-            }
-        }
-        Err(SdError::Config {
-            path: dir.display().to_string(),
-            reason: "no diffusion_pytorch_model.safetensors or model.safetensors here".into(),
-        })
+    /// The weight file of one component by [`select_weight_file`].
+    fn weight_file(dir: &Path, component: &str, precision: Precision) -> Result<PathBuf> {
+        let sub = dir.join(component);
+        let io = |source| SdError::Io { path: sub.clone(), source };
+        let names: Vec<String> = std::fs::read_dir(&sub)
+            .map_err(io)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .map(|n| format!("{component}/{n}"))
+            .collect();
+        let rel = select_weight_file(component, precision, names.iter().map(String::as_str), &dir.display().to_string())?;
+        Ok(dir.join(rel))
     }
 
     /// The tokenizer of a diffusers folder (`tokenizer/`), else the embedded CLIP vocabulary.
@@ -400,7 +424,8 @@ mod native {
             let configs = folder_configs(dir)?;
             let tokenizer = folder_tokenizer(dir)?;
             let open = |name: &str| -> Result<WeightFile> {
-                WeightFile::open(&weight_file(&component(dir, name)?, precision)?)
+                component(dir, name)?;
+                WeightFile::open(&weight_file(dir, name, precision)?)
             };
             Ok(Self {
                 configs,
@@ -432,3 +457,34 @@ mod native {
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::folder_configs;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_files_follow_one_rule() {
+        assert_eq!(
+            weight_candidates("unet", Precision::F16),
+            [
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "unet/model.fp16.safetensors",
+                "unet/diffusion_pytorch_model.safetensors",
+                "unet/model.safetensors"
+            ]
+        );
+        assert_eq!(weight_candidates("text_encoder", Precision::F32)[0], "text_encoder/model.safetensors");
+        let both = ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.safetensors"];
+        let pick = |p| select_weight_file("unet", p, both, "m").unwrap();
+        assert_eq!(pick(Precision::F32), "unet/diffusion_pytorch_model.safetensors");
+        assert_eq!(pick(Precision::F16), "unet/diffusion_pytorch_model.fp16.safetensors");
+        // the other variant when the precision's is missing
+        let only16 = ["unet/diffusion_pytorch_model.fp16.safetensors"];
+        assert_eq!(select_weight_file("unet", Precision::F32, only16, "m").unwrap(), only16[0]);
+        let pickle = ["text_encoder/config.json", "text_encoder/pytorch_model.bin"];
+        let e = select_weight_file("text_encoder", Precision::F32, pickle, "m").unwrap_err().to_string();
+        assert!(e.contains("m/text_encoder/pytorch_model.bin"), "{e}");
+        let e = select_weight_file("vae", Precision::F32, ["vae/config.json"], "m").unwrap_err().to_string();
+        assert!(e.contains("m/vae") && e.contains("no diffusion_pytorch_model.safetensors"), "{e}");
+    }
+}

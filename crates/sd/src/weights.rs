@@ -88,14 +88,17 @@ impl WeightFile {
 
 }
 
-/// Refuses pickle-based checkpoints by extension or by magic bytes (zip or pickle protocol).
+/// True when a file name says pickle (`.ckpt`, `.bin`, `.pt`, `.pth`, `.pkl`): such files can run
+/// code when loaded and are never read.
+pub fn is_pickle_name(path: &str) -> bool {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    matches!(ext.as_deref(), Some("ckpt" | "bin" | "pt" | "pth" | "pkl"))
+}
+
+/// Refuses pickle-based checkpoints by extension.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn check_not_pickle(path: &std::path::Path) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    if matches!(ext.as_deref(), Some("ckpt" | "bin" | "pt" | "pth" | "pkl")) {
+    if is_pickle_name(&path.display().to_string()) {
         return Err(SdError::Pickle {
             path: path.display().to_string(),
         });
