@@ -27,33 +27,10 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "reference"))
+sys.path[:0] = [str(ROOT / "tests" / "reference"), str(ROOT / "benches")]
 from make_fixtures import text_to_ldm, unet_to_ldm, vae_to_ldm  # noqa: E402  (the published key mapping)
+from peer_diffusers import SD15_UNET, SD15_VAE  # noqa: E402  (SD 1.5's UNet and VAE configs)
 
-UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    layers_per_block=2,
-    attention_head_dim=8,
-    cross_attention_dim=768,
-    norm_num_groups=32,
-)
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
 TEXT = CLIPTextConfig(
     vocab_size=49408,
     hidden_size=768,
@@ -77,7 +54,7 @@ def main():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     torch.manual_seed(1505)
-    unet, vae, te = UNet2DConditionModel(**UNET).eval(), AutoencoderKL(**VAE).eval(), CLIPTextModel(TEXT).eval()
+    unet, vae, te = UNet2DConditionModel(**SD15_UNET).eval(), AutoencoderKL(**SD15_VAE).eval(), CLIPTextModel(TEXT).eval()
     for model, sub in ((unet, "unet"), (vae, "vae"), (te, "text_encoder")):
         model.save_pretrained(str(out / sub), safe_serialization=True)
         model.half().save_pretrained(str(out / sub), safe_serialization=True, variant="fp16")
