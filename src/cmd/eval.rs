@@ -13,7 +13,7 @@ use edict_pipeline::metrics::{self, Quality};
 use edict_pipeline::pipeline::{Method, Settings};
 use serde_json::{Value, json};
 
-use crate::{ModelArgs, check_output, open, warn_all, write};
+use super::{ModelArgs, check_output, open, warn_all, write};
 
 #[derive(Args)]
 pub struct EvalArgs {

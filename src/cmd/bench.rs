@@ -11,7 +11,8 @@ use edict_sd::backend::{Backend, device};
 use edict_sd::model::{Precision, SdConfigs, StableDiffusion, folder_configs};
 use serde_json::json;
 
-use crate::{ModelArgs, model_source, open};
+use super::{ModelArgs, open};
+use crate::model_source;
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -1,0 +1,43 @@
+//! `edict invert`: invert a photo to EDICT's noise pair and save it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use edict_pipeline::latents;
+use edict_pipeline::pipeline::Method;
+
+use super::{ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, warn_all, write};
+
+#[derive(Args)]
+pub struct InvertArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub save_latents: PathBuf,
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn invert(a: InvertArgs) -> Result<()> {
+    check_output(&a.save_latents, a.force)?;
+    let t = Instant::now();
+    let photo = read_image(&a.image)?;
+    let mut s = open(&a.model)?;
+    let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
+    let mut obs = s.bars.observer();
+    let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
+    drop(obs);
+    warn_all(&s, &w);
+    write(&a.save_latents, &latents::to_bytes(&inv, &s.origin())?)?;
+    s.bars.note(&format!("wrote {} in {:.1}s", a.save_latents.display(), t.elapsed().as_secs_f64()));
+    Ok(())
+}
+

@@ -1,0 +1,217 @@
+//! The `edict` subcommands, one module each, over what they share: the argument groups for
+//! the model, the sampler and the photo, and the session a command works in.
+
+pub mod bench;
+pub mod edit;
+pub mod eval;
+pub mod generate;
+pub mod invert;
+pub mod reconstruct;
+pub mod tokenize;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use edict_pipeline::image_io::{self, Size};
+use edict_pipeline::latents;
+use edict_pipeline::pipeline::{self, Editor, Latent, Settings};
+use edict_sd::backend::{Backend, device};
+use edict_sd::model::{Precision, StableDiffusion};
+use edict_sd::scheduler::Prediction;
+
+use crate::model_source;
+use crate::progress::Bars;
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Hugging Face model id, local diffusers folder, or single-file .safetensors checkpoint.
+    #[arg(long, default_value = model_source::DEFAULT_MODEL)]
+    pub model: String,
+    /// For a single-file checkpoint: a diffusers folder whose configs describe it (default SD1.5's).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// What the UNet predicts, overriding the scheduler config (a single file has none):
+    /// epsilon (SD 1.x, 2.x-base) or v (SD 2.x at 768²).
+    #[arg(long)]
+    pub prediction: Option<Prediction>,
+    /// wgpu (Vulkan / Metal / DX12) or cpu.
+    #[arg(long, default_value = "wgpu")]
+    pub backend: Backend,
+    /// f32 or f16: what the networks run in.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// No progress bars or summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Fraction of the schedule to invert and re-denoise, in (0, 1].
+    #[arg(long, default_value_t = 0.8)]
+    pub strength: f64,
+    /// EDICT's mixing weight p, in (0.5, 1].
+    #[arg(long, default_value_t = 0.93)]
+    pub mix: f64,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 3.0)]
+    pub guidance: f64,
+    /// Negative prompt (replaces "" as the unconditional prompt).
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    /// Turn off leapfrog (alternating which latent moves first).
+    #[arg(long)]
+    pub no_leapfrog: bool,
+    /// Timestep offset: 0 as the EDICT authors run, 1 as diffusers' SD scheduler config.
+    #[arg(long, default_value_t = 0)]
+    pub steps_offset: usize,
+}
+
+impl SampleArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            steps: self.steps,
+            strength: self.strength,
+            mix: self.mix,
+            guidance: self.guidance,
+            negative: self.negative.clone(),
+            leapfrog: !self.no_leapfrog,
+            steps_offset: self.steps_offset,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ImageArgs {
+    /// Input photo (any format the image crate reads).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Exact width (multiple of 8); default: long side 512, sides rounded down to multiples of 64.
+    #[arg(long, requires = "height")]
+    pub width: Option<u32>,
+    #[arg(long, requires = "width")]
+    pub height: Option<u32>,
+    /// Sample the VAE posterior with this seed instead of taking its mean.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Refuses to overwrite unless `--force`; checks the folder exists before any long work.
+pub fn check_output(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    Ok(())
+}
+
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub struct Session {
+    pub editor: Editor,
+    pub model_name: String,
+    pub backend: Backend,
+    pub precision: Precision,
+    pub bars: Bars,
+}
+
+impl Session {
+    fn origin(&self) -> latents::Origin {
+        latents::Origin::of(&self.model_name, &self.editor.model)
+    }
+
+    /// On the CPU, refuses an image size whose VAE activations cannot fit in the memory left
+    /// (GPU allocations that fail are reported by the device as an error).
+    fn check_memory(&self, width: usize, height: usize) -> Result<()> {
+        if self.backend != Backend::Cpu {
+            return Ok(());
+        }
+        let Some(available) = available_memory() else {
+            return Ok(());
+        };
+        let bytes = self.precision.element_bytes();
+        Ok(pipeline::check_memory(&self.editor.model.configs.vae, width, height, bytes, available)?)
+    }
+}
+
+pub fn open(m: &ModelArgs) -> Result<Session> {
+    let bars = Bars::new(m.quiet);
+    let (precision, backend) = (m.precision, m.backend);
+    let mut files = model_source::resolve(&m.model, m.config.as_deref(), precision)?;
+    if let Some(p) = m.prediction {
+        files.configs.scheduler.prediction = p;
+    }
+    let dev = device(backend)?;
+    let t = Instant::now();
+    let model = StableDiffusion::load(files, &dev, precision)?;
+    if !model.unused_keys.is_empty() {
+        bars.warn(&format!(
+            "{} weights in the files were not used (e.g. {})",
+            model.unused_keys.len(),
+            model.unused_keys[0]
+        ));
+    }
+    bars.note(&format!("loaded {} (fingerprint {}) on {backend} ({:.1}s)", m.model, model.fingerprint, t.elapsed().as_secs_f64()));
+    Ok(Session {
+        editor: Editor::new(model, dev),
+        model_name: m.model.clone(),
+        backend,
+        precision,
+        bars,
+    })
+}
+
+/// Linux's estimate of the memory that can be allocated without swapping (`MemAvailable`).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?;
+    Some(kib.trim().parse::<u64>().ok()? * 1024)
+}
+
+fn image_size(a: &ImageArgs) -> Result<Size> {
+    Ok(match (a.width, a.height) {
+        (Some(w), Some(h)) => Size::exact(w, h)?,
+        _ => Size::Auto,
+    })
+}
+
+/// Reads and decodes the photo before any model loads, so a bad image fails fast; it is sized
+/// once the model's default size is known.
+pub fn read_image(a: &ImageArgs) -> Result<(image::RgbImage, Size)> {
+    let path = a.image.as_ref().context("--image is required")?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let img = image_io::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok((img, image_size(a)?))
+}
+
+/// Sizes the photo for the model and encodes it to its latent; returns the sized photo too.
+pub fn encode_image(s: &mut Session, (img, size): (image::RgbImage, Size), seed: Option<u64>) -> Result<(Latent, image::RgbImage)> {
+    let (img, what) = image_io::fit(img, size, s.editor.model.configs.default_long_side())?;
+    s.bars.note(&format!("image: {what}"));
+    let (w, h) = img.dimensions();
+    s.check_memory(w as usize, h as usize)?;
+    let latent = pollster::block_on(s.editor.encode(image_io::to_pixels(&img), h as usize, w as usize, seed))?;
+    Ok((latent, img))
+}
+
+pub fn warn_all(s: &Session, warnings: &[String]) {
+    for w in warnings {
+        s.bars.warn(w);
+    }
+}
+
+pub fn save_png(s: &mut Session, latent: &Latent, out: &Path) -> Result<edict_pipeline::pipeline::Rgb> {
+    let rgb = pollster::block_on(s.editor.decode(latent))?;
+    write(out, &image_io::encode_png(&rgb)?)?;
+    Ok(rgb)
+}
+
