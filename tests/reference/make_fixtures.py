@@ -555,7 +555,7 @@ def coeffs(ac, t: int, stride: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3c. EDICT sampler (float64), written next to the equations of docs/EDICT.md
+# 3c. EDICT sampler (float64), written next to the equations of docs/edict.md
 # ----------------------------------------------------------------------------------------------
 class Guided:
     """eps(z, t) = eps_u + g * (eps_c - eps_u); the two branches run as one batch of 2."""

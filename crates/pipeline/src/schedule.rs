@@ -1,4 +1,4 @@
-//! The DDIM schedule of SD v1.x as the EDICT authors use it (see shared docs/EDICT.md).
+//! The DDIM schedule of SD 1.x and 2.x as the EDICT authors use it (see docs/edict.md).
 
 use crate::error::{PipelineError, Result};
 
