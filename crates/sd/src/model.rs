@@ -359,13 +359,7 @@ mod native {
     use std::path::{Path, PathBuf};
 
     use super::*;
-
-    fn read(path: &Path) -> Result<String> {
-        std::fs::read_to_string(path).map_err(|source| SdError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
+    use crate::weights::read_optional;
 
     fn component(dir: &Path, name: &str) -> Result<PathBuf> {
         let p = dir.join(name);
@@ -395,18 +389,16 @@ mod native {
     /// The tokenizer of a diffusers folder (`tokenizer/`), else the embedded CLIP vocabulary.
     fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer> {
         let tok_dir = dir.join("tokenizer");
-        let read = |name: &str| {
-            let p = tok_dir.join(name);
-            if p.is_file() { std::fs::read(&p).map(Some).map_err(|source| SdError::Io { path: p, source }) } else { Ok(None) }
-        };
-        ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)
+        ClipTokenizer::from_folder_files(|name| read_optional(&tok_dir.join(name)))?.map_or_else(ClipTokenizer::embedded, Ok)
     }
 
     /// Reads the configs of a diffusers folder.
     pub fn folder_configs(dir: &Path) -> Result<SdConfigs> {
         let read = |rel: &str| {
-            let p = dir.join(rel);
-            if p.is_file() { read(&p).map(Some) } else { Ok(None) }
+            let path = dir.join(rel);
+            read_optional(&path)?
+                .map(|b| String::from_utf8(b).map_err(|e| SdError::config(&path.display().to_string(), e.to_string())))
+                .transpose()
         };
         SdConfigs::from_folder_files(read, &dir.display().to_string())
     }

@@ -165,15 +165,7 @@ impl ClipTokenizer {
     /// [`Self::from_folder_files`]; its vocabulary is required.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_folder(dir: &std::path::Path) -> Result<Self> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            match std::fs::read(&path) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(SdError::Io { path, source }),
-            }
-        };
-        Self::from_folder_files(read)?.ok_or_else(|| SdError::Io {
+        Self::from_folder_files(|name| crate::weights::read_optional(&dir.join(name)))?.ok_or_else(|| SdError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no vocab.json and merges.txt here"),
         })

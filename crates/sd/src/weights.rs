@@ -88,6 +88,19 @@ impl WeightFile {
 
 }
 
+/// The bytes of `path`, or `None` when there is no such file (optional model files).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_optional(path: &std::path::Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SdError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// True when a file name says pickle (`.ckpt`, `.bin`, `.pt`, `.pth`, `.pkl`): such files can run
 /// code when loaded and are never read.
 pub fn is_pickle_name(path: &str) -> bool {
