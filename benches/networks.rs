@@ -35,7 +35,7 @@ fn read<const D: usize>(t: Tensor<D>) -> TensorData {
 fn attention(bencher: Bencher, backend: Backend) {
     let dev = dev(backend);
     let [q, k, v] = [0; 3].map(|_| normal([2, 8, 256, 40], &dev));
-    let run = || read(scaled_dot_product(q.clone(), k.clone(), v.clone(), false));
+    let run = || read(scaled_dot_product(q.clone(), k.clone(), v.clone(), false, false, None));
     run();
     bencher.bench_local(run);
 }

@@ -189,6 +189,7 @@ fn chunked_attention_matches_the_formula_at_4096_tokens() {
         upload(&v, [b, h, n, d], &device),
         false,
         false,
+        None,
     ));
     // check rows in the first, a middle and the last chunk of one (batch, head)
     let (bi, hi) = (1, 5);

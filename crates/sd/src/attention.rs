@@ -7,6 +7,7 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, DType, Tensor};
 
 use crate::Result;
+use crate::attention_control::AttentionControl;
 use crate::nn::{group_norm, layer_norm, linear};
 use crate::weights::VarBuilder;
 
@@ -24,10 +25,21 @@ pub struct Attend {
     pub upcast: bool,
 }
 
+/// Rewrites attention probabilities `[batch, heads, queries, keys]` before they weight the values
+/// (prompt-to-prompt editing, [`AttentionControl`]).
+pub type Steer<'a> = &'a dyn Fn(Tensor<4>) -> Tensor<4>;
+
 /// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks small enough
 /// that no score buffer exceeds [`MAX_SCORE_ELEMENTS`]. `causal` hides later keys (CLIP).
 /// Plain matmul + softmax kernels: deterministic, and identical natively and in browsers.
-pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, upcast: bool) -> Tensor<4> {
+pub fn scaled_dot_product(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    causal: bool,
+    upcast: bool,
+    steer: Option<Steer>,
+) -> Tensor<4> {
     let [b, h, n_q, d] = q.dims();
     let n_k = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
@@ -50,7 +62,10 @@ pub fn scaled_dot_product(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool
             let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
             scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, len, n_k]), f32::NEG_INFINITY);
         }
-        let probs = softmax(scores, 3);
+        let mut probs = softmax(scores, 3);
+        if let Some(steer) = steer {
+            probs = steer(probs);
+        }
         let probs = if up { probs.cast(dtype) } else { probs };
         outs.push(probs.matmul(v.clone()));
         start += len;
@@ -73,12 +88,18 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
 /// Multi-head attention through four projections: queries from `x`, keys and values from
 /// `context` (`x` itself for self-attention). Shared by the UNet, the VAE and CLIP, whose
 /// checkpoints only name the projections differently.
-pub fn project_attend([q, k, v, out]: [&Linear; 4], x: Tensor<3>, context: Option<Tensor<3>>, how: Attend) -> Tensor<3> {
+pub fn project_attend(
+    [q, k, v, out]: [&Linear; 4],
+    x: Tensor<3>,
+    context: Option<Tensor<3>>,
+    how: Attend,
+    steer: Option<Steer>,
+) -> Tensor<3> {
     let ctx = context.unwrap_or_else(|| x.clone());
     let q = split_heads(q.forward(x), how.heads);
     let k = split_heads(k.forward(ctx.clone()), how.heads);
     let v = split_heads(v.forward(ctx), how.heads);
-    out.forward(merge_heads(scaled_dot_product(q, k, v, how.causal, how.upcast)))
+    out.forward(merge_heads(scaled_dot_product(q, k, v, how.causal, how.upcast, steer)))
 }
 
 /// diffusers `Attention`: `to_q`, `to_k`, `to_v` (no bias in the UNet, bias in the VAE) and
@@ -108,11 +129,13 @@ impl Attention {
         })
     }
 
-    /// `x: [b, n, query_dim]`, `context: [b, m, context_dim]` (None = self-attention).
-    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+    /// `x: [b, n, query_dim]`, `context: [b, m, context_dim]` (None = self-attention);
+    /// `ctl` steers self- or cross-attention accordingly.
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>, ctl: &AttentionControl) -> Tensor<3> {
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
         let how = Attend { heads: self.heads, causal: false, upcast: self.upcast };
-        project_attend(p, x, context, how)
+        let steer: Steer = if context.is_some() { &|p| ctl.steer_cross(p) } else { &|p| ctl.steer_self(p) };
+        project_attend(p, x, context, how, (ctl.edits > 0).then_some(steer))
     }
 }
 
@@ -163,9 +186,9 @@ impl BasicTransformerBlock {
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
+    pub fn forward(&self, x: Tensor<3>, context: Tensor<3>, ctl: &AttentionControl) -> Tensor<3> {
+        let x = self.attn1.forward(self.norm1.forward(x.clone()), None, ctl) + x;
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context), ctl) + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
 }
@@ -207,13 +230,13 @@ impl Transformer2DModel {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, context: Tensor<3>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, context: Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let tokens = self.norm.forward(x).reshape([b, c, h * w]).swap_dims(1, 2);
         let mut t = self.proj_in.forward(tokens);
         for block in &self.transformer_blocks {
-            t = block.forward(t, context.clone());
+            t = block.forward(t, context.clone(), ctl);
         }
         let t = self.proj_out.forward(t);
         t.swap_dims(1, 2).reshape([b, c, h, w]) + residual
@@ -249,7 +272,7 @@ impl VaeAttention {
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
-        let o = project_attend(p, t, None, Attend { heads: 1, ..Attend::default() });
+        let o = project_attend(p, t, None, Attend { heads: 1, ..Attend::default() }, None);
         o.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }

@@ -77,7 +77,7 @@ pub struct ClipAttention {
 impl ClipAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let p = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
-        project_attend(p, x, None, Attend { heads: self.heads, causal: true, upcast: false })
+        project_attend(p, x, None, Attend { heads: self.heads, causal: true, upcast: false }, None)
     }
 }
 

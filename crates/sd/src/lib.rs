@@ -5,6 +5,7 @@
 //! model folder's `config.json`.
 
 pub mod attention;
+pub mod attention_control;
 pub mod backend;
 pub mod clip;
 pub mod embeddings;

@@ -8,6 +8,7 @@ use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 use crate::attention::TransformerConfig;
+use crate::attention_control::AttentionControl;
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::nn::{conv2d, group_norm};
 use crate::unet_2d_blocks::{BlockSettings, DownBlock, MidBlockCrossAttn, UpBlock};
@@ -257,6 +258,11 @@ impl UNet2DConditionModel {
     /// Noise prediction for `x: [b, 4, h, w]` at one timestep for the whole batch, conditioned
     /// on `context: [b, tokens, cross_attention_dim]`.
     pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
+        self.forward_steered(x, timestep, context, &AttentionControl::default())
+    }
+
+    /// [`Self::forward`] with prompt-to-prompt control of the attention layers.
+    pub fn forward_steered(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
         let b = x.dims()[0];
         let emb = timestep_embedding(timestep, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
         let n = emb.len();
@@ -270,13 +276,13 @@ impl UNet2DConditionModel {
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward(h, &temb, context);
+            let (out, states) = block.forward(h, &temb, context, ctl);
             h = out;
             skips.extend(states);
         }
-        h = self.mid_block.forward(h, &temb, context);
+        h = self.mid_block.forward(h, &temb, context, ctl);
         for block in &self.up_blocks {
-            h = block.forward(h, &mut skips, &temb, context);
+            h = block.forward(h, &mut skips, &temb, context, ctl);
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
     }

@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 
 use crate::Result;
 use crate::attention::{Transformer2DModel, TransformerConfig, VaeAttention};
+use crate::attention_control::AttentionControl;
 use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::weights::VarBuilder;
 
@@ -63,12 +64,13 @@ impl DownBlock {
         mut x: Tensor<4>,
         temb: &Tensor<2>,
         context: &Tensor<3>,
+        ctl: &AttentionControl,
     ) -> (Tensor<4>, Vec<Tensor<4>>) {
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (j, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(x, Some(temb));
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(x, context.clone());
+                x = attn.forward(x, context.clone(), ctl);
             }
             states.push(x.clone());
         }
@@ -99,10 +101,10 @@ impl MidBlockCrossAttn {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
         let mut x = self.resnets[0].forward(x, Some(temb));
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            x = resnet.forward(attn.forward(x, context.clone()), Some(temb));
+            x = resnet.forward(attn.forward(x, context.clone(), ctl), Some(temb));
         }
         x
     }
@@ -159,13 +161,14 @@ impl UpBlock {
         skips: &mut Vec<Tensor<4>>,
         temb: &Tensor<2>,
         context: &Tensor<3>,
+        ctl: &AttentionControl,
     ) -> Tensor<4> {
         // the down path pushed one skip state per up-block resnet; take ours, newest first
         let mine = skips.split_off(skips.len().saturating_sub(self.resnets.len()));
         for (j, (resnet, skip)) in self.resnets.iter().zip(mine.into_iter().rev()).enumerate() {
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(x, context.clone());
+                x = attn.forward(x, context.clone(), ctl);
             }
         }
         if let Some(u) = &self.upsampler {
