@@ -2,13 +2,16 @@
 //! (cached), invert → noise pair, edit/reconstruct → latent → image. Async so browsers can read
 //! GPU results; native code blocks on it with `pollster`.
 
-use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
+use edict_sd::attention_control::AttentionControl;
 use edict_sd::model::StableDiffusion;
 use edict_sd::scheduler::Prediction;
 use edict_sd::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
 pub use crate::image_io::Rgb;
+use crate::preview;
+use crate::prompt_edit::{EditSpec, P2p, align_tokens, token_weights};
 use crate::sampler::{Edict, NoisePredictor, Pair, ddim_denoise, ddim_invert, relative_error};
 use crate::schedule::{Schedule, Step};
 
@@ -109,12 +112,19 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// Receives progress and can cancel between UNet evaluations.
+/// Receives progress and previews, and can cancel between UNet evaluations.
 pub trait Observer {
     fn progress(&mut self, _p: Progress) {}
     fn cancelled(&self) -> bool {
         false
     }
+    /// Whether to compute [`Self::preview`] images (a cheap projection, but not free).
+    fn wants_preview(&self) -> bool {
+        false
+    }
+    /// After each UNet evaluation: the denoised image it predicts (x̂₀), one tile per chain
+    /// side by side, from a fixed linear map of the latent (see [`preview`]); 1/8 of the size.
+    fn preview(&mut self, _stage: &'static str, _image: &Rgb) {}
 }
 
 /// Observes nothing.
@@ -262,34 +272,51 @@ impl Editor {
         })
     }
 
-    /// Validates `s` and builds the guided noise predictor for `prompt` on latents of `shape`;
-    /// returns the steps to run, the predictor and any warnings for the user.
+    /// Validates `s` and builds the guided noise predictor of `spec`'s targets (the inversion's
+    /// prompt is `source`) on latents of `shape`; returns the steps to run, the predictor and any
+    /// warnings for the user.
+    #[allow(clippy::too_many_arguments)]
     fn guided<'a>(
         &'a mut self,
-        prompt: &str,
+        source: &str,
+        spec: &EditSpec,
         s: &Settings,
         method: Method,
         stage: &'static str,
         shape: [usize; 4],
         obs: &'a mut dyn Observer,
     ) -> Result<(Vec<Step>, Guided<'a>, Vec<String>)> {
+        spec.validate()?;
         let (steps, mut warnings) = s.validate(&self.schedule)?;
-        let (cond, w) = self.embed(prompt)?;
-        warnings.extend(w);
-        // guidance 1 is the conditional prediction alone: skip the unconditional branch
-        let context = if s.guidance == 1.0 {
-            cond
-        } else {
-            let (u, w) = self.embed(&s.negative)?;
-            warnings.extend(w);
-            Tensor::cat(vec![u, cond], 0)
+        let mut embed = |ed: &mut Self, prompt: &str| -> Result<Tensor<3>> {
+            let (e, w) = ed.embed(prompt)?;
+            if let Some(w) = w.filter(|w| !warnings.contains(w)) {
+                warnings.push(w);
+            }
+            Ok(e)
         };
+        let k = spec.targets.len();
+        // rows in blocks of k: [uncond × k] (unless guidance is 1), [source × k] (P2P), targets
+        let mut blocks = Vec::new();
+        // guidance 1 is the conditional prediction alone: skip the unconditional branch
+        let uncond = s.guidance != 1.0;
+        if uncond {
+            blocks.push(vec![embed(self, &s.negative)?; k]);
+        }
+        if spec.p2p.is_some() {
+            blocks.push(vec![embed(self, source)?; k]);
+        }
+        blocks.push(spec.targets.iter().map(|t| embed(self, t)).collect::<Result<_>>()?);
+        let context = Tensor::cat(blocks.concat(), 0);
+        let steering = self.steering(source, spec)?;
         let total = evals_per_pass(method, steps.len());
         Ok((
             steps,
             Guided {
                 editor: self,
                 context,
+                uncond,
+                steering,
                 guidance: s.guidance,
                 shape,
                 stage,
@@ -301,6 +328,32 @@ impl Editor {
         ))
     }
 
+    /// The attention control `spec` asks for, as device tensors over the 77 keys.
+    fn steering(&self, source: &str, spec: &EditSpec) -> Result<Option<Steering>> {
+        if spec.p2p.is_none() && spec.reweight.is_empty() {
+            return Ok(None);
+        }
+        let tok = &self.model.tokenizer;
+        let targets: Vec<Vec<u32>> = spec.targets.iter().map(|t| Ok(tok.encode(t)?.ids)).collect::<Result<_>>()?;
+        let (k, n) = (targets.len(), targets[0].len());
+        let rows = |v: Vec<f32>| self.upload(v, [k, 1, 1, n]);
+        let tokens = spec.p2p.is_some().then(|| {
+            let src = tok.encode(source)?.ids;
+            let (mask, index): (Vec<_>, Vec<_>) = targets.iter().map(|t| align_tokens(&src, t)).unzip();
+            let index = Tensor::<4, Int>::from_data(TensorData::new(index.concat(), [k, 1, 1, n]), &self.device);
+            Ok::<_, PipelineError>((rows(mask.concat()), index))
+        });
+        let weights = (!spec.reweight.is_empty()).then(|| {
+            let w: Vec<Vec<f32>> = targets.iter().map(|t| token_weights(tok, t, &spec.reweight, &targets)).collect::<Result<_>>()?;
+            Ok::<_, PipelineError>(rows(w.concat()))
+        });
+        Ok(Some(Steering {
+            p2p: spec.p2p,
+            tokens: tokens.transpose()?,
+            weights: weights.transpose()?,
+        }))
+    }
+
     /// Inverts `latent` under `prompt`: EDICT's noise pair (or DDIM's single chain).
     pub async fn invert(
         &mut self,
@@ -310,7 +363,7 @@ impl Editor {
         method: Method,
         obs: &mut dyn Observer,
     ) -> Result<(Inversion, Vec<String>)> {
-        let (steps, mut eps, warnings) = self.guided(prompt, s, method, "invert", latent.shape, obs)?;
+        let (steps, mut eps, warnings) = self.guided(prompt, &EditSpec::to(prompt), s, method, "invert", latent.shape, obs)?;
         let pair = match method {
             Method::Edict => s.edict().invert(&latent.values, &steps, &mut eps).await?,
             Method::Ddim => {
@@ -330,7 +383,7 @@ impl Editor {
     }
 
     /// Denoises an inversion under `prompt` (the target of an edit, or the source prompt to
-    /// reconstruct); returns the latent the authors decode (x).
+    /// reconstruct); returns the pair, whose x the authors decode.
     pub async fn denoise(
         &mut self,
         inv: &Inversion,
@@ -338,15 +391,30 @@ impl Editor {
         stage: &'static str,
         obs: &mut dyn Observer,
     ) -> Result<(Pair, Vec<String>)> {
+        let (mut pairs, warnings) = self.edit(inv, &EditSpec::to(prompt), stage, obs).await?;
+        Ok((pairs.remove(0), warnings))
+    }
+
+    /// Denoises an inversion into each of `spec`'s targets, all in each UNet call, with its
+    /// prompt-to-prompt and word-weight controls; one pair per target.
+    pub async fn edit(
+        &mut self,
+        inv: &Inversion,
+        spec: &EditSpec,
+        stage: &'static str,
+        obs: &mut dyn Observer,
+    ) -> Result<(Vec<Pair>, Vec<String>)> {
         let s = &inv.settings;
-        let (steps, mut eps, warnings) = self.guided(prompt, s, inv.method, stage, inv.latent.shape, obs)?;
-        let pair = match inv.method {
-            Method::Edict => s.edict().denoise(inv.pair.clone(), &steps, &mut eps).await?,
+        let (steps, mut eps, warnings) = self.guided(&inv.prompt, spec, s, inv.method, stage, inv.latent.shape, obs)?;
+        let k = spec.targets.len();
+        let pairs = match inv.method {
+            Method::Edict => s.edict().denoise(vec![inv.pair.clone(); k], &steps, &mut eps).await?,
             Method::Ddim => {
-                Pair::of(&ddim_denoise(inv.pair.x_f64(), &steps, &mut eps).await?)
+                let xs = ddim_denoise(vec![inv.pair.x_f64(); k], &steps, &mut eps).await?;
+                xs.iter().map(|x| Pair::of(x)).collect()
             }
         };
-        Ok((pair, warnings))
+        Ok((pairs, warnings))
     }
 
     /// Invert then denoise with the same prompt; EDICT returns `z` bit for bit.
@@ -404,10 +472,10 @@ impl Editor {
         let s = Settings { strength: 1.0, ..s.clone() };
         let shape = [1, self.model.configs.vae.latent_channels, height / down, width / down];
         // one DDIM chain: one UNet call per step
-        let (steps, mut eps, warnings) = self.guided(prompt, &s, Method::Ddim, "generate", shape, obs)?;
+        let (steps, mut eps, warnings) = self.guided(prompt, &EditSpec::to(prompt), &s, Method::Ddim, "generate", shape, obs)?;
         let mut rng = SplitMix(seed);
         let noise = (0..shape.iter().product::<usize>()).map(|_| rng.normal()).collect();
-        let values = ddim_denoise(noise, &steps, &mut eps).await?;
+        let values = ddim_denoise(vec![noise], &steps, &mut eps).await?.remove(0);
         Ok((Latent { values, shape }, warnings))
     }
 }
@@ -435,11 +503,36 @@ fn evals_per_pass(method: Method, steps: usize) -> usize {
     }
 }
 
-/// ε = ε_u + g·(ε_c − ε_u), from one UNet call on a batch of 2 (uncond, cond).
+/// Prompt-to-prompt windows and word weights, ready for the UNet.
+struct Steering {
+    p2p: Option<P2p>,
+    /// `[k, 1, 1, 77]` mask and aligned source index per target (P2P)
+    tokens: Option<(Tensor<4>, Tensor<4, Int>)>,
+    /// `[k, 1, 1, 77]` word weights per target
+    weights: Option<Tensor<4>>,
+}
+
+impl Steering {
+    /// The control of one UNet call at timestep `t` steering the last `k` rows.
+    fn at(&self, t: usize, k: usize) -> AttentionControl {
+        let inject = |w: fn(&P2p) -> &crate::prompt_edit::Window| self.p2p.as_ref().is_some_and(|p| w(p).contains(t));
+        AttentionControl {
+            edits: k,
+            inject_self: inject(|p| &p.self_attn),
+            inject_tokens: self.tokens.clone().filter(|_| inject(|p| &p.tokens)),
+            weights: self.weights.clone(),
+        }
+    }
+}
+
+/// ε = ε_u + g·(ε_c − ε_u) for each of k latents, from one UNet call whose batch holds blocks of
+/// k rows: unconditional (unless guidance is 1), source (P2P), and the k targets' conditional rows.
 struct Guided<'a> {
     editor: &'a mut Editor,
-    /// `[2, 77, d]` (uncond, cond), or `[1, 77, d]` when guidance is 1.
+    /// `[blocks · k, 77, d]` in the row order above
     context: Tensor<3>,
+    uncond: bool,
+    steering: Option<Steering>,
     guidance: f64,
     shape: [usize; 4],
     stage: &'static str,
@@ -449,15 +542,20 @@ struct Guided<'a> {
 }
 
 impl NoisePredictor for Guided<'_> {
-    async fn predict(&mut self, latent: &[f64], t: usize) -> Result<Vec<f64>> {
+    async fn predict(&mut self, latents: &[Vec<f64>], t: usize) -> Result<Vec<Vec<f64>>> {
         if self.obs.cancelled() {
             return Err(PipelineError::Cancelled);
         }
-        let batch = self.context.dims()[0];
+        let k = latents.len();
+        let blocks = self.context.dims()[0] / k;
         let [_, c, h, w] = self.shape;
-        let x: Vec<f32> = latent.iter().map(|&v| v as f32).collect();
-        let x = self.editor.upload(x, [1, c, h, w]).repeat_dim(0, batch);
-        let out = self.editor.model.unet.forward(x, t as f64, &self.context);
+        let x: Vec<f32> = latents.iter().flatten().map(|&v| v as f32).collect();
+        let x = self.editor.upload(x, [k, c, h, w]).repeat_dim(0, blocks);
+        let unet = &self.editor.model.unet;
+        let out = match &self.steering {
+            None => unet.forward(x, t as f64, &self.context),
+            Some(s) => unet.forward_steered(x, t as f64, &self.context, &s.at(t, k)),
+        };
         let v = read_f64(out).await?;
         self.editor.unet_calls += 1;
         self.done += 1;
@@ -466,23 +564,39 @@ impl NoisePredictor for Guided<'_> {
             done: self.done,
             total: self.total,
         });
-        let guided = if batch == 1 {
-            v
-        } else {
-            let (u, cnd) = v.split_at(latent.len());
-            let g = self.guidance;
-            u.iter().zip(cnd).map(|(u, c)| u + g * (c - u)).collect()
-        };
-        Ok(match self.editor.model.configs.scheduler.prediction {
-            Prediction::Epsilon => guided,
-            // v = √ᾱ·ε − √(1−ᾱ)·x₀ and x_t = √ᾱ·x₀ + √(1−ᾱ)·ε give ε = √ᾱ·v + √(1−ᾱ)·x_t; affine
-            // in v, so guiding v and converting equals converting each branch
-            Prediction::V => {
-                let at = self.editor.schedule.alphas_cumprod[t];
-                let (sa, sb) = (at.sqrt(), (1.0 - at).sqrt());
-                guided.iter().zip(latent).map(|(v, x)| sa * v + sb * x).collect()
+        let n = latents[0].len();
+        let row = |r: usize| &v[r * n..(r + 1) * n];
+        let g = self.guidance;
+        let at = self.editor.schedule.alphas_cumprod[t];
+        let (sa, sb) = (at.sqrt(), (1.0 - at).sqrt());
+        let eps: Vec<Vec<f64>> = (0..k)
+            .map(|i| {
+                let cond = row((blocks - 1) * k + i);
+                let guided: Vec<f64> = if self.uncond {
+                    row(i).iter().zip(cond).map(|(u, c)| u + g * (c - u)).collect()
+                } else {
+                    cond.to_vec()
+                };
+                match self.editor.model.configs.scheduler.prediction {
+                    Prediction::Epsilon => guided,
+                    // v = √ᾱ·ε − √(1−ᾱ)·x₀ and x_t = √ᾱ·x₀ + √(1−ᾱ)·ε give ε = √ᾱ·v + √(1−ᾱ)·x_t;
+                    // affine in v, so guiding v and converting equals converting each branch
+                    Prediction::V => guided.iter().zip(&latents[i]).map(|(v, x)| sa * v + sb * x).collect(),
+                }
+            })
+            .collect();
+        if self.obs.wants_preview() {
+            // x̂₀ = (x_t − √(1−ᾱ)·ε) / √ᾱ
+            let x0: Vec<Vec<f64>> = latents
+                .iter()
+                .zip(&eps)
+                .map(|(x, e)| x.iter().zip(e).map(|(x, e)| (x - sb * e) / sa).collect())
+                .collect();
+            if let Some(image) = preview::latents_to_rgb(&x0, self.shape) {
+                self.obs.preview(self.stage, &image);
             }
-        })
+        }
+        Ok(eps)
     }
 }
 

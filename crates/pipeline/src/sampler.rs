@@ -16,11 +16,12 @@ use twofloat::TwoFloat;
 use crate::error::{PipelineError, Result};
 use crate::schedule::Step;
 
-/// The classifier-free-guided noise prediction for one latent at one timestep.
+/// The classifier-free-guided noise prediction at one timestep for each of several latents,
+/// one per chain sampled together (several edit targets share each network call).
 /// Async because browsers can only read GPU results asynchronously.
 #[allow(async_fn_in_trait)]
 pub trait NoisePredictor {
-    async fn predict(&mut self, latent: &[f64], t: usize) -> Result<Vec<f64>>;
+    async fn predict(&mut self, latents: &[Vec<f64>], t: usize) -> Result<Vec<Vec<f64>>>;
 }
 
 /// EDICT's knobs: mixing weight p and leapfrog (alternating which latent moves first).
@@ -57,6 +58,11 @@ impl Pair {
     pub fn x_f64(&self) -> Vec<f64> {
         hi(&self.x)
     }
+
+    /// `(u, v)`: the latent that moves first at a step, and the other.
+    fn uv(&mut self, x_first: bool) -> (&mut Vec<TwoFloat>, &mut Vec<TwoFloat>) {
+        if x_first { (&mut self.x, &mut self.y) } else { (&mut self.y, &mut self.x) }
+    }
 }
 
 /// Lifts f64 values to double-double (exactly).
@@ -83,9 +89,9 @@ fn undo<T: Real>(a: f64, v: &[T], b: f64, e: &[T]) -> Vec<T> {
     v.iter().zip(e).map(|(&v, &e)| (v - e * b) / a).collect()
 }
 
-/// ε at `latent` rounded to f64 (the network sees it in f32 anyway), lifted back for the coupling.
-async fn predict(eps: &mut impl NoisePredictor, latent: &[TwoFloat], t: usize) -> Result<Vec<TwoFloat>> {
-    Ok(dd(&eps.predict(&hi(latent), t).await?))
+/// ε at each latent rounded to f64 (the network sees it in f32 anyway), lifted back for the coupling.
+async fn predict(eps: &mut impl NoisePredictor, latents: Vec<Vec<f64>>, t: usize) -> Result<Vec<Vec<TwoFloat>>> {
+    Ok(eps.predict(&latents, t).await?.iter().map(|e| dd(e)).collect())
 }
 
 fn check_finite(v: impl IntoIterator<Item = f64>, stage: &'static str, step: &Step) -> Result<()> {
@@ -130,18 +136,29 @@ impl Edict {
         !self.leapfrog || step.index % 2 == 0
     }
 
-    /// One coupled denoising step at `step.t`.
-    async fn denoise_step(&self, pair: &mut Pair, step: &Step, eps: &mut impl NoisePredictor) -> Result<()> {
+    /// One coupled denoising step at `step.t`, for every pair (their network calls batched).
+    async fn denoise_step(&self, pairs: &mut [Pair], step: &Step, eps: &mut impl NoisePredictor) -> Result<()> {
         let (a, b, p) = (step.a, step.b, self.mix);
         let x_first = self.x_first(step);
-        let (u, v) = if x_first { (&mut pair.x, &mut pair.y) } else { (&mut pair.y, &mut pair.x) };
-        // u ← a·u + b·ε(v);  v ← a·v + b·ε(u_new)
-        *u = axpby(a, u, b, &predict(eps, v, step.t).await?);
-        *v = axpby(a, v, b, &predict(eps, u, step.t).await?);
-        // mixing, always x then y (y uses the new x)
-        pair.x = axpby(p, &pair.x, 1.0 - p, &pair.y);
-        pair.y = axpby(p, &pair.y, 1.0 - p, &pair.x);
-        check_pair(pair, "denoise", step)
+        // u ← a·u + b·ε(v)
+        let e = predict(eps, pairs.iter_mut().map(|q| hi(q.uv(x_first).1)).collect(), step.t).await?;
+        for (q, e) in pairs.iter_mut().zip(&e) {
+            let (u, _) = q.uv(x_first);
+            *u = axpby(a, u, b, e);
+        }
+        // v ← a·v + b·ε(u_new)
+        let e = predict(eps, pairs.iter_mut().map(|q| hi(q.uv(x_first).0)).collect(), step.t).await?;
+        for (q, e) in pairs.iter_mut().zip(&e) {
+            let (_, v) = q.uv(x_first);
+            *v = axpby(a, v, b, e);
+        }
+        for q in pairs {
+            // mixing, always x then y (y uses the new x)
+            q.x = axpby(p, &q.x, 1.0 - p, &q.y);
+            q.y = axpby(p, &q.y, 1.0 - p, &q.x);
+            check_pair(q, "denoise", step)?;
+        }
+        Ok(())
     }
 
     /// The exact inverse of [`Self::denoise_step`] at the same timestep.
@@ -150,11 +167,10 @@ impl Edict {
         // undo mixing: y first (it was mixed last), then x
         pair.y = undo(p, &pair.y, 1.0 - p, &pair.x);
         pair.x = undo(p, &pair.x, 1.0 - p, &pair.y);
-        let x_first = self.x_first(step);
-        let (u, v) = if x_first { (&mut pair.x, &mut pair.y) } else { (&mut pair.y, &mut pair.x) };
+        let (u, v) = pair.uv(self.x_first(step));
         // undo the updates in reverse order: v was updated from u, then u from v
-        *v = undo(a, v, b, &predict(eps, u, step.t).await?);
-        *u = undo(a, u, b, &predict(eps, v, step.t).await?);
+        *v = undo(a, v, b, &predict(eps, vec![hi(u)], step.t).await?[0]);
+        *u = undo(a, u, b, &predict(eps, vec![hi(v)], step.t).await?[0]);
         check_pair(pair, "invert", step)
     }
 
@@ -168,12 +184,13 @@ impl Edict {
         Ok(pair)
     }
 
-    /// Denoises a noise pair through `steps`; the authors decode `x`.
-    pub async fn denoise(&self, mut pair: Pair, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Pair> {
+    /// Denoises noise pairs through `steps`, all pairs in each network call (the predictor's
+    /// i-th latent belongs to the i-th pair); the authors decode `x`.
+    pub async fn denoise(&self, mut pairs: Vec<Pair>, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<Pair>> {
         for step in steps {
-            self.denoise_step(&mut pair, step, eps).await?;
+            self.denoise_step(&mut pairs, step, eps).await?;
         }
-        Ok(pair)
+        Ok(pairs)
     }
 }
 
@@ -182,21 +199,23 @@ impl Edict {
 pub async fn ddim_invert(z: &[f64], steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<f64>> {
     let mut x = z.to_vec();
     for step in steps.iter().rev() {
-        let e = eps.predict(&x, step.t).await?;
-        x = undo(step.a, &x, step.b, &e);
+        let e = eps.predict(std::slice::from_ref(&x), step.t).await?;
+        x = undo(step.a, &x, step.b, &e[0]);
         check_finite(x.iter().copied(), "invert", step)?;
     }
     Ok(x)
 }
 
-/// Plain DDIM denoising of one latent.
-pub async fn ddim_denoise(mut x: Vec<f64>, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<f64>> {
+/// Plain DDIM denoising of several chains, batched in each network call.
+pub async fn ddim_denoise(mut xs: Vec<Vec<f64>>, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<Vec<f64>>> {
     for step in steps {
-        let e = eps.predict(&x, step.t).await?;
-        x = axpby(step.a, &x, step.b, &e);
-        check_finite(x.iter().copied(), "denoise", step)?;
+        let e = eps.predict(&xs, step.t).await?;
+        for (x, e) in xs.iter_mut().zip(&e) {
+            *x = axpby(step.a, x, step.b, e);
+            check_finite(x.iter().copied(), "denoise", step)?;
+        }
     }
-    Ok(x)
+    Ok(xs)
 }
 
 /// `‖a − b‖ / ‖b‖`
@@ -217,16 +236,22 @@ mod tests {
         calls: usize,
     }
 
-    impl NoisePredictor for Analytic {
-        async fn predict(&mut self, latent: &[f64], t: usize) -> Result<Vec<f64>> {
-            self.calls += 1;
+    impl Analytic {
+        fn one(latent: &[f64], t: usize) -> Vec<f64> {
             let s = t as f64 / 1000.0;
             let mean = latent.iter().sum::<f64>() / latent.len() as f64;
-            Ok(latent
+            latent
                 .iter()
                 .enumerate()
                 .map(|(i, v)| (v * (1.0 + s)).sin() + 0.3 * (i as f64 * 0.1 + s).cos() + 0.2 * mean * v)
-                .collect())
+                .collect()
+        }
+    }
+
+    impl NoisePredictor for Analytic {
+        async fn predict(&mut self, latents: &[Vec<f64>], t: usize) -> Result<Vec<Vec<f64>>> {
+            self.calls += 1;
+            Ok(latents.iter().map(|l| Self::one(l, t)).collect())
         }
     }
 
@@ -258,7 +283,7 @@ mod tests {
                     let mut eps = Analytic { calls: 0 };
                     let pair = run(e.invert(&z, &steps, &mut eps)).unwrap();
                     assert_eq!(eps.calls, 2 * steps.len());
-                    let back = run(e.denoise(pair.clone(), &steps, &mut eps)).unwrap();
+                    let back = run(e.denoise(vec![pair.clone()], &steps, &mut eps)).unwrap().remove(0);
                     // bit for bit: the predictor sees every input exactly as in inversion
                     assert!(
                         exact(&back.x_f64(), &z) && exact(&hi(&back.y), &z),
@@ -287,10 +312,26 @@ mod tests {
         let mut eps = Analytic { calls: 0 };
         let pair = run(e.invert(&z, &steps, &mut eps)).unwrap();
         let buggy: Vec<Step> = steps.iter().map(|s| Step { index: s.index + 1, ..*s }).collect();
-        let bad = run(e.denoise(pair.clone(), &buggy, &mut eps)).unwrap();
+        let bad = run(e.denoise(vec![pair.clone()], &buggy, &mut eps)).unwrap().remove(0);
         assert!(relative_error(&bad.x_f64(), &z) > 1e-6);
-        let good = run(e.denoise(pair, &steps, &mut eps)).unwrap();
+        let good = run(e.denoise(vec![pair], &steps, &mut eps)).unwrap().remove(0);
         assert!(exact(&good.x_f64(), &z));
+    }
+
+    #[test]
+    fn pairs_denoised_together_equal_pairs_denoised_alone() {
+        let steps = Schedule::default().steps(10, 0.8, 0).unwrap();
+        let e = Edict::default();
+        let mut eps = Analytic { calls: 0 };
+        let a = run(e.invert(&latent(), &steps, &mut eps)).unwrap();
+        let b = run(e.invert(&latent().iter().map(|v| v * 0.5).collect::<Vec<_>>(), &steps, &mut eps)).unwrap();
+        eps.calls = 0;
+        let both = run(e.denoise(vec![a.clone(), b.clone()], &steps, &mut eps)).unwrap();
+        // one call per half step for both pairs
+        assert_eq!(eps.calls, 2 * steps.len());
+        let alone = [a, b].map(|p| run(e.denoise(vec![p], &steps, &mut eps)).unwrap().remove(0));
+        assert_eq!(both, alone);
+        assert_ne!(both[0], both[1]);
     }
 
     #[test]
@@ -300,8 +341,8 @@ mod tests {
         let steps = sched.steps(10, 0.8, 0).unwrap();
         let mut eps = Analytic { calls: 0 };
         let noise = run(ddim_invert(&z, &steps, &mut eps)).unwrap();
-        let back = run(ddim_denoise(noise, &steps, &mut eps)).unwrap();
-        assert!(relative_error(&back, &z) > 1e-6);
+        let back = run(ddim_denoise(vec![noise], &steps, &mut eps)).unwrap();
+        assert!(relative_error(&back[0], &z) > 1e-6);
     }
 
     #[test]
@@ -317,12 +358,12 @@ mod tests {
     fn non_finite_latents_name_the_step() {
         struct Bad;
         impl NoisePredictor for Bad {
-            async fn predict(&mut self, latent: &[f64], t: usize) -> Result<Vec<f64>> {
-                Ok(vec![if t < 500 { f64::NAN } else { 0.0 }; latent.len()])
+            async fn predict(&mut self, latents: &[Vec<f64>], t: usize) -> Result<Vec<Vec<f64>>> {
+                Ok(latents.iter().map(|l| vec![if t < 500 { f64::NAN } else { 0.0 }; l.len()]).collect())
             }
         }
         let steps = Schedule::default().steps(10, 1.0, 0).unwrap();
-        let err = run(Edict::default().denoise(Pair::of(&latent()), &steps, &mut Bad)).unwrap_err();
+        let err = run(Edict::default().denoise(vec![Pair::of(&latent())], &steps, &mut Bad)).unwrap_err();
         match err {
             PipelineError::NonFinite { step, timestep, .. } => assert_eq!((step, timestep), (5, 400)),
             e => panic!("{e}"),
