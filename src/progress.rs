@@ -1,8 +1,11 @@
-//! Progress bars per pipeline stage (indicatif), UNet evaluations per second, and one-line notes.
+//! Progress bars per pipeline stage (indicatif), UNet evaluations per second, one-line notes,
+//! and the live preview PNG (`--preview`).
 
 use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 
-use edict_pipeline::pipeline::{Observer, Progress};
+use edict_pipeline::image_io;
+use edict_pipeline::pipeline::{Observer, Progress, Rgb};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Bars {
@@ -39,15 +42,44 @@ impl Bars {
     }
 
     pub fn observer(&self) -> BarObserver<'_> {
-        BarObserver { bars: self }
+        BarObserver { bars: self, preview: None }
     }
 }
 
 pub struct BarObserver<'a> {
     bars: &'a Bars,
+    /// Where `--preview` rewrites the predicted image after every UNet call.
+    preview: Option<PathBuf>,
+}
+
+impl BarObserver<'_> {
+    pub fn preview_to(mut self, path: Option<&Path>) -> Self {
+        self.preview = path.map(Path::to_path_buf);
+        self
+    }
+}
+
+/// Writes beside `path` and renames, so a viewer never reads a half-written image.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Observer for BarObserver<'_> {
+    fn wants_preview(&self) -> bool {
+        self.preview.is_some()
+    }
+
+    fn preview(&mut self, _stage: &'static str, image: &Rgb) {
+        let Some(path) = &self.preview else { return };
+        if let Err(e) = image_io::encode_png(image).map_err(|e| e.to_string()).and_then(|png| replace_file(path, &png).map_err(|e| e.to_string())) {
+            self.bars.warn(&format!("preview {}: {e}; no more previews", path.display()));
+            self.preview = None;
+        }
+    }
+
     fn progress(&mut self, p: Progress) {
         if self.bars.quiet {
             return;

@@ -309,3 +309,66 @@ fn sd2_folder_runs_end_to_end() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("prediction type `sample` is not supported"), "{err}");
 }
+
+/// Several targets with prompt-to-prompt, word weights and a live preview, from a photo and from
+/// saved latents (same images); the controls' mistakes are one clear line each.
+#[test]
+fn edit_with_p2p_several_targets_and_preview() {
+    let t = Tmp::new("p2p");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    let (inp, noise, preview) = (t.path("in.png"), t.path("n.safetensors"), t.path("preview.png"));
+    let (pattern, dir) = (t.path("e-{i}.png"), t.path("from-latents"));
+    std::fs::create_dir(&dir).unwrap();
+    let controls = ["--target", "a photo of a dog", "--target", "a photo of a fluffy cat", "--p2p", "--p2p-tokens", "0.2:0.6", "--reweight", "fluffy=2"];
+    let mut a = vec!["edit"];
+    a.extend(common_args(&m, "10"));
+    a.extend(["--strength", "0.5", "--width", "64", "--height", "64", "--image", &inp, "--source", "a photo of a cat", "--save-latents", &noise, "--out", &pattern, "--preview", &preview]);
+    a.extend(controls);
+    ok(&a);
+    // 64×64 photo: the preview has one 8×8 tile per target
+    assert_eq!(dims(&preview), (16, 8));
+    let mut a = vec!["edit"];
+    a.extend(common_args(&m, "10"));
+    a.extend(["--strength", "0.5", "--from-latents", &noise, "--out", &dir]);
+    a.extend(controls);
+    ok(&a);
+    for i in 1..=2 {
+        let from_photo = image::open(t.path(&format!("e-{i}.png"))).unwrap().to_rgb8();
+        let from_latents = image::open(format!("{dir}/target-{i}.png")).unwrap().to_rgb8();
+        assert_eq!(from_photo.dimensions(), (64, 64));
+        assert!(from_photo == from_latents, "target {i}: --from-latents differs");
+    }
+    let one = image::open(t.path("e-1.png")).unwrap().to_rgb8();
+    let two = image::open(t.path("e-2.png")).unwrap().to_rgb8();
+    assert!(one != two);
+
+    let edit = |extra: &[&str]| -> String {
+        let mut a = vec!["edit", "--model", &m, "--backend", "cpu", "--quiet", "--from-latents", &noise];
+        a.extend(extra);
+        fails(&a)
+    };
+    let out = t.path("x.png");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--target", "a", "--target", "b", "--out", &out], "there are 2 targets"),
+        (vec!["--target", "a dog", "--out", &out, "--reweight", "zebra=2"], "\"zebra\" is not in the target prompt"),
+    ];
+    for (extra, want) in cases {
+        let err = edit(&extra);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    // malformed values and a window without --p2p are usage errors, named by clap
+    let usage: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--reweight", "dog"], "expected WORD=WEIGHT"),
+        (vec!["--reweight", "dog=-1"], "≥ 0"),
+        (vec!["--p2p", "--p2p-self", "0.9:0.1"], "window `0.9:0.1`"),
+        (vec!["--p2p-tokens", "0:1"], "--p2p"),
+    ];
+    for (extra, want) in usage {
+        let mut a = vec!["edit", "--model", &m, "--from-latents", &noise, "--target", "a dog", "--out", &out];
+        a.extend(&extra);
+        let o = edict(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{extra:?}: {err}");
+    }
+}

@@ -8,12 +8,14 @@ use clap::Args;
 use edict_pipeline::image_io::Size;
 use edict_pipeline::pipeline::Settings;
 
-use super::{ModelArgs, check_output, open, save_png, warn_all};
+use super::{PreviewArgs, ModelArgs, check_output, open, save_png, warn_all};
 
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub preview: PreviewArgs,
     #[arg(long)]
     pub prompt: String,
     #[arg(long)]
@@ -52,7 +54,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         negative: a.negative.clone(),
         ..Settings::default()
     };
-    let mut obs = s.bars.observer();
+    let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
     let (latent, w) = pollster::block_on(s.editor.generate(&a.prompt, width as usize, height as usize, a.seed, &settings, &mut obs))?;
     drop(obs);
     warn_all(&s, &w);

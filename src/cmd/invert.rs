@@ -8,12 +8,14 @@ use clap::Args;
 use edict_pipeline::latents;
 use edict_pipeline::pipeline::Method;
 
-use super::{ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, warn_all, write};
+use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, warn_all, write};
 
 #[derive(Args)]
 pub struct InvertArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub preview: PreviewArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
     #[command(flatten)]
@@ -32,7 +34,7 @@ pub fn invert(a: InvertArgs) -> Result<()> {
     let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
     let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
-    let mut obs = s.bars.observer();
+    let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
     let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
     drop(obs);
     warn_all(&s, &w);

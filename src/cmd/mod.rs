@@ -100,6 +100,14 @@ pub struct ImageArgs {
     pub seed: Option<u64>,
 }
 
+#[derive(Args)]
+pub struct PreviewArgs {
+    /// Rewrite this PNG after every UNet call with the image being predicted (1/8 size, a fast
+    /// approximation without the VAE; one tile per target).
+    #[arg(long)]
+    pub preview: Option<PathBuf>,
+}
+
 /// Refuses to overwrite unless `--force`; checks the folder exists before any long work.
 pub fn check_output(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {

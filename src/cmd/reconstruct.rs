@@ -8,12 +8,14 @@ use clap::Args;
 use edict_pipeline::image_io::{self};
 use edict_pipeline::pipeline::Method;
 
-use super::{ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, warn_all, write};
+use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, warn_all, write};
 
 #[derive(Args)]
 pub struct ReconstructArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub preview: PreviewArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
     #[command(flatten)]
@@ -43,7 +45,7 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let (latent, input) = encode_image(&mut s, photo, a.image.seed)?;
     let input = &input;
     let method = a.method;
-    let mut obs = s.bars.observer();
+    let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
     let (rec, w) = pollster::block_on(s.editor.reconstruct(&latent, &a.prompt, &a.sample.settings(), method, &mut obs))?;
     drop(obs);
     warn_all(&s, &w);
