@@ -72,7 +72,7 @@ impl Observer for BarObserver<'_> {
         self.preview.is_some()
     }
 
-    fn preview(&mut self, _stage: &'static str, image: &Rgb) {
+    fn preview(&mut self, _p: Progress, image: &Rgb) {
         let Some(path) = &self.preview else { return };
         if let Err(e) = image_io::encode_png(image).map_err(|e| e.to_string()).and_then(|png| replace_file(path, &png).map_err(|e| e.to_string())) {
             self.bars.warn(&format!("preview {}: {e}; no more previews", path.display()));

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use common::*;
 use edict_pipeline::difflib::opcodes;
 use edict_pipeline::metrics;
-use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Quiet, Rgb, Settings};
+use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Progress, Quiet, Rgb, Settings};
 use edict_pipeline::prompt_edit::{EditSpec, P2p, Reweight, Window, align_tokens, token_weights};
 use edict_pipeline::sampler::{Pair, hi, relative_error};
 use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
@@ -196,8 +196,9 @@ fn preview_follows_every_unet_call() {
         fn wants_preview(&self) -> bool {
             true
         }
-        fn preview(&mut self, stage: &'static str, image: &Rgb) {
-            self.0.push((stage, image.width, image.height));
+        fn preview(&mut self, p: Progress, image: &Rgb) {
+            assert_eq!(p.done, self.0.len() + 1);
+            self.0.push((p.stage, image.width, image.height));
         }
     }
     let mut ed = editor(&Device::flex());
@@ -236,4 +237,29 @@ fn token_alignment_matches_python_difflib() {
         assert_eq!(ops(&a, &b), s["opcodes"], "sequence pair {i} (lengths {}, {})", a.len(), b.len());
     }
     eprintln!("{} prompt pairs and {} sequence pairs agree with difflib", pairs.len(), seqs.len());
+}
+
+/// Every row of a UNet call is bit-identical whatever else shares its batch, also where
+/// attention runs in query chunks (a 64×64 latent: 4096 tokens): batch 2 (inversion), 3 (P2P)
+/// and 6 (two P2P targets). The exact round trips above depend on it at full size.
+#[test]
+fn unet_rows_do_not_depend_on_the_batch() {
+    use burn::tensor::{Distribution, Tensor};
+    let r = reference("unet.safetensors");
+    for (backend, device) in devices() {
+        let sd = editor(&device).model;
+        let x = Tensor::<4>::random([2, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let ctx: Tensor<3> = upload(&r["encoder_hidden_states"].values, [2, 77, 32], &device);
+        let two = host(sd.unet.forward(x.clone(), 981.0, &ctx));
+        for n in [3, 6] {
+            let rows: Vec<usize> = (0..n).map(|i| i % 2).collect();
+            let pick = |t: &Tensor<4>| Tensor::cat(rows.iter().map(|&i| t.clone().narrow(0, i, 1)).collect(), 0);
+            let ctx_n = Tensor::cat(rows.iter().map(|&i| ctx.clone().narrow(0, i, 1)).collect(), 0);
+            let out = host(sd.unet.forward(pick(&x), 981.0, &ctx_n));
+            let per = two.len() / 2;
+            for (j, &i) in rows.iter().enumerate() {
+                assert!(out[j * per..(j + 1) * per] == two[i * per..(i + 1) * per], "{backend}: batch {n} row {j} differs");
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ let instances = 0;
 let generation = 0;
 
 const $ = (id) => document.getElementById(id);
-const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], image: null, busy: false, lastLoad: null, running: null, report: null });
+const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], previews: {}, results: [], image: null, busy: false, lastLoad: null, running: null, report: null });
 const params = new URLSearchParams(location.search);
 
 function message(text, kind = 'error') {
@@ -37,6 +37,7 @@ function refresh() {
   $('edit').disabled = $('invert').disabled = $('reconstruct').disabled = !(ready && state.image);
   $('latents-input').disabled = !ready;
   $('cancel').disabled = !state.busy || !state.session;
+  for (const b of document.querySelectorAll('#targets .remove')) b.disabled = document.querySelectorAll('#targets li').length < 2;
 }
 
 async function startGpu() {
@@ -72,6 +73,7 @@ async function loadModel(name, fill) {
   refresh();
   message('');
   setState('loading');
+  $('model').open = true;
   const bar = $('load-progress');
   bar.hidden = false;
   bar.removeAttribute('value');
@@ -89,7 +91,9 @@ async function loadModel(name, fill) {
     builder = null; // build() consumes it, even when it fails
     const session = b.build(state.gpu, $('precision').value);
     state.session = session;
+    session.setPreview(onPreview); // kept by the session for every operation
     status(`Loaded ${name} (${session.precision}).`, 1);
+    $('model').open = false;
     const notes = [note, session.loadWarning].filter(Boolean);
     if (notes.length) message(notes.join('\n'), 'note');
     setState('model-loaded');
@@ -139,10 +143,13 @@ async function setImage(file) {
     return message(`${file.name} is not an image.`);
   }
   state.image = new Uint8Array(await file.arrayBuffer());
-  const p = $('preview');
+  const p = $('photo');
   URL.revokeObjectURL(p.src);
   p.src = URL.createObjectURL(file);
   p.hidden = false;
+  $('drop').classList.add('has-photo');
+  $('drop-text').textContent = '';
+  $('pick-text').textContent = 'Pick another photo';
   message('');
   refresh();
 }
@@ -159,77 +166,246 @@ drop.ondrop = (e) => {
   const f = e.dataTransfer.files[0];
   if (f) setImage(f);
 };
+drop.onkeydown = (e) => {
+  if (e.target === drop && (e.key === 'Enter' || e.key === ' ')) {
+    e.preventDefault();
+    $('image-input').click();
+  }
+};
 $('image-input').onchange = (e) => e.target.files[0] && setImage(e.target.files[0]);
+
+// ---- target prompts: a list, one input per target ----
+
+function addTarget(value = '') {
+  const li = document.createElement('li');
+  const input = document.createElement('input');
+  input.className = 'target';
+  input.value = value;
+  input.placeholder = 'a photo of a dog';
+  const remove = document.createElement('button');
+  remove.type = 'button';
+  remove.className = 'remove';
+  remove.textContent = '×';
+  remove.onclick = () => {
+    li.remove();
+    numberTargets();
+    refresh();
+  };
+  li.append(input, remove);
+  $('targets').append(li);
+  numberTargets();
+  refresh();
+  return input;
+}
+
+function numberTargets() {
+  document.querySelectorAll('#targets li').forEach((li, i) => {
+    li.querySelector('.target').setAttribute('aria-label', `Target prompt ${i + 1}`);
+    li.querySelector('.remove').setAttribute('aria-label', `Remove target ${i + 1}`);
+    li.querySelector('.remove').title = `Remove target ${i + 1}`;
+  });
+}
+
+/** The target prompts in order; an empty one is an error, not silently skipped (results are numbered). */
+function readTargets() {
+  const targets = [...document.querySelectorAll('#targets .target')].map((i) => i.value.trim());
+  if (!targets.length) throw new Error('Add a target prompt: the photo as you want it.');
+  const empty = targets.findIndex((t) => !t);
+  if (empty >= 0) throw new Error(`Target ${empty + 1} is empty: write it or remove it.`);
+  return targets;
+}
+
+$('add-target').onclick = () => addTarget().focus();
 
 // ---- settings: the CLI's defaults come from the wasm Options ----
 
+/** "fluffy=2, watercolor=0.5" as the wasm's ["fluffy=2", "watercolor=0.5"]. */
+function readReweight() {
+  return $('reweight').value.split(/[,;\n]/).map((s) => s.trim()).filter(Boolean);
+}
+
+/** A P2P window from its two inputs as the wasm's "START:END". */
+function readWindow(name, what) {
+  const [a, b] = ['from', 'to'].map((end) => $(`p2p-${name}-${end}`).value.trim());
+  const ok = (v) => v !== '' && Number.isFinite(Number(v)) && Number(v) >= 0 && Number(v) <= 1;
+  if (!ok(a) || !ok(b) || Number(a) > Number(b)) {
+    throw new Error(`Prompt-to-prompt, ${what}: "from ${a} to ${b}" must be numbers with 0 ≤ from ≤ to ≤ 1.`);
+  }
+  return `${a}:${b}`;
+}
+
+/**
+ * The word weights' words must occur in a target. The wasm module checks that on tokens, but
+ * only once the photo is inverted; this earlier check on the text can only let more through
+ * (a word's tokens in a prompt's tokens means its text is in the prompt's text).
+ */
+function checkReweight(reweight, targets) {
+  const norm = (s) => s.toLowerCase().replace(/\s+/g, ' ').trim();
+  for (const r of reweight) {
+    const eq = r.lastIndexOf('=');
+    if (eq < 0) continue; // the wasm module explains the form
+    const word = norm(r.slice(0, eq));
+    if (word && !targets.some((t) => norm(t).includes(word))) {
+      throw new Error(`Word weight "${r}": "${r.slice(0, eq).trim()}" is in none of the target prompts ` +
+        `(${targets.map((t) => `"${t}"`).join(', ')}); weights apply to words of the targets.`);
+    }
+  }
+}
+
 function readOptions() {
   const o = new wasm.Options();
-  const num = (id, integer) => {
-    const v = $(id).value.trim();
-    const n = Number(v);
-    if (v === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new Error(`${id}: "${v}" is not a valid number`);
-    return n;
-  };
-  o.steps = num('steps', true);
-  o.strength = num('strength');
-  o.mix = num('mix');
-  o.guidance = num('guidance');
-  o.negative = $('negative').value;
-  const w = $('width').value.trim(), h = $('height').value.trim();
-  if (w || h) {
-    if (!w || !h) throw new Error('Give both width and height, or neither.');
-    o.width = num('width', true);
-    o.height = num('height', true);
+  try {
+    const num = (id, integer) => {
+      const v = $(id).value.trim();
+      const n = Number(v);
+      if (v === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new Error(`${id}: "${v}" is not a valid number`);
+      return n;
+    };
+    o.steps = num('steps', true);
+    o.strength = num('strength');
+    o.mix = num('mix');
+    o.guidance = num('guidance');
+    o.negative = $('negative').value;
+    const w = $('width').value.trim(), h = $('height').value.trim();
+    if (w || h) {
+      if (!w || !h) throw new Error('Give both width and height, or neither.');
+      o.width = num('width', true);
+      o.height = num('height', true);
+    }
+    o.p2p = $('p2p').checked;
+    if (o.p2p) {
+      o.p2pTokens = readWindow('tokens', 'words (cross-attention) window');
+      o.p2pSelf = readWindow('self', 'layout (self-attention) window');
+    }
+    o.reweight = readReweight();
+    return o;
+  } catch (e) {
+    o.free();
+    throw e;
   }
-  return o;
 }
 
 // ---- operations ----
 
+const STAGES = { encode: 'encoding the photo', invert: 'inverting', edit: 'editing', reconstruct: 'reconstructing', decode: 'decoding' };
+
 function onProgress(stage, done, total) {
   state.events.push({ stage, done, total, t: performance.now() });
   $('progress').value = total ? done / total : 0;
-  const what = { encode: 'encoding the photo', invert: 'inverting', edit: 'editing', reconstruct: 'reconstructing', decode: 'decoding' }[stage] || stage;
+  const what = STAGES[stage] || stage;
   $('stage').textContent = stage === 'encode' || stage === 'decode' ? `${what}…` : `${what}: UNet call ${done}/${total}`;
 }
 
-function show(url, id) {
-  const a = $(id);
-  if (a.href) URL.revokeObjectURL(a.href);
-  a.href = url;
-  a.hidden = !url;
+/** The session's preview callback: the predicted image (1/8 size, one tile per target) after each UNet call. */
+function onPreview(stage, done, total, width, height, rgba) {
+  state.previews[stage] = (state.previews[stage] || 0) + 1;
+  const c = $('live');
+  if (c.width !== width || c.height !== height) {
+    c.width = width;
+    c.height = height;
+  }
+  c.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
+  $('live-stage').textContent = `— ${STAGES[stage] || stage} ${done}/${total}`;
+  $('live-card').hidden = false;
 }
 
 function blobUrl(bytes, type) {
   return bytes.length ? URL.createObjectURL(new Blob([bytes], { type })) : '';
 }
 
-async function run(label, start) {
+/** Blob URLs of the shown results, revoked when the next ones replace them. */
+let shownUrls = [];
+
+/** Shows result `i` (of `state.results`) as the "after" of the comparison. */
+function compare(i) {
+  const r = state.results[i];
+  $('after').src = r.url;
+  $('compare-label').textContent = state.results.length > 1 ? `— ${r.label}` : '';
+  document.querySelectorAll('#outputs .thumb').forEach((b, j) => b.setAttribute('aria-pressed', String(i === j)));
+}
+
+/** Puts the before image, one figure per result (clickable, downloadable) and the latents link on the page. */
+function showResults(before, pngs, labels, latents, download) {
+  for (const u of shownUrls) URL.revokeObjectURL(u);
+  shownUrls = [];
+  const url = (bytes, type) => {
+    const u = blobUrl(bytes, type);
+    if (u) shownUrls.push(u);
+    return u;
+  };
+  $('before').src = url(before, 'image/png');
+  state.results = pngs.map((png, i) => ({ url: url(png, 'image/png'), label: labels[i] }));
+  const outputs = $('outputs');
+  outputs.replaceChildren();
+  state.results.forEach((r, i) => {
+    const fig = document.createElement('figure');
+    fig.className = 'result';
+    fig.setAttribute('role', 'listitem');
+    const thumb = document.createElement('button');
+    thumb.className = 'thumb';
+    thumb.type = 'button';
+    thumb.title = `Compare ${r.label} with the photo`;
+    const img = document.createElement('img');
+    img.src = r.url;
+    img.alt = r.label;
+    thumb.append(img);
+    thumb.onclick = () => compare(i);
+    const caption = document.createElement('figcaption');
+    caption.className = 'prompt';
+    caption.textContent = pngs.length > 1 ? `${i + 1}. ${r.label}` : r.label;
+    const a = document.createElement('a');
+    a.className = 'button';
+    a.id = `download-result-${i + 1}`;
+    a.href = r.url;
+    a.download = pngs.length > 1 ? `${download}-${i + 1}.png` : `${download}.png`;
+    a.textContent = 'Download PNG';
+    fig.append(thumb, caption, a);
+    outputs.append(fig);
+  });
+  $('compare').classList.toggle('single', !state.results.length);
+  if (state.results.length) compare(0);
+  else {
+    $('after').src = $('before').src;
+    $('compare-label').textContent = '— the photo as the model sees it';
+  }
+  const l = $('download-latents');
+  l.href = url(latents, 'application/octet-stream');
+  l.hidden = !latents.length;
+}
+
+/**
+ * Runs one operation: `start(options)` returns the wasm Promise of an Output; `labels(n)` names
+ * its n result images, `download` their file names.
+ */
+async function run(label, start, { labels = () => [], download = 'edict', check } = {}) {
+  if (state.busy) return; // one operation at a time (the wasm session refuses a second one too)
   let options;
   try {
     options = readOptions();
+    check?.(options);
   } catch (e) {
+    options?.free();
+    setState('invalid');
     return message(e.message);
   }
   state.busy = true;
   state.running = label;
   state.events.length = 0;
+  state.previews = {};
   refresh();
   message('');
   setState('busy');
+  $('results').classList.add('stale'); // the last results stay until the new ones replace them
   $('stage').textContent = `${label}…`;
+  $('live-stage').textContent = '— waiting for the first step';
   const gen = generation;
+  const instance = wasm;
+  let out;
   try {
-    const out = await start(options);
+    out = await start(options);
     if (gen !== generation) return;
-    options.free();
-    const before = blobUrl(out.inputPng, 'image/png');
-    const after = blobUrl(out.png, 'image/png');
-    $('before').src = before;
-    $('after').src = after || before;
-    show(after, 'download-result');
-    show(blobUrl(out.latents, 'application/octet-stream'), 'download-latents');
+    const pngs = out.pngs;
+    showResults(out.inputPng, pngs, labels(pngs.length), out.latents, download);
     const report = (state.report = JSON.parse(out.report));
     $('report').textContent = Object.entries(report)
       .map(([k, v]) => `${k}: ${typeof v === 'number' ? +v.toPrecision(4) : v}`)
@@ -237,18 +413,25 @@ async function run(label, start) {
     if (out.warnings.length) message(out.warnings.join('\n'), 'note');
     $('results').hidden = false;
     $('stage').textContent = `${label}: done in ${report.seconds.toFixed(1)} s.`;
+    $('live-stage').textContent = '— done';
     $('progress').value = 1;
-    out.free();
     setState('done');
   } catch (e) {
     if (gen !== generation) return;
     const msg = String(e.message || e);
     $('stage').textContent = msg === 'cancelled' ? 'Cancelled.' : '';
+    $('live-stage').textContent = msg === 'cancelled' ? '— cancelled' : '— failed';
     if (msg !== 'cancelled') message(`${label} failed: ${msg}`);
     setState(msg === 'cancelled' ? 'cancelled' : 'failed');
     if (deviceGone(e)) await recover(label, e, true);
   } finally {
+    // after a trap the old instance is dropped, and its objects with it
+    if (wasm === instance) {
+      options.free();
+      out?.free();
+    }
     if (gen === generation) {
+      $('results').classList.remove('stale');
       state.running = null;
       state.busy = false;
       refresh();
@@ -306,15 +489,31 @@ window.addEventListener('error', (ev) => onTrap(ev.error));
 window.addEventListener('unhandledrejection', (ev) => onTrap(ev.reason));
 
 const src = () => $('source').value;
-$('edit').onclick = () => run('Edit', (o) => state.session.edit(state.image, src(), $('target').value, o, onProgress));
+/** Edits into the target list (read when pressed); `targets` is what the results are labelled with. */
+function editRun(label, start) {
+  let targets;
+  try {
+    targets = readTargets();
+  } catch (e) {
+    setState('invalid');
+    return message(e.message);
+  }
+  return run(label, (o) => start(targets, o), {
+    labels: () => targets,
+    download: 'edict-edit',
+    check: (o) => checkReweight(o.reweight, targets),
+  });
+}
+$('edit').onclick = () => editRun('Edit', (targets, o) => state.session.edit(state.image, src(), targets, o, onProgress));
 $('invert').onclick = () => run('Invert', (o) => state.session.invert(state.image, src(), o, onProgress));
-$('reconstruct').onclick = () => run('Reconstruct', (o) => state.session.reconstruct(state.image, src(), o, onProgress));
+$('reconstruct').onclick = () => run('Reconstruct', (o) => state.session.reconstruct(state.image, src(), o, onProgress),
+  { labels: () => ['reconstruction'], download: 'edict-reconstruction' });
 $('latents-input').onchange = async (e) => {
   const f = e.target.files[0];
   e.target.value = '';
   if (f) {
     const bytes = new Uint8Array(await f.arrayBuffer());
-    run('Edit saved latents', () => state.session.editLatents(bytes, $('target').value, onProgress));
+    editRun('Edit saved latents', (targets, o) => state.session.editLatents(bytes, targets, o, onProgress));
   }
 };
 $('cancel').onclick = () => state.session?.cancel();
@@ -322,12 +521,16 @@ $('slider').oninput = (e) => $('compare').style.setProperty('--split', `${e.targ
 
 // ---- start ----
 
+addTarget('a photo of a dog');
 if (params.get('model')) $('model-url').value = params.get('model');
 if (params.get('precision')) $('precision').value = params.get('precision');
 try {
   await startGpu();
   const d = new wasm.Options();
   for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d[k];
+  for (const [name, w] of [['tokens', d.p2pTokens], ['self', d.p2pSelf]]) {
+    [$(`p2p-${name}-from`).value, $(`p2p-${name}-to`).value] = w.split(':');
+  }
   d.free();
   setState('ready');
 } catch (e) {

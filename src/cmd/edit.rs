@@ -75,6 +75,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
     let t = Instant::now();
     let photo = if a.from_latents.is_none() { Some(read_image(&a.image)?) } else { None };
     let mut s = open(&a.model)?;
+    s.editor.check_edit(&spec)?;
     let preview = a.preview.preview.as_deref();
     let inv: Inversion = match &a.from_latents {
         Some(path) => {

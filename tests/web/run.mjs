@@ -7,6 +7,13 @@
 //     Then the GPU device is destroyed in the middle of a second edit: the page must say so,
 //     start a new device, reload the model, and a retry must give the same image; then a wgpu
 //     error traps the wasm instance mid-edit, and the page must start a fresh one.
+//     On that recovered session, the edit controls: a word weight on a word of no target is
+//     refused at once; a prompt-to-prompt edit (partial windows) into two targets with a word
+//     weight must give, per target, the CLI's image with the same flags (PSNR >= 35 dB); the
+//     live preview must have been drawn after every UNet call (a tile per target); editing its
+//     saved pair again must give the same images; the module's token check reaches the page.
+//     Screenshots at 1280x800 and 390x844 during and after that edit go to a temporary folder,
+//     or to EDICT_SCREENSHOTS (`EDICT_SCREENSHOTS=docs/screenshots` refreshes the committed ones).
 //  2. no-webgpu: with WebGPU off, the page says so.
 //  3. sd2: the tiny SD 2.x folder loads from URLs although the download cache fails, and the
 //     page's reconstruction is exact.
@@ -24,6 +31,10 @@ const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'edict-web-test-'));
 const SOURCE = 'a photo of a cat';
 const TARGET = 'a photo of a dog';
 const STEPS = 10, STRENGTH = 0.5, SIZE = 64;
+// the prompt-to-prompt edit: two targets, partial windows, a word weight; fewer steps
+const P2P = { targets: ['a photo of a fluffy dog', 'a watercolor of a cat'], tokens: ['0', '0.2'], self: ['0.2', '1'], reweight: 'fluffy=2', steps: 4 };
+const DESKTOP = { width: 1280, height: 800 }, PHONE = { width: 390, height: 844 };
+const SHOTS = process.env.EDICT_SCREENSHOTS ? path.resolve(process.env.EDICT_SCREENSHOTS) : path.join(TMP, 'screenshots');
 const failures = [];
 let checks = 0;
 let cliChild = null; // killed if the test ends first
@@ -113,6 +124,7 @@ async function launch(flags) {
   const ctx = await chromium.launchPersistentContext(udd, {
     executablePath: '/usr/bin/chromium',
     headless: true,
+    viewport: DESKTOP,
     ignoreDefaultArgs: ['--headless'], // we pass --headless=new
     acceptDownloads: true,
     args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
@@ -159,19 +171,24 @@ async function testEdit(base) {
   const photo = path.join(TMP, 'photo.png');
   makePng(photo);
   const cli = (f) => path.join(TMP, `cli-${f}`);
-  // the CLI runs while the browser works; its outputs are awaited before the comparison
-  const tCli = Date.now();
-  const cliDone = new Promise((resolve, reject) => {
+  // the CLI runs while the browser works (one edit after the other); its outputs are awaited
+  // before each comparison
+  const edit = (args) => () => new Promise((resolve, reject) => {
+    const tCli = Date.now();
     // build.sh passes the binary its test build made; `cargo run` otherwise
     const [cmd, ...pre] = process.env.EDICT_BIN ? [process.env.EDICT_BIN] : ['cargo', 'run', '--locked', '--quiet', '--'];
     cliChild = spawn(cmd, [...pre, 'edit', '--backend', 'cpu', '--model', 'tests/fixtures/tiny-sd',
-      '--image', photo, '--source', SOURCE, '--target', TARGET, '--steps', `${STEPS}`, '--strength', `${STRENGTH}`,
-      '--width', `${SIZE}`, '--height', `${SIZE}`, '--save-latents', cli('latents.safetensors'), '--out', cli('edit.png'), '--quiet'],
+      '--image', photo, '--source', SOURCE, '--strength', `${STRENGTH}`, '--width', `${SIZE}`, '--height', `${SIZE}`, '--quiet', ...args],
     { cwd: ROOT, stdio: 'inherit' })
       .on('error', reject)
-      .on('exit', (code) => (code === 0 ? resolve(secs(tCli)) : reject(new Error(`native CLI edit exited with ${code}`))));
+      .on('exit', (code) => (code === 0 ? resolve(secs(tCli)) : reject(new Error(`native CLI edit ${args.join(' ')} exited with ${code}`))));
   });
+  const cliDone = edit(['--target', TARGET, '--steps', `${STEPS}`, '--save-latents', cli('latents.safetensors'), '--out', cli('edit.png')])();
+  const cliP2pDone = cliDone.then(edit([...P2P.targets.flatMap((t) => ['--target', t]), '--steps', `${P2P.steps}`,
+    '--p2p', '--p2p-tokens', P2P.tokens.join(':'), '--p2p-self', P2P.self.join(':'), '--reweight', P2P.reweight,
+    '--out', cli('p2p-{i}.png')]));
   cliDone.catch(() => {}); // reported where awaited
+  cliP2pDone.catch(() => {});
 
   const { ctx, page } = await launch(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
   // keep the devices the page requests, so the test can destroy one as a driver reset would
@@ -211,8 +228,8 @@ async function testEdit(base) {
 
     await page.setInputFiles('#image-input', photo);
     await page.fill('#source', SOURCE);
-    await page.fill('#target', TARGET);
-    await page.click('summary');
+    await page.fill('#targets .target >> nth=0', TARGET);
+    await page.click('#settings > summary');
     for (const [id, v] of [['steps', STEPS], ['strength', STRENGTH], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
     t = Date.now();
     await page.click('#edit');
@@ -227,7 +244,7 @@ async function testEdit(base) {
       `progress events: ${count('invert')} invert + ${count('edit')} edit UNet calls (expected ${evals} each), ${events.length} in all`);
 
     const web = (f) => path.join(TMP, `web-${f}`);
-    await download(page, '#download-result', web('edit.png'));
+    await download(page, '#download-result-1', web('edit.png'));
     await download(page, '#download-latents', web('latents.safetensors'));
     console.log(`  native CLI edit: done ${await cliDone} s after it started`);
     const [a, b] = [readLatents(web('latents.safetensors')), readLatents(cli('latents.safetensors'))];
@@ -239,6 +256,11 @@ async function testEdit(base) {
     const [pw, pc] = await pixels(page, [web('edit.png'), cli('edit.png')]);
     const p = psnr(pw, pc);
     check(p >= 35, `edited image vs the CLI's: PSNR ${p.toFixed(2)} dB (>= 35), ${pw.w}x${pw.h}`);
+    const previews = await page.evaluate(() => window.edict.previews);
+    const live = await canvas(page);
+    check(previews.invert === evals && previews.edit === evals && live.w === SIZE / 8 && live.colors > 1 && live.opaque,
+      `live preview: ${previews.invert} invert + ${previews.edit} edit callbacks (expected ${evals} each), ` +
+      `canvas ${live.w}x${live.h} with ${live.colors} colours`);
 
     // the page's own round trip (invert, then denoise with the source prompt) is bit-exact
     t = Date.now();
@@ -263,7 +285,7 @@ async function testEdit(base) {
     const again = await waitState(page, ['done', 'failed'], 480_000);
     check(again === 'done', `the retried edit finishes on the new device in ${secs(t)} s (${await page.textContent('#stage')})`);
     if (again !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
-    await download(page, '#download-result', web('retry.png'));
+    await download(page, '#download-result-1', web('retry.png'));
     const [pr] = await pixels(page, [web('retry.png')]);
     const same = psnr(pr, pw);
     check(same === Infinity, `the retried edit equals the first one (PSNR ${same})`);
@@ -278,9 +300,137 @@ async function testEdit(base) {
     const trapMsg = await page.textContent('#message');
     check(trapped === 'recovered' && /crashed/.test(trapMsg) && !(await page.isDisabled('#edit')),
       `a trapped wasm instance is replaced and the model reloaded in ${secs(t)} s (state ${trapped}): "${trapMsg.slice(0, 120)}"`);
+    if (trapped !== 'recovered') return;
+    // on the recovered session (whose preview callback the reload set again)
+    t = Date.now();
+    await testControls(page, web, cli, cliP2pDone);
+    console.log(`  (the edit controls: ${secs(t)} s)`);
   } finally {
     await ctx.close();
   }
+}
+
+/** The #live canvas: size, distinct colours, and whether every pixel is opaque (drawn). */
+const canvas = (page) => page.evaluate(() => {
+  const c = document.getElementById('live');
+  const copy = new OffscreenCanvas(c.width, c.height).getContext('2d'); // reading the page's own context slows its drawing
+  copy.drawImage(c, 0, 0);
+  const d = copy.getImageData(0, 0, c.width, c.height).data;
+  const colors = new Set();
+  let opaque = true;
+  for (let i = 0; i < d.length; i += 4) {
+    colors.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+    opaque &&= d[i + 3] === 255;
+  }
+  return { w: c.width, h: c.height, colors: colors.size, opaque };
+});
+
+/**
+ * Screenshots of the page at desktop and phone width into SHOTS (`name`-desktop.png,
+ * `name`-phone.png; the phone one of the whole page when `full`), scrolled to the top; checks
+ * their size and that nothing overflows the phone's width.
+ */
+async function screenshots(page, name, full) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const sizes = [];
+  let overflow = 0;
+  for (const [label, vp] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+    await page.setViewportSize(vp);
+    await page.evaluate(() => [window, document.querySelector('.controls')].forEach((e) => e.scrollTo(0, 0)));
+    const file = path.join(SHOTS, `${name}-${label}.png`);
+    const whole = full && label === 'phone';
+    // a whole-page shot keeps sticky elements where the first screen has them: put the Edit bar
+    // back in its place at the end of the controls
+    await page.screenshot({ path: file, fullPage: whole, style: whole ? '#run { position: static !important; }' : undefined });
+    sizes.push(`${label} ${Math.round(fs.statSync(file).size / 1024)} KB`);
+    if (label === 'phone') {
+      overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    }
+  }
+  await page.setViewportSize(DESKTOP);
+  const state = await page.evaluate(() => document.body.dataset.state);
+  const big = sizes.filter((s) => +s.split(' ')[1] >= 300);
+  check(!big.length && overflow <= 0, `screenshots ${SHOTS}/${name}-*.png (${sizes.join(', ')}; < 300 KB; page ${state}), ` +
+    `nothing wider than the phone's ${PHONE.width} px (overflow ${overflow} px)`);
+}
+
+/**
+ * The edit controls through the page: a word weight on no target's word is refused at once; a
+ * prompt-to-prompt edit (partial windows) into two targets with a word weight equals the CLI's
+ * with the same flags, per target, with the preview drawn for both stages (and screenshots taken
+ * during and after it); editing a saved pair into two targets works, and the wasm module's own
+ * word check (on tokens) reaches the page.
+ */
+async function testControls(page, web, cli, cliP2pDone) {
+  await page.fill('#reweight', 'zebra=2');
+  await page.click('#edit');
+  const bad = await waitState(page, ['invalid', 'busy'], 10_000);
+  const badMsg = await page.textContent('#message');
+  check(bad === 'invalid' && /"zebra" is in none of the target prompts/.test(badMsg), `a word weight on no target's word is refused at once: "${badMsg.slice(0, 110)}…"`);
+
+  let t = Date.now();
+  await page.fill('#steps', `${P2P.steps}`);
+  await page.fill('#targets .target >> nth=0', P2P.targets[0]);
+  await page.click('#add-target');
+  await page.fill('#targets .target >> nth=1', P2P.targets[1]);
+  await page.check('#p2p');
+  for (const [name, [from, to]] of [['tokens', P2P.tokens], ['self', P2P.self]]) {
+    await page.fill(`#p2p-${name}-from`, from);
+    await page.fill(`#p2p-${name}-to`, to);
+  }
+  await page.fill('#reweight', P2P.reweight);
+  await page.click('#edit');
+  await page.waitForFunction(() => window.edict.previews.edit >= 1 || document.body.dataset.state !== 'busy', null, { timeout: 240_000, polling: 50 });
+  await screenshots(page, 'editing', false);
+  const done = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
+  check(done === 'done', `P2P edit into two targets with a word weight finishes (${await page.textContent('#stage')}) in ${secs(t)} s`);
+  if (done !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+  const evals = Math.floor(P2P.steps * STRENGTH) * 2;
+  const previews = await page.evaluate(() => window.edict.previews);
+  const live = await canvas(page);
+  check(previews.invert === evals && previews.edit === evals && live.w === 2 * (SIZE / 8) && live.h === SIZE / 8 && live.colors > 1,
+    `P2P live preview: ${previews.invert} invert + ${previews.edit} edit callbacks (expected ${evals} each), canvas ${live.w}x${live.h} (a tile per target)`);
+  await screenshots(page, 'edited', true);
+  await page.click('#outputs .thumb >> nth=1'); // compare the second target
+  const compared = await page.evaluate(() => [document.getElementById('after').src, document.querySelectorAll('#outputs .result img')[1].src]);
+  check(compared[0] === compared[1], 'a result thumbnail picks the compared image');
+  for (const i of [1, 2]) await download(page, `#download-result-${i}`, web(`p2p-${i}.png`));
+  console.log(`  native CLI P2P edit: done ${await cliP2pDone} s after it started`);
+  const shots = await pixels(page, [1, 2].flatMap((i) => [web(`p2p-${i}.png`), cli(`p2p-${i}.png`)]));
+  for (const i of [0, 1]) {
+    const p = psnr(shots[2 * i], shots[2 * i + 1]);
+    check(p >= 35, `P2P edit, target ${i + 1} "${P2P.targets[i]}" vs the CLI's: PSNR ${p.toFixed(2)} dB (>= 35)`);
+  }
+  const apart = psnr(shots[0], shots[2]);
+  check(apart < 35, `the two targets' images differ (PSNR ${apart.toFixed(2)} dB between them)`);
+
+  // the target list's buttons
+  await page.click('#add-target');
+  await page.click('#targets .remove >> nth=2');
+  const listed = await page.locator('#targets .target').count();
+  check(listed === 2, `"+ add target" and its remove button leave ${listed} targets`);
+
+  // the saved pair into the same targets with the same controls gives the same images; the word
+  // check on tokens happens in the wasm module ("do" is in "dog" as text, not as a token)
+  await download(page, '#download-latents', web('p2p-latents.safetensors'));
+  await page.fill('#reweight', 'do=2');
+  await page.evaluate(() => (document.body.dataset.state = 'test'));
+  await page.setInputFiles('#latents-input', web('p2p-latents.safetensors'));
+  const rejected = await waitState(page, ['failed', 'done'], 120_000);
+  const rejectMsg = await page.textContent('#message');
+  check(rejected === 'failed' && /"do" is not in the target prompt/.test(rejectMsg), `the wasm module's word check reaches the page: "${rejectMsg.slice(0, 110)}"`);
+  await page.fill('#reweight', P2P.reweight);
+  t = Date.now();
+  await page.evaluate(() => (document.body.dataset.state = 'test'));
+  await page.setInputFiles('#latents-input', web('p2p-latents.safetensors'));
+  const latents = await waitState(page, ['failed', 'done'], 480_000);
+  const lp = await page.evaluate(() => window.edict.previews);
+  check(latents === 'done' && lp.edit === evals && !lp.invert, `the saved pair edited into the two targets in ${secs(t)} s, ${lp.edit} edit previews`);
+  if (latents !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+  for (const i of [1, 2]) await download(page, `#download-result-${i}`, web(`latents-${i}.png`));
+  const again = await pixels(page, [web('latents-1.png'), web('latents-2.png')]);
+  const same = again.map((a, i) => psnr(a, shots[2 * i]));
+  check(same.every((p) => p >= 35), `the saved pair's images equal the P2P edit's: PSNR ${same.join(', ')} dB (>= 35)`);
 }
 
 /** An SD 2.x folder (v-prediction, pad token "!") loads from URLs and round-trips exactly. */
@@ -303,7 +453,7 @@ async function testSd2(base) {
     if (loaded !== 'model-loaded') return;
     await page.setInputFiles('#image-input', photo);
     await page.fill('#source', SOURCE);
-    await page.click('summary');
+    await page.click('#settings > summary');
     for (const [id, v] of [['steps', 4], ['strength', 0.5], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
     const t = Date.now();
     await page.click('#reconstruct');

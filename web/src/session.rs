@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Progress, Rgb, Settings};
+use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_pipeline::{PipelineError, latents, metrics};
 use edict_sd::SdError;
 use edict_sd::model::Precision;
@@ -32,6 +33,15 @@ pub struct Options {
     /// 0 and 0: long side 512, sides cropped to multiples of 64 (the CLI's rule).
     pub width: u32,
     pub height: u32,
+    /// Prompt-to-prompt editing (the CLI's `--p2p`), with its windows as `START:END` strings.
+    pub p2p: bool,
+    #[wasm_bindgen(getter_with_clone, js_name = p2pTokens)]
+    pub p2p_tokens: String,
+    #[wasm_bindgen(getter_with_clone, js_name = p2pSelf)]
+    pub p2p_self: String,
+    /// Word weights as `WORD=W` strings (the CLI's `--reweight`).
+    #[wasm_bindgen(getter_with_clone)]
+    pub reweight: Vec<String>,
 }
 
 impl Default for Options {
@@ -47,6 +57,10 @@ impl Default for Options {
             steps_offset: s.steps_offset,
             width: 0,
             height: 0,
+            p2p: false,
+            p2p_tokens: P2p::default().tokens.to_string(),
+            p2p_self: P2p::default().self_attn.to_string(),
+            reweight: Vec::new(),
         }
     }
 }
@@ -72,6 +86,25 @@ impl Options {
         }
     }
 
+    /// The edit into `targets` these options ask for, parsed by the CLI's rules.
+    fn spec(&self, targets: Vec<String>) -> Result<EditSpec, PipelineError> {
+        let p2p = if self.p2p {
+            Some(P2p {
+                tokens: self.p2p_tokens.parse()?,
+                self_attn: self.p2p_self.parse()?,
+            })
+        } else {
+            None
+        };
+        let spec = EditSpec {
+            targets,
+            p2p,
+            reweight: self.reweight.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
     fn size(&self) -> Result<Size, PipelineError> {
         match (self.width, self.height) {
             (0, 0) => Ok(Size::Auto),
@@ -84,7 +117,8 @@ impl Options {
 #[wasm_bindgen]
 #[derive(Default)]
 pub struct Output {
-    png: Vec<u8>,
+    /// One image per target (edit), or the reconstruction.
+    pngs: Vec<Vec<u8>>,
     input_png: Vec<u8>,
     latents: Vec<u8>,
     report: String,
@@ -93,10 +127,15 @@ pub struct Output {
 
 #[wasm_bindgen]
 impl Output {
-    /// The result image (edit, reconstruct).
+    /// The result image (edit: the first target's; reconstruct).
     #[wasm_bindgen(getter)]
     pub fn png(&self) -> Vec<u8> {
-        self.png.clone()
+        self.pngs.first().cloned().unwrap_or_default()
+    }
+    /// The result images, one `Uint8Array` of PNG bytes per target in order.
+    #[wasm_bindgen(getter)]
+    pub fn pngs(&self) -> js_sys::Array {
+        self.pngs.iter().map(|p| js_sys::Uint8Array::from(p.as_slice())).collect()
     }
     /// The "before" image: the photo as sized for the model, or the latents file's decoded latent.
     #[wasm_bindgen(getter, js_name = inputPng)]
@@ -125,6 +164,7 @@ pub struct Session {
     editor: Rc<RefCell<Option<Editor>>>,
     lost: Lost,
     cancel: Rc<Cell<bool>>,
+    preview: Rc<RefCell<Option<Function>>>,
     name: String,
     precision: Precision,
     load_warning: Option<String>,
@@ -136,6 +176,7 @@ impl Session {
             editor: Rc::new(RefCell::new(Some(editor))),
             lost,
             cancel: Rc::new(Cell::new(false)),
+            preview: Rc::new(RefCell::new(None)),
             name,
             precision,
             load_warning,
@@ -152,6 +193,7 @@ impl Session {
         let lost = self.lost.clone();
         let job = Job {
             on_progress,
+            on_preview: self.preview.borrow().clone(),
             cancel: self.cancel.clone(),
             model: self.name.clone(),
         };
@@ -206,6 +248,7 @@ async fn sleep_ms(ms: i32) {
 /// What one operation needs besides the editor.
 struct Job {
     on_progress: Function,
+    on_preview: Option<Function>,
     cancel: Rc<Cell<bool>>,
     model: String,
 }
@@ -222,6 +265,25 @@ impl Observer for &Job {
     }
     fn cancelled(&self) -> bool {
         self.cancel.get()
+    }
+    fn wants_preview(&self) -> bool {
+        self.on_preview.is_some()
+    }
+    fn preview(&mut self, p: Progress, image: &Rgb) {
+        let Some(f) = &self.on_preview else { return };
+        let rgba: Vec<u8> = image.data.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+        let args: js_sys::Array = [
+            JsValue::from_str(p.stage),
+            JsValue::from(p.done as u32),
+            JsValue::from(p.total as u32),
+            JsValue::from(image.width as u32),
+            JsValue::from(image.height as u32),
+            js_sys::Uint8ClampedArray::from(rgba.as_slice()).into(),
+        ]
+        .into_iter()
+        .collect();
+        // a throwing callback is the page's bug; it must not abort a long edit
+        let _ = f.apply(&JsValue::NULL, &args);
     }
 }
 
@@ -267,12 +329,14 @@ impl Job {
         Ok((inv, out))
     }
 
-    /// Denoises `inv` under `target` and decodes x, as `edict edit` does.
-    async fn edit(&self, ed: &mut Editor, inv: &Inversion, target: &str, out: &mut Output) -> Result<(), PipelineError> {
-        let (pair, w) = ed.denoise(inv, target, "edit", &mut &*self).await?;
+    /// Denoises `inv` into each target of `spec` and decodes each x, as `edict edit` does.
+    async fn edit(&self, ed: &mut Editor, inv: &Inversion, spec: &EditSpec, out: &mut Output) -> Result<(), PipelineError> {
+        let (pairs, w) = ed.edit(inv, spec, "edit", &mut &*self).await?;
         out.warnings.extend(w);
-        let rgb = self.decode(ed, &Latent { values: pair.x_f64(), shape: inv.latent.shape }).await?;
-        out.png = image_io::encode_png(&rgb)?;
+        for pair in pairs {
+            let rgb = self.decode(ed, &Latent { values: pair.x_f64(), shape: inv.latent.shape }).await?;
+            out.pngs.push(image_io::encode_png(&rgb)?);
+        }
         Ok(())
     }
 }
@@ -305,6 +369,13 @@ impl Session {
         self.cancel.set(true);
     }
 
+    /// A callback `(stage, done, total, width, height, rgba: Uint8ClampedArray)` called after every
+    /// UNet call with the image being predicted (1/8 size, one tile per target); `null` turns it off.
+    #[wasm_bindgen(js_name = setPreview)]
+    pub fn set_preview(&self, callback: Option<Function>) {
+        *self.preview.borrow_mut() = callback;
+    }
+
     /// `edict invert`: the photo's EDICT noise pair as a latents file.
     pub fn invert(&self, image: Vec<u8>, prompt: String, options: &Options, on_progress: Function) -> Promise {
         let o = options.clone();
@@ -313,28 +384,34 @@ impl Session {
         })
     }
 
-    /// `edict edit --save-latents`: invert under `source`, denoise under `target`.
-    pub fn edit(&self, image: Vec<u8>, source: String, target: String, options: &Options, on_progress: Function) -> Promise {
+    /// `edict edit --save-latents`: invert under `source`, denoise into each of `targets` (with
+    /// the options' P2P and word weights); `pngs` has one image per target.
+    pub fn edit(&self, image: Vec<u8>, source: String, targets: Vec<String>, options: &Options, on_progress: Function) -> Promise {
         let o = options.clone();
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
+                let spec = o.spec(targets)?;
+                ed.check_edit(&spec)?;
                 let (inv, mut out) = job.invert(&mut ed, &image, &source, &o).await?;
-                job.edit(&mut ed, &inv, &target, &mut out).await?;
+                job.edit(&mut ed, &inv, &spec, &mut out).await?;
                 Ok(out)
             })
         })
     }
 
-    /// `edict edit --from-latents`: edit a saved pair (from the CLI or this page) under `target`.
+    /// `edict edit --from-latents`: edit a saved pair (from the CLI or this page) into `targets`;
+    /// of the options only the edit controls apply (the pair fixes the rest).
     #[wasm_bindgen(js_name = editLatents)]
-    pub fn edit_latents(&self, latents_file: Vec<u8>, target: String, on_progress: Function) -> Promise {
+    pub fn edit_latents(&self, latents_file: Vec<u8>, targets: Vec<String>, options: &Options, on_progress: Function) -> Promise {
+        let o = options.clone();
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
+                let spec = o.spec(targets)?;
                 let (inv, origin) = latents::from_bytes(&latents_file, "latents file")?;
                 latents::check_fits(&inv, &origin, &ed.model, &job.model, "latents file")?;
                 let mut out = Output::default();
                 out.input_png = image_io::encode_png(&job.decode(&mut ed, &inv.latent).await?)?;
-                job.edit(&mut ed, &inv, &target, &mut out).await?;
+                job.edit(&mut ed, &inv, &spec, &mut out).await?;
                 Ok(out)
             })
         })
@@ -351,7 +428,7 @@ impl Session {
                 let rgb = job.decode(&mut ed, &rec.latent).await?;
                 let q = metrics::compare(&input, &rgb)?;
                 Ok(Output {
-                    png: image_io::encode_png(&rgb)?,
+                    pngs: vec![image_io::encode_png(&rgb)?],
                     input_png: image_io::encode_png(&input)?,
                     report: serde_json::json!({
                         "image": what,

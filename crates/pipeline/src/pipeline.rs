@@ -122,9 +122,10 @@ pub trait Observer {
     fn wants_preview(&self) -> bool {
         false
     }
-    /// After each UNet evaluation: the denoised image it predicts (x̂₀), one tile per chain
-    /// side by side, from a fixed linear map of the latent (see [`preview`]); 1/8 of the size.
-    fn preview(&mut self, _stage: &'static str, _image: &Rgb) {}
+    /// After each UNet evaluation (`p` says which): the denoised image it predicts (x̂₀), one
+    /// tile per chain side by side, from a fixed linear map of the latent (see [`preview`]);
+    /// 1/8 of the size.
+    fn preview(&mut self, _p: Progress, _image: &Rgb) {}
 }
 
 /// Observes nothing.
@@ -295,19 +296,22 @@ impl Editor {
             }
             Ok(e)
         };
-        let k = spec.targets.len();
-        // rows in blocks of k: [uncond × k] (unless guidance is 1), [source × k] (P2P), targets
-        let mut blocks = Vec::new();
+        // one unit of rows per target: [uncond] (unless guidance is 1), [source] (P2P), target
         // guidance 1 is the conditional prediction alone: skip the unconditional branch
         let uncond = s.guidance != 1.0;
+        let mut shared = Vec::new();
         if uncond {
-            blocks.push(vec![embed(self, &s.negative)?; k]);
+            shared.push(embed(self, &s.negative)?);
         }
         if spec.p2p.is_some() {
-            blocks.push(vec![embed(self, source)?; k]);
+            shared.push(embed(self, source)?);
         }
-        blocks.push(spec.targets.iter().map(|t| embed(self, t)).collect::<Result<_>>()?);
-        let context = Tensor::cat(blocks.concat(), 0);
+        let mut rows = Vec::new();
+        for t in &spec.targets {
+            rows.extend(shared.iter().cloned());
+            rows.push(embed(self, t)?);
+        }
+        let context = Tensor::cat(rows, 0);
         let steering = self.steering(source, spec)?;
         let total = evals_per_pass(method, steps.len());
         Ok((
@@ -328,29 +332,45 @@ impl Editor {
         ))
     }
 
+    /// Checks an edit before any long work: its settings and that every weighted word is in a
+    /// target prompt (the inversion would otherwise run first).
+    pub fn check_edit(&self, spec: &EditSpec) -> Result<()> {
+        spec.validate()?;
+        self.token_controls(spec, None).map(drop)
+    }
+
+    /// Per target: its word weights, and with `source` its token alignment (mask, index).
+    #[allow(clippy::type_complexity)]
+    fn token_controls(&self, spec: &EditSpec, source: Option<&str>) -> Result<(Vec<Vec<f32>>, Option<(Vec<Vec<f32>>, Vec<Vec<i64>>)>)> {
+        let tok = &self.model.tokenizer;
+        let targets: Vec<Vec<u32>> = spec.targets.iter().map(|t| Ok(tok.encode(t)?.ids)).collect::<Result<_>>()?;
+        let weights = targets.iter().map(|t| token_weights(tok, t, &spec.reweight, &targets)).collect::<Result<_>>()?;
+        let aligned = match source {
+            Some(s) => {
+                let src = tok.encode(s)?.ids;
+                Some(targets.iter().map(|t| align_tokens(&src, t)).unzip())
+            }
+            None => None,
+        };
+        Ok((weights, aligned))
+    }
+
     /// The attention control `spec` asks for, as device tensors over the 77 keys.
     fn steering(&self, source: &str, spec: &EditSpec) -> Result<Option<Steering>> {
         if spec.p2p.is_none() && spec.reweight.is_empty() {
             return Ok(None);
         }
-        let tok = &self.model.tokenizer;
-        let targets: Vec<Vec<u32>> = spec.targets.iter().map(|t| Ok(tok.encode(t)?.ids)).collect::<Result<_>>()?;
-        let (k, n) = (targets.len(), targets[0].len());
-        let rows = |v: Vec<f32>| self.upload(v, [k, 1, 1, n]);
-        let tokens = spec.p2p.is_some().then(|| {
-            let src = tok.encode(source)?.ids;
-            let (mask, index): (Vec<_>, Vec<_>) = targets.iter().map(|t| align_tokens(&src, t)).unzip();
+        let (weights, aligned) = self.token_controls(spec, spec.p2p.is_some().then_some(source))?;
+        let (k, n) = (weights.len(), weights[0].len());
+        let rows = |v: Vec<Vec<f32>>| self.upload(v.concat(), [k, 1, 1, n]);
+        let tokens = aligned.map(|(mask, index)| {
             let index = Tensor::<4, Int>::from_data(TensorData::new(index.concat(), [k, 1, 1, n]), &self.device);
-            Ok::<_, PipelineError>((rows(mask.concat()), index))
-        });
-        let weights = (!spec.reweight.is_empty()).then(|| {
-            let w: Vec<Vec<f32>> = targets.iter().map(|t| token_weights(tok, t, &spec.reweight, &targets)).collect::<Result<_>>()?;
-            Ok::<_, PipelineError>(rows(w.concat()))
+            (rows(mask), index)
         });
         Ok(Some(Steering {
             p2p: spec.p2p,
-            tokens: tokens.transpose()?,
-            weights: weights.transpose()?,
+            tokens,
+            weights: (!spec.reweight.is_empty()).then(|| rows(weights)),
         }))
     }
 
@@ -513,11 +533,11 @@ struct Steering {
 }
 
 impl Steering {
-    /// The control of one UNet call at timestep `t` steering the last `k` rows.
-    fn at(&self, t: usize, k: usize) -> AttentionControl {
+    /// The control of one UNet call at timestep `t` on units of `unit` rows.
+    fn at(&self, t: usize, unit: usize) -> AttentionControl {
         let inject = |w: fn(&P2p) -> &crate::prompt_edit::Window| self.p2p.as_ref().is_some_and(|p| w(p).contains(t));
         AttentionControl {
-            edits: k,
+            unit,
             inject_self: inject(|p| &p.self_attn),
             inject_tokens: self.tokens.clone().filter(|_| inject(|p| &p.tokens)),
             weights: self.weights.clone(),
@@ -525,11 +545,11 @@ impl Steering {
     }
 }
 
-/// ε = ε_u + g·(ε_c − ε_u) for each of k latents, from one UNet call whose batch holds blocks of
-/// k rows: unconditional (unless guidance is 1), source (P2P), and the k targets' conditional rows.
+/// ε = ε_u + g·(ε_c − ε_u) for each of k latents, from one UNet call whose batch holds one unit
+/// of rows per latent: unconditional (unless guidance is 1), source (P2P), the target.
 struct Guided<'a> {
     editor: &'a mut Editor,
-    /// `[blocks · k, 77, d]` in the row order above
+    /// `[unit · k, 77, d]` in the row order above
     context: Tensor<3>,
     uncond: bool,
     steering: Option<Steering>,
@@ -547,23 +567,24 @@ impl NoisePredictor for Guided<'_> {
             return Err(PipelineError::Cancelled);
         }
         let k = latents.len();
-        let blocks = self.context.dims()[0] / k;
+        let unit = self.context.dims()[0] / k;
         let [_, c, h, w] = self.shape;
-        let x: Vec<f32> = latents.iter().flatten().map(|&v| v as f32).collect();
-        let x = self.editor.upload(x, [k, c, h, w]).repeat_dim(0, blocks);
+        let x: Vec<f32> = latents.iter().flat_map(|l| std::iter::repeat_n(l, unit)).flatten().map(|&v| v as f32).collect();
+        let x = self.editor.upload(x, [k * unit, c, h, w]);
         let unet = &self.editor.model.unet;
         let out = match &self.steering {
             None => unet.forward(x, t as f64, &self.context),
-            Some(s) => unet.forward_steered(x, t as f64, &self.context, &s.at(t, k)),
+            Some(s) => unet.forward_steered(x, t as f64, &self.context, &s.at(t, unit)),
         };
         let v = read_f64(out).await?;
         self.editor.unet_calls += 1;
         self.done += 1;
-        self.obs.progress(Progress {
+        let progress = Progress {
             stage: self.stage,
             done: self.done,
             total: self.total,
-        });
+        };
+        self.obs.progress(progress);
         let n = latents[0].len();
         let row = |r: usize| &v[r * n..(r + 1) * n];
         let g = self.guidance;
@@ -571,9 +592,9 @@ impl NoisePredictor for Guided<'_> {
         let (sa, sb) = (at.sqrt(), (1.0 - at).sqrt());
         let eps: Vec<Vec<f64>> = (0..k)
             .map(|i| {
-                let cond = row((blocks - 1) * k + i);
+                let cond = row(i * unit + unit - 1);
                 let guided: Vec<f64> = if self.uncond {
-                    row(i).iter().zip(cond).map(|(u, c)| u + g * (c - u)).collect()
+                    row(i * unit).iter().zip(cond).map(|(u, c)| u + g * (c - u)).collect()
                 } else {
                     cond.to_vec()
                 };
@@ -593,7 +614,7 @@ impl NoisePredictor for Guided<'_> {
                 .map(|(x, e)| x.iter().zip(e).map(|(x, e)| (x - sb * e) / sa).collect())
                 .collect();
             if let Some(image) = preview::latents_to_rgb(&x0, self.shape) {
-                self.obs.preview(self.stage, &image);
+                self.obs.preview(progress, &image);
             }
         }
         Ok(eps)

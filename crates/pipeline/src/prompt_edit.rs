@@ -168,8 +168,11 @@ pub fn token_weights(
         let word: Vec<u32> = ids.iter().copied().filter(|&id| id != BOS).take_while(|&id| id != EOS).collect();
         if word.is_empty() || !all_targets.iter().any(|t| t.windows(word.len()).any(|w| w == word)) {
             return Err(PipelineError::Invalid(format!(
-                "--reweight {}: \"{}\" is not in the target prompt",
-                r.word, r.word
+                "word weight {}={}: \"{}\" is not in the target prompt{}",
+                r.word,
+                r.weight,
+                r.word,
+                if all_targets.len() > 1 { "s" } else { "" }
             )));
         }
         for start in 0..=target.len().saturating_sub(word.len()) {

@@ -4,6 +4,8 @@
 use burn::module::Module;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, softmax};
+use std::ops::Range;
+
 use burn::tensor::{Bool, DType, Tensor};
 
 use crate::Result;
@@ -12,9 +14,15 @@ use crate::nn::{group_norm, layer_norm, linear};
 use crate::weights::VarBuilder;
 
 /// Most attention-score elements one kernel may hold at once: 2^24 f32 = 64 MiB, half of
-/// WebGPU's default 128 MiB storage-buffer binding limit. SD1.5 at 512×512 has 4096 tokens,
-/// so its self-attention (batch 2 × 8 heads × 4096²) runs in query chunks of 512.
+/// WebGPU's default 128 MiB storage-buffer binding limit.
 pub const MAX_SCORE_ELEMENTS: usize = 1 << 24;
+
+/// Most score elements of ONE batch row per kernel. The query chunk length is set by this
+/// alone, never by the batch size: a matmul's rounding can depend on its row count, and EDICT
+/// needs each row's output bit-identical whether it runs in a batch of 2 (inversion), 3
+/// (prompt-to-prompt) or 2·k (k targets). SD1.5 at 512×512 (8 heads × 4096²) runs 128 queries
+/// per chunk; up to 4 rows share a kernel.
+pub const MAX_ROW_SCORE_ELEMENTS: usize = MAX_SCORE_ELEMENTS / 4;
 
 /// How attention runs: heads, whether later keys are hidden (CLIP), and whether scores and
 /// softmax are computed in f32 when the network runs in f16 (`upcast_attention`, SD 2.1).
@@ -25,13 +33,20 @@ pub struct Attend {
     pub upcast: bool,
 }
 
-/// Rewrites attention probabilities `[batch, heads, queries, keys]` before they weight the values
-/// (prompt-to-prompt editing, [`AttentionControl`]).
-pub type Steer<'a> = &'a dyn Fn(Tensor<4>) -> Tensor<4>;
+/// Rewrites attention probabilities `[rows, heads, queries, keys]` before they weight the values
+/// (prompt-to-prompt editing, [`AttentionControl`]). The batch is made of units of `unit` rows
+/// that must be seen together (a target row and its source); `apply` gets whole units, with the
+/// range of unit indices they are.
+#[derive(Clone, Copy)]
+pub struct Steer<'a> {
+    pub unit: usize,
+    pub apply: &'a dyn Fn(Tensor<4>, Range<usize>) -> Tensor<4>,
+}
 
-/// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks small enough
-/// that no score buffer exceeds [`MAX_SCORE_ELEMENTS`]. `causal` hides later keys (CLIP).
-/// Plain matmul + softmax kernels: deterministic, and identical natively and in browsers.
+/// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks whose length
+/// depends only on one row's shape (see [`MAX_ROW_SCORE_ELEMENTS`]) and in groups of batch rows
+/// small enough that no score buffer exceeds [`MAX_SCORE_ELEMENTS`]. `causal` hides later keys
+/// (CLIP). Plain matmul + softmax kernels: deterministic, and identical natively and in browsers.
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -50,27 +65,39 @@ pub fn scaled_dot_product(
     } else {
         (q, k.swap_dims(2, 3))
     };
-    let chunk = (MAX_SCORE_ELEMENTS / (b * h * n_k)).clamp(1, n_q.max(1));
-    let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
-    let mut start = 0;
-    while start < n_q {
-        let len = chunk.min(n_q - start);
-        let qc = if len == n_q { q.clone() } else { q.clone().narrow(2, start, len) };
-        let mut scores = qc.matmul(kt.clone()).mul_scalar(scale);
-        if causal {
-            // true where key j lies after query start+i
-            let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
-            scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, len, n_k]), f32::NEG_INFINITY);
+    let chunk = (MAX_ROW_SCORE_ELEMENTS / (h * n_k).max(1)).clamp(1, n_q.max(1));
+    let unit = steer.map_or(1, |s| s.unit);
+    let units = b / unit;
+    let per_kernel = (MAX_SCORE_ELEMENTS / (unit * h * chunk * n_k).max(1)).clamp(1, units.max(1));
+    let mut groups = Vec::with_capacity(units.div_ceil(per_kernel));
+    let mut u0 = 0;
+    while u0 < units {
+        let g = per_kernel.min(units - u0);
+        let rows = |t: &Tensor<4>| if g == units { t.clone() } else { t.clone().narrow(0, u0 * unit, g * unit) };
+        let (qg, ktg, vg) = (rows(&q), rows(&kt), rows(&v));
+        let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
+        let mut start = 0;
+        while start < n_q {
+            let len = chunk.min(n_q - start);
+            let qc = if len == n_q { qg.clone() } else { qg.clone().narrow(2, start, len) };
+            let mut scores = qc.matmul(ktg.clone()).mul_scalar(scale);
+            if causal {
+                // true where key j lies after query start+i
+                let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
+                scores = scores.mask_fill(mask.unsqueeze::<4>().expand([g * unit, h, len, n_k]), f32::NEG_INFINITY);
+            }
+            let mut probs = softmax(scores, 3);
+            if let Some(s) = steer {
+                probs = (s.apply)(probs, u0..u0 + g);
+            }
+            let probs = if up { probs.cast(dtype) } else { probs };
+            outs.push(probs.matmul(vg.clone()));
+            start += len;
         }
-        let mut probs = softmax(scores, 3);
-        if let Some(steer) = steer {
-            probs = steer(probs);
-        }
-        let probs = if up { probs.cast(dtype) } else { probs };
-        outs.push(probs.matmul(v.clone()));
-        start += len;
+        groups.push(Tensor::cat(outs, 2));
+        u0 += g;
     }
-    Tensor::cat(outs, 2)
+    Tensor::cat(groups, 0)
 }
 
 /// `[b, n, heads·d] → [b, heads, n, d]`
@@ -134,8 +161,9 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>, ctl: &AttentionControl) -> Tensor<3> {
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
         let how = Attend { heads: self.heads, causal: false, upcast: self.upcast };
-        let steer: Steer = if context.is_some() { &|p| ctl.steer_cross(p) } else { &|p| ctl.steer_self(p) };
-        project_attend(p, x, context, how, (ctl.edits > 0).then_some(steer))
+        let apply: &dyn Fn(Tensor<4>, Range<usize>) -> Tensor<4> =
+            if context.is_some() { &|p, units| ctl.steer_cross(p, units) } else { &|p, units| ctl.steer_self(p, units) };
+        project_attend(p, x, context, how, (ctl.unit > 0).then_some(Steer { unit: ctl.unit, apply }))
     }
 }
 

@@ -2,57 +2,79 @@
 //! (salesforce/EDICT `edict_functions.py`, adapted from bloc97's CrossAttentionControl; the
 //! diffusers community `pipeline_prompt2prompt` has the same idea as processors).
 //!
-//! One UNet call holds the rows to steer at the END of its batch; when attention is injected, the
-//! rows just before them are their sources (the same latents under the source prompt), so both
-//! passes run in one forward and each layer's source probabilities are at hand for the target.
-//! Every operation is per query row, so attention's query chunking is unaffected.
+//! One UNet call holds one UNIT of rows per edit target: `[uncond,] [source,] target`. The last
+//! row of each unit is steered; when attention is injected, the row before it is its source (the
+//! same latent under the source prompt), so both passes run in one forward and each layer's source
+//! probabilities are at hand for the target. Every operation is per unit and per query row, so
+//! attention may split the batch into whole units and the queries into chunks.
+
+use std::ops::Range;
 
 use burn::tensor::{Int, Tensor};
 
 /// How one UNet call steers attention. The default steers nothing.
 #[derive(Debug, Clone, Default)]
 pub struct AttentionControl {
-    /// The steered rows: the last `edits` of the batch (0: no control).
-    pub edits: usize,
+    /// Rows per unit (0: no control).
+    pub unit: usize,
     /// Self-attention (`attn1`): the steered rows take their sources' probabilities.
     pub inject_self: bool,
-    /// Cross-attention (`attn2`): `[edits, 1, 1, keys]` 0/1 mask and the aligned source key of
-    /// each target key; masked keys take the source's probabilities of their aligned key.
+    /// Cross-attention (`attn2`): per unit, a `[units, 1, 1, keys]` 0/1 mask and the aligned
+    /// source key of each target key; masked keys take the source's probability of that key.
     pub inject_tokens: Option<(Tensor<4>, Tensor<4, Int>)>,
-    /// Cross-attention: `[edits, 1, 1, keys]` column weights of the steered rows' probabilities,
+    /// Cross-attention: `[units, 1, 1, keys]` column weights of the steered rows' probabilities,
     /// applied after injection, without renormalising.
     pub weights: Option<Tensor<4>>,
 }
 
+/// `[g·r, h, n, m]` probabilities of `g` units of `r` rows: the rows before the last of each unit
+/// (none when `r` is 1), the last rows' sources (the row before; the last row itself when `r` is
+/// 1), and the last rows, the targets, as `[g, h, n, m]`.
+fn split(probs: Tensor<4>, r: usize) -> (Option<Tensor<5>>, Tensor<4>, Tensor<4>) {
+    let [b, h, n, m] = probs.dims();
+    let g = b / r;
+    let p = probs.reshape([g, r, h, n, m]);
+    let row = |i: usize| p.clone().narrow(1, i, 1).reshape([g, h, n, m]);
+    let rest = (r > 1).then(|| p.clone().narrow(1, 0, r - 1));
+    (rest, row(r.saturating_sub(2)), row(r - 1))
+}
+
+/// Puts steered target rows back after the rest of their units.
+fn join(rest: Option<Tensor<5>>, targets: Tensor<4>) -> Tensor<4> {
+    let [g, h, n, m] = targets.dims();
+    let Some(rest) = rest else { return targets };
+    let r = rest.dims()[1] + 1;
+    Tensor::cat(vec![rest, targets.reshape([g, 1, h, n, m])], 1).reshape([g * r, h, n, m])
+}
+
 impl AttentionControl {
-    /// Self-attention probabilities `[b, heads, queries, keys]` after steering.
-    pub fn steer_self(&self, probs: Tensor<4>) -> Tensor<4> {
-        if self.edits == 0 || !self.inject_self {
+    /// Self-attention probabilities of the units `units` after steering.
+    pub fn steer_self(&self, probs: Tensor<4>, _units: Range<usize>) -> Tensor<4> {
+        if self.unit < 2 || !self.inject_self {
             return probs;
         }
-        let b = probs.dims()[0];
-        let sources = probs.clone().narrow(0, b - 2 * self.edits, self.edits);
-        Tensor::cat(vec![probs.narrow(0, 0, b - self.edits), sources], 0)
+        let (rest, sources, _) = split(probs, self.unit);
+        join(rest, sources)
     }
 
-    /// Cross-attention probabilities `[b, heads, queries, keys]` after steering.
-    pub fn steer_cross(&self, probs: Tensor<4>) -> Tensor<4> {
-        if self.edits == 0 || (self.inject_tokens.is_none() && self.weights.is_none()) {
+    /// Cross-attention probabilities of the units `units` after steering.
+    pub fn steer_cross(&self, probs: Tensor<4>, units: Range<usize>) -> Tensor<4> {
+        if self.unit == 0 || (self.inject_tokens.is_none() && self.weights.is_none()) {
             return probs;
         }
-        let [b, h, n, m] = probs.dims();
-        let k = self.edits;
         let dtype = probs.dtype();
-        let mut edited = probs.clone().narrow(0, b - k, k);
+        let (rest, sources, mut targets) = split(probs, self.unit);
+        let [g, h, n, m] = targets.dims();
+        let mine = |t: &Tensor<4>| t.clone().narrow(0, units.start, g);
         if let Some((mask, index)) = &self.inject_tokens {
-            let source = probs.clone().narrow(0, b - 2 * k, k).gather(3, index.clone().expand([k, h, n, m]));
-            let mask = mask.clone().cast(dtype);
+            let aligned = sources.gather(3, index.clone().narrow(0, units.start, g).expand([g, h, n, m]));
+            let mask = mine(mask).cast(dtype);
             // mask ∈ {0, 1}, so each key is exactly the target's or the aligned source's value
-            edited = edited * mask.clone().neg().add_scalar(1.0) + source * mask;
+            targets = targets * mask.clone().neg().add_scalar(1.0) + aligned * mask;
         }
         if let Some(w) = &self.weights {
-            edited = edited * w.clone().cast(dtype);
+            targets = targets * mine(w).cast(dtype);
         }
-        Tensor::cat(vec![probs.narrow(0, 0, b - k), edited], 0)
+        join(rest, targets)
     }
 }
