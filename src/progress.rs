@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Bars {
     quiet: bool,
     current: RefCell<Option<(&'static str, ProgressBar)>>,
+    /// Warnings shown so far: each text once.
+    warned: RefCell<Vec<String>>,
 }
 
 impl Bars {
@@ -18,6 +20,7 @@ impl Bars {
         Self {
             quiet,
             current: RefCell::new(None),
+            warned: RefCell::new(Vec::new()),
         }
     }
 
@@ -30,7 +33,12 @@ impl Bars {
     }
 
     /// Warnings are shown even with --quiet: they say the output may not be what was asked.
+    /// A text already shown is not repeated.
     pub fn warn(&self, msg: &str) {
+        if self.warned.borrow().iter().any(|w| w == msg) {
+            return;
+        }
+        self.warned.borrow_mut().push(msg.to_string());
         self.finish();
         eprintln!("warning: {msg}");
     }
@@ -68,6 +76,10 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Observer for BarObserver<'_> {
+    fn warn(&mut self, message: &str) {
+        self.bars.warn(message);
+    }
+
     fn wants_preview(&self) -> bool {
         self.preview.is_some()
     }

@@ -372,3 +372,20 @@ fn edit_with_p2p_several_targets_and_preview() {
         assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{extra:?}: {err}");
     }
 }
+
+/// Warnings reach the user through the observer, once each although reconstruct's two passes
+/// both raise them, and even with --quiet.
+#[test]
+fn warnings_are_shown_once() {
+    let t = Tmp::new("warn");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    let (long, inp, out_png) = ("cat ".repeat(100), t.path("in.png"), t.path("out.png"));
+    let mut a = vec!["reconstruct"];
+    a.extend(common_args(&m, "4"));
+    a.extend(["--width", "64", "--height", "64", "--mix", "0.85", "--image", &inp, "--prompt", &long, "--out", &out_png]);
+    let err = String::from_utf8_lossy(&ok(&a).stderr).to_string();
+    let count = |s: &str| err.lines().filter(|l| l.starts_with("warning: ") && l.contains(s)).count();
+    assert_eq!(count("mix 0.85 < 0.9"), 1, "{err}");
+    assert_eq!(count("longer than 77 tokens"), 1, "{err}");
+}

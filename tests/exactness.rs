@@ -54,7 +54,7 @@ fn sweep(backend: Backend, sizes: &[u32], cases: &[Case]) {
         for &size in sizes {
             let z = photo_latent(&mut ed, photo, size);
             for c in cases {
-                let (rec, _) = pollster::block_on(ed.reconstruct(&z, PROMPT, &c.settings(), Method::Edict, &mut Quiet)).unwrap();
+                let rec = pollster::block_on(ed.reconstruct(&z, PROMPT, &c.settings(), Method::Edict, &mut Quiet)).unwrap();
                 runs += 1;
                 if rec.latent.values != z.values {
                     errors.push(format!("{photo} {size}² {c:?}: {:e}", rec.latent_rel_err));
@@ -109,14 +109,14 @@ fn latents_file_round_trips_exactly_across_processes() {
         let bytes = std::fs::read(&path).unwrap();
         let (inv, from) = latents::from_bytes(&bytes, &path).unwrap();
         latents::check_fits(&inv, &from, &ed.model, "tiny-sd", &path).unwrap();
-        let (pair, _) = pollster::block_on(ed.denoise(&inv, &inv.prompt, "reconstruct", &mut Quiet)).unwrap();
+        let pair = pollster::block_on(ed.denoise(&inv, &inv.prompt, "reconstruct", &mut Quiet)).unwrap();
         let out: Vec<u8> = pair.x_f64().iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(format!("{path}.x"), out).unwrap();
         return;
     }
     let z = photo_latent(&mut ed, "coffee.png", 128);
     let s = Case { steps: 10, strength: 0.7, guidance: 4.0 }.settings();
-    let (inv, _) = pollster::block_on(ed.invert(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+    let inv = pollster::block_on(ed.invert(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
     let dir = std::env::temp_dir().join(format!("edict-exactness-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("coffee.safetensors");

@@ -115,7 +115,7 @@ fn edits_match_the_float64_reference() {
         let mut ed = editor(&device);
         for case in cases() {
             let name = case["name"].as_str().unwrap();
-            let (pairs, _) = pollster::block_on(ed.edit(&inv, &spec(&case), "edit", &mut Quiet)).unwrap();
+            let pairs = pollster::block_on(ed.edit(&inv, &spec(&case), "edit", &mut Quiet)).unwrap();
             let (x, y) = (hi(&pairs[0].x), hi(&pairs[0].y));
             let ex = relative_error(&x, &r[&format!("{name}_edit_x")].values);
             let ey = relative_error(&y, &r[&format!("{name}_edit_y")].values);
@@ -137,9 +137,9 @@ fn p2p_with_the_source_prompt_round_trips_exactly() {
     for (backend, device) in devices() {
         let mut ed = editor(&device);
         let z = Latent { values: reference("edict.safetensors")["latent"].values.clone(), shape: [1, 4, 8, 8] };
-        let (inv, _) = pollster::block_on(ed.invert(&z, SOURCE, &settings(), Method::Edict, &mut Quiet)).unwrap();
+        let inv = pollster::block_on(ed.invert(&z, SOURCE, &settings(), Method::Edict, &mut Quiet)).unwrap();
         let spec = EditSpec { p2p: Some(P2p::default()), ..EditSpec::to(SOURCE) };
-        let (pairs, _) = pollster::block_on(ed.edit(&inv, &spec, "edit", &mut Quiet)).unwrap();
+        let pairs = pollster::block_on(ed.edit(&inv, &spec, "edit", &mut Quiet)).unwrap();
         let err = relative_error(&pairs[0].x_f64(), &z.values);
         eprintln!("{backend}: P2P target = source round trip {err:e}");
         assert!(err <= 1e-10, "{backend}: {err:e}");
@@ -160,13 +160,13 @@ fn several_targets_equal_one_by_one() {
             reweight: vec!["fluffy=2".parse().unwrap()],
         };
         let before = ed.unet_calls;
-        let (together, _) = pollster::block_on(ed.edit(&inv, &spec, "edit", &mut Quiet)).unwrap();
+        let together = pollster::block_on(ed.edit(&inv, &spec, "edit", &mut Quiet)).unwrap();
         assert_eq!(ed.unet_calls - before, 2 * 8);
         for (i, t) in targets.iter().enumerate() {
             // a word weight only touches the targets that have the word
             let reweight = if t.contains("fluffy") { spec.reweight.clone() } else { vec![] };
             let one = EditSpec { targets: vec![t.to_string()], reweight, ..spec.clone() };
-            let (alone, _) = pollster::block_on(ed.edit(&inv, &one, "edit", &mut Quiet)).unwrap();
+            let alone = pollster::block_on(ed.edit(&inv, &one, "edit", &mut Quiet)).unwrap();
             assert!(alone[0] == together[i], "{backend} target {i}: {:e}", relative_error(&alone[0].x_f64(), &together[i].x_f64()));
         }
         assert!(together[0] != together[1]);

@@ -125,8 +125,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let calls = ed.unet_calls;
         let t = Instant::now();
         let z = pollster::block_on(ed.encode(pixels, size, size, None))?;
-        let (inv, _) = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings, Method::Edict, &mut Quiet))?;
-        let (pair, _) = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet))?;
+        let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings, Method::Edict, &mut Quiet))?;
+        let pair = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet))?;
         pollster::block_on(ed.decode(&edict_pipeline::pipeline::Latent { values: pair.x_f64(), shape: z.shape }))?;
         Some((t.elapsed().as_secs_f64(), ed.unet_calls - calls))
     };

@@ -11,7 +11,7 @@ use edict_pipeline::latents;
 use edict_pipeline::pipeline::{Inversion, Latent, Method};
 use edict_pipeline::prompt_edit::{EditSpec, P2p, Reweight, Window};
 
-use super::{ImageArgs, ModelArgs, PreviewArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, warn_all, write};
+use super::{ImageArgs, ModelArgs, PreviewArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, write};
 
 #[derive(Args)]
 pub struct EditArgs {
@@ -93,9 +93,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
             let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
             let source = a.source.as_deref().unwrap_or_default();
             let mut obs = s.bars.observer().preview_to(preview);
-            let (inv, w) = pollster::block_on(s.editor.invert(&latent, source, &a.sample.settings(), Method::Edict, &mut obs))?;
-            drop(obs);
-            warn_all(&s, &w);
+            let inv = pollster::block_on(s.editor.invert(&latent, source, &a.sample.settings(), Method::Edict, &mut obs))?;
             if let Some(p) = &a.save_latents {
                 write(p, &latents::to_bytes(&inv, &s.origin())?)?;
             }
@@ -103,9 +101,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
         }
     };
     let mut obs = s.bars.observer().preview_to(preview);
-    let (pairs, w) = pollster::block_on(s.editor.edit(&inv, &spec, "edit", &mut obs))?;
-    drop(obs);
-    warn_all(&s, &w);
+    let pairs = pollster::block_on(s.editor.edit(&inv, &spec, "edit", &mut obs))?;
     for (pair, out) in pairs.iter().zip(&outs) {
         let rgb = save_png(&mut s, &Latent { values: pair.x_f64(), shape: inv.latent.shape }, out)?;
         s.bars.note(&format!("wrote {} ({}×{})", out.display(), rgb.width, rgb.height));

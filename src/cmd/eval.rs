@@ -13,7 +13,7 @@ use edict_pipeline::metrics::{self, Quality};
 use edict_pipeline::pipeline::{Method, Settings};
 use serde_json::{Value, json};
 
-use super::{ModelArgs, check_output, open, warn_all, write};
+use super::{ModelArgs, check_output, open, write};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -139,9 +139,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             // the encode is shared: a method's seconds are invert + denoise + decode
             let t = Instant::now();
             let mut obs = s.bars.observer();
-            let (rec, warnings) = pollster::block_on(s.editor.reconstruct(&latent, &prompt, &settings, method, &mut obs))?;
-            drop(obs);
-            warn_all(&s, &warnings);
+            let rec = pollster::block_on(s.editor.reconstruct(&latent, &prompt, &settings, method, &mut obs))?;
             let out = pollster::block_on(s.editor.decode(&rec.latent))?;
             let q = metrics::compare(&input, &out)?;
             let label = method.name();

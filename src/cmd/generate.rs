@@ -8,7 +8,7 @@ use clap::Args;
 use edict_pipeline::image_io::Size;
 use edict_pipeline::pipeline::Settings;
 
-use super::{PreviewArgs, ModelArgs, check_output, open, save_png, warn_all};
+use super::{PreviewArgs, ModelArgs, check_output, open, save_png};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -55,9 +55,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ..Settings::default()
     };
     let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let (latent, w) = pollster::block_on(s.editor.generate(&a.prompt, width as usize, height as usize, a.seed, &settings, &mut obs))?;
-    drop(obs);
-    warn_all(&s, &w);
+    let latent = pollster::block_on(s.editor.generate(&a.prompt, width as usize, height as usize, a.seed, &settings, &mut obs))?;
     save_png(&mut s, &latent, &a.out)?;
     s.bars.note(&format!("wrote {} in {:.1}s", a.out.display(), t.elapsed().as_secs_f64()));
     Ok(())

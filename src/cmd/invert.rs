@@ -8,7 +8,7 @@ use clap::Args;
 use edict_pipeline::latents;
 use edict_pipeline::pipeline::Method;
 
-use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, warn_all, write};
+use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, write};
 
 #[derive(Args)]
 pub struct InvertArgs {
@@ -35,9 +35,7 @@ pub fn invert(a: InvertArgs) -> Result<()> {
     let mut s = open(&a.model)?;
     let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
     let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let (inv, w) = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
-    drop(obs);
-    warn_all(&s, &w);
+    let inv = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
     write(&a.save_latents, &latents::to_bytes(&inv, &s.origin())?)?;
     s.bars.note(&format!("wrote {} in {:.1}s", a.save_latents.display(), t.elapsed().as_secs_f64()));
     Ok(())

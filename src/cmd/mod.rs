@@ -211,12 +211,6 @@ pub fn encode_image(s: &mut Session, (img, size): (image::RgbImage, Size), seed:
     Ok((latent, img))
 }
 
-pub fn warn_all(s: &Session, warnings: &[String]) {
-    for w in warnings {
-        s.bars.warn(w);
-    }
-}
-
 pub fn save_png(s: &mut Session, latent: &Latent, out: &Path) -> Result<edict_pipeline::pipeline::Rgb> {
     let rgb = pollster::block_on(s.editor.decode(latent))?;
     write(out, &image_io::encode_png(&rgb)?)?;

@@ -8,7 +8,7 @@ use clap::Args;
 use edict_pipeline::image_io::{self};
 use edict_pipeline::pipeline::Method;
 
-use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, warn_all, write};
+use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, write};
 
 #[derive(Args)]
 pub struct ReconstructArgs {
@@ -46,9 +46,7 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let input = &input;
     let method = a.method;
     let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let (rec, w) = pollster::block_on(s.editor.reconstruct(&latent, &a.prompt, &a.sample.settings(), method, &mut obs))?;
-    drop(obs);
-    warn_all(&s, &w);
+    let rec = pollster::block_on(s.editor.reconstruct(&latent, &a.prompt, &a.sample.settings(), method, &mut obs))?;
     let rgb = save_png(&mut s, &rec.latent, &a.out)?;
     let q = edict_pipeline::metrics::compare(&image_io::from_rgb(input), &rgb)?;
     let seconds = t.elapsed().as_secs_f64();

@@ -186,17 +186,18 @@ impl Session {
     /// Runs `op` on the editor as a Promise of an `Output`.
     fn run<F, Fut>(&self, on_progress: Function, op: F) -> Promise
     where
-        F: FnOnce(Editor, Job) -> Fut + 'static,
+        F: FnOnce(Editor, Rc<Job>) -> Fut + 'static,
         Fut: Future<Output = (Editor, Result<Output, PipelineError>)> + 'static,
     {
         let slot = self.editor.clone();
         let lost = self.lost.clone();
-        let job = Job {
+        let job = Rc::new(Job {
             on_progress,
             on_preview: self.preview.borrow().clone(),
             cancel: self.cancel.clone(),
             model: self.name.clone(),
-        };
+            warnings: RefCell::new(Vec::new()),
+        });
         future_to_promise(async move {
             let editor = slot
                 .borrow_mut()
@@ -204,13 +205,14 @@ impl Session {
                 .ok_or_else(|| JsError::new("another operation is still running on this model"))?;
             job.cancel.set(false);
             let t0 = js_sys::Date::now();
-            let (editor, result) = op(editor, job).await;
+            let (editor, result) = op(editor, job.clone()).await;
             let result = match result {
                 Err(PipelineError::Model(SdError::Device(reason))) => Err(lost_or(&lost, reason).await),
                 r => r,
             };
             *slot.borrow_mut() = Some(editor);
             let mut out = result.map_err(crate::js_err)?;
+            out.warnings = job.warnings.take();
             let seconds = (js_sys::Date::now() - t0) / 1000.0;
             let mut report: serde_json::Value = serde_json::from_str(&out.report).unwrap_or_else(|_| serde_json::json!({}));
             report["seconds"] = seconds.into();
@@ -251,9 +253,17 @@ struct Job {
     on_preview: Option<Function>,
     cancel: Rc<Cell<bool>>,
     model: String,
+    /// What the pipeline warned about, each text once.
+    warnings: RefCell<Vec<String>>,
 }
 
 impl Observer for &Job {
+    fn warn(&mut self, message: &str) {
+        let mut w = self.warnings.borrow_mut();
+        if !w.iter().any(|m| m == message) {
+            w.push(message.to_string());
+        }
+    }
     fn progress(&mut self, p: Progress) {
         // A throwing callback is the page's bug; it must not abort a long edit.
         let _ = self.on_progress.call3(
@@ -318,12 +328,11 @@ impl Job {
 
     async fn invert(&self, ed: &mut Editor, image: &[u8], prompt: &str, o: &Options) -> Result<(Inversion, Output), PipelineError> {
         let (latent, input, what) = self.encode(ed, image, o).await?;
-        let (inv, warnings) = ed.invert(&latent, prompt, &o.settings(), Method::Edict, &mut &*self).await?;
+        let inv = ed.invert(&latent, prompt, &o.settings(), Method::Edict, &mut &*self).await?;
         let out = Output {
             input_png: image_io::encode_png(&input)?,
             latents: latents::to_bytes(&inv, &latents::Origin::of(&self.model, &ed.model))?,
             report: serde_json::json!({ "image": what }).to_string(),
-            warnings,
             ..Output::default()
         };
         Ok((inv, out))
@@ -331,8 +340,7 @@ impl Job {
 
     /// Denoises `inv` into each target of `spec` and decodes each x, as `edict edit` does.
     async fn edit(&self, ed: &mut Editor, inv: &Inversion, spec: &EditSpec, out: &mut Output) -> Result<(), PipelineError> {
-        let (pairs, w) = ed.edit(inv, spec, "edit", &mut &*self).await?;
-        out.warnings.extend(w);
+        let pairs = ed.edit(inv, spec, "edit", &mut &*self).await?;
         for pair in pairs {
             let rgb = self.decode(ed, &Latent { values: pair.x_f64(), shape: inv.latent.shape }).await?;
             out.pngs.push(image_io::encode_png(&rgb)?);
@@ -424,7 +432,7 @@ impl Session {
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
                 let (latent, input, what) = job.encode(&mut ed, &image, &o).await?;
-                let (rec, warnings) = ed.reconstruct(&latent, &prompt, &o.settings(), Method::Edict, &mut &job).await?;
+                let rec = ed.reconstruct(&latent, &prompt, &o.settings(), Method::Edict, &mut &*job).await?;
                 let rgb = job.decode(&mut ed, &rec.latent).await?;
                 let q = metrics::compare(&input, &rgb)?;
                 Ok(Output {
@@ -437,7 +445,6 @@ impl Session {
                         "unet_evals": rec.unet_evals,
                     })
                     .to_string(),
-                    warnings,
                     ..Output::default()
                 })
             })

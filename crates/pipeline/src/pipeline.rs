@@ -112,9 +112,13 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// Receives progress and previews, and can cancel between UNet evaluations.
+/// Receives progress, warnings and previews, and can cancel between UNet evaluations.
 pub trait Observer {
     fn progress(&mut self, _p: Progress) {}
+    /// Something the user should know: the output may not be what was asked (a prompt cut at
+    /// 77 tokens, a risky setting). Each pass over the steps says its warnings again (reconstruct
+    /// has two), so an observer that shows them shows each text once.
+    fn warn(&mut self, _message: &str) {}
     fn cancelled(&self) -> bool {
         false
     }
@@ -274,8 +278,8 @@ impl Editor {
     }
 
     /// Validates `s` and builds the guided noise predictor of `spec`'s targets (the inversion's
-    /// prompt is `source`) on latents of `shape`; returns the steps to run, the predictor and any
-    /// warnings for the user.
+    /// prompt is `source`) on latents of `shape`; returns the steps to run and the predictor, and
+    /// tells `obs` any warnings.
     #[allow(clippy::too_many_arguments)]
     fn guided<'a>(
         &'a mut self,
@@ -286,7 +290,7 @@ impl Editor {
         stage: &'static str,
         shape: [usize; 4],
         obs: &'a mut dyn Observer,
-    ) -> Result<(Vec<Step>, Guided<'a>, Vec<String>)> {
+    ) -> Result<(Vec<Step>, Guided<'a>)> {
         spec.validate()?;
         let (steps, mut warnings) = s.validate(&self.schedule)?;
         let mut embed = |ed: &mut Self, prompt: &str| -> Result<Tensor<3>> {
@@ -314,6 +318,9 @@ impl Editor {
         let context = Tensor::cat(rows, 0);
         let steering = self.steering(source, spec)?;
         let total = evals_per_pass(method, steps.len());
+        for w in &warnings {
+            obs.warn(w);
+        }
         Ok((
             steps,
             Guided {
@@ -328,7 +335,6 @@ impl Editor {
                 total,
                 obs,
             },
-            warnings,
         ))
     }
 
@@ -382,24 +388,21 @@ impl Editor {
         s: &Settings,
         method: Method,
         obs: &mut dyn Observer,
-    ) -> Result<(Inversion, Vec<String>)> {
-        let (steps, mut eps, warnings) = self.guided(prompt, &EditSpec::to(prompt), s, method, "invert", latent.shape, obs)?;
+    ) -> Result<Inversion> {
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, method, "invert", latent.shape, obs)?;
         let pair = match method {
             Method::Edict => s.edict().invert(&latent.values, &steps, &mut eps).await?,
             Method::Ddim => {
                 Pair::of(&ddim_invert(&latent.values, &steps, &mut eps).await?)
             }
         };
-        Ok((
-            Inversion {
-                pair,
-                latent: latent.clone(),
-                prompt: prompt.to_string(),
-                settings: s.clone(),
-                method,
-            },
-            warnings,
-        ))
+        Ok(Inversion {
+            pair,
+            latent: latent.clone(),
+            prompt: prompt.to_string(),
+            settings: s.clone(),
+            method,
+        })
     }
 
     /// Denoises an inversion under `prompt` (the target of an edit, or the source prompt to
@@ -410,9 +413,8 @@ impl Editor {
         prompt: &str,
         stage: &'static str,
         obs: &mut dyn Observer,
-    ) -> Result<(Pair, Vec<String>)> {
-        let (mut pairs, warnings) = self.edit(inv, &EditSpec::to(prompt), stage, obs).await?;
-        Ok((pairs.remove(0), warnings))
+    ) -> Result<Pair> {
+        Ok(self.edit(inv, &EditSpec::to(prompt), stage, obs).await?.remove(0))
     }
 
     /// Denoises an inversion into each of `spec`'s targets, all in each UNet call, with its
@@ -423,9 +425,9 @@ impl Editor {
         spec: &EditSpec,
         stage: &'static str,
         obs: &mut dyn Observer,
-    ) -> Result<(Vec<Pair>, Vec<String>)> {
+    ) -> Result<Vec<Pair>> {
         let s = &inv.settings;
-        let (steps, mut eps, warnings) = self.guided(&inv.prompt, spec, s, inv.method, stage, inv.latent.shape, obs)?;
+        let (steps, mut eps) = self.guided(&inv.prompt, spec, s, inv.method, stage, inv.latent.shape, obs)?;
         let k = spec.targets.len();
         let pairs = match inv.method {
             Method::Edict => s.edict().denoise(vec![inv.pair.clone(); k], &steps, &mut eps).await?,
@@ -434,7 +436,7 @@ impl Editor {
                 xs.iter().map(|x| Pair::of(x)).collect()
             }
         };
-        Ok((pairs, warnings))
+        Ok(pairs)
     }
 
     /// Invert then denoise with the same prompt; EDICT returns `z` bit for bit.
@@ -445,29 +447,20 @@ impl Editor {
         s: &Settings,
         method: Method,
         obs: &mut dyn Observer,
-    ) -> Result<(Reconstruction, Vec<String>)> {
+    ) -> Result<Reconstruction> {
         let before = self.unet_calls;
-        let (inv, mut warnings) = self.invert(latent, prompt, s, method, obs).await?;
-        let (pair, w) = self.denoise(&inv, prompt, "reconstruct", obs).await?;
-        // the same prompt and settings warn the same way twice; say it once
-        for w in w {
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
+        let inv = self.invert(latent, prompt, s, method, obs).await?;
+        let pair = self.denoise(&inv, prompt, "reconstruct", obs).await?;
         let values = pair.x_f64();
         let latent_rel_err = relative_error(&values, &latent.values);
-        Ok((
-            Reconstruction {
-                latent: Latent {
-                    values,
-                    shape: latent.shape,
-                },
-                latent_rel_err,
-                unet_evals: self.unet_calls - before,
+        Ok(Reconstruction {
+            latent: Latent {
+                values,
+                shape: latent.shape,
             },
-            warnings,
-        ))
+            latent_rel_err,
+            unet_evals: self.unet_calls - before,
+        })
     }
 }
 
@@ -481,7 +474,7 @@ impl Editor {
         seed: u64,
         s: &Settings,
         obs: &mut dyn Observer,
-    ) -> Result<(Latent, Vec<String>)> {
+    ) -> Result<Latent> {
         let down = self.model.configs.vae.downscale();
         if width == 0 || height == 0 || width % down != 0 || height % down != 0 {
             return Err(PipelineError::Invalid(format!(
@@ -492,11 +485,11 @@ impl Editor {
         let s = Settings { strength: 1.0, ..s.clone() };
         let shape = [1, self.model.configs.vae.latent_channels, height / down, width / down];
         // one DDIM chain: one UNet call per step
-        let (steps, mut eps, warnings) = self.guided(prompt, &EditSpec::to(prompt), &s, Method::Ddim, "generate", shape, obs)?;
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), &s, Method::Ddim, "generate", shape, obs)?;
         let mut rng = SplitMix(seed);
         let noise = (0..shape.iter().product::<usize>()).map(|_| rng.normal()).collect();
         let values = ddim_denoise(vec![noise], &steps, &mut eps).await?.remove(0);
-        Ok((Latent { values, shape }, warnings))
+        Ok(Latent { values, shape })
     }
 }
 

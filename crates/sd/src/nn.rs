@@ -38,15 +38,36 @@ fn linear_from(vb: &VarBuilder, w: &[f32], bias: Option<Vec<f32>>, d_in: usize, 
     }
 }
 
-/// `torch.nn.Conv2d` with square kernel, symmetric padding and a bias.
-pub fn conv2d(
-    vb: &VarBuilder,
-    c_in: usize,
-    c_out: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Conv2d> {
+/// A `torch.nn.Conv2d` as SD stores them: square kernel, symmetric padding, a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvSpec {
+    /// 3×3, stride 1, padding 1: keeps the spatial size.
+    pub fn k3(c_in: usize, c_out: usize) -> Self {
+        Self { c_in, c_out, kernel: 3, stride: 1, padding: 1 }
+    }
+
+    /// 1×1: a linear map on each pixel's channels.
+    pub fn k1(c_in: usize, c_out: usize) -> Self {
+        Self { c_in, c_out, kernel: 1, stride: 1, padding: 0 }
+    }
+
+    /// 3×3 with stride 2 and padding 1: halves the spatial size.
+    pub fn halving(channels: usize) -> Self {
+        Self { stride: 2, ..Self::k3(channels, channels) }
+    }
+}
+
+/// The conv `s` describes, from `weight` `[c_out, c_in, k, k]` and `bias` `[c_out]`.
+pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
+    let ConvSpec { c_in, c_out, kernel, stride, padding } = s;
     Ok(Conv2d {
         weight: Param::from_tensor(vb.get("weight", [c_out, c_in, kernel, kernel])?),
         bias: Some(Param::from_tensor(vb.get("bias", [c_out])?)),

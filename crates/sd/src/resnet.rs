@@ -9,7 +9,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::Result;
-use crate::nn::{conv2d, group_norm, linear};
+use crate::nn::{ConvSpec, conv2d, group_norm, linear};
 use crate::weights::VarBuilder;
 
 /// GroupNorm, SiLU, 3×3 conv, plus the projected time embedding (UNet only), twice; a 1×1
@@ -24,26 +24,30 @@ pub struct ResnetBlock2D {
     pub conv_shortcut: Option<Conv2d>,
 }
 
+/// The shape of one `ResnetBlock2D`.
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetConfig {
+    pub c_in: usize,
+    pub c_out: usize,
+    /// The time embedding's width; `None` in the VAE, which has none.
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
 impl ResnetBlock2D {
-    /// `temb_channels` is `None` in the VAE.
-    pub fn load(
-        vb: &VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        temb_channels: Option<usize>,
-        groups: usize,
-        eps: f64,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, c: ResnetConfig) -> Result<Self> {
+        let ResnetConfig { c_in, c_out, temb_channels, groups, eps } = c;
         Ok(Self {
             norm1: group_norm(&vb.pp("norm1"), groups, c_in, eps)?,
-            conv1: conv2d(&vb.pp("conv1"), c_in, c_out, 3, 1, 1)?,
+            conv1: conv2d(&vb.pp("conv1"), ConvSpec::k3(c_in, c_out))?,
             time_emb_proj: temb_channels
                 .map(|t| linear(&vb.pp("time_emb_proj"), t, c_out, true))
                 .transpose()?,
             norm2: group_norm(&vb.pp("norm2"), groups, c_out, eps)?,
-            conv2: conv2d(&vb.pp("conv2"), c_out, c_out, 3, 1, 1)?,
+            conv2: conv2d(&vb.pp("conv2"), ConvSpec::k3(c_out, c_out))?,
             conv_shortcut: (c_in != c_out)
-                .then(|| conv2d(&vb.pp("conv_shortcut"), c_in, c_out, 1, 1, 0))
+                .then(|| conv2d(&vb.pp("conv_shortcut"), ConvSpec::k1(c_in, c_out)))
                 .transpose()?,
         })
     }
@@ -71,7 +75,7 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn load(vb: &VarBuilder, channels: usize, asymmetric_pad: bool) -> Result<Self> {
-        let mut conv = conv2d(&vb.pp("conv"), channels, channels, 3, 2, 1)?;
+        let mut conv = conv2d(&vb.pp("conv"), ConvSpec::halving(channels))?;
         if asymmetric_pad {
             conv.padding = PaddingConfig2d::Explicit(0, 0, 1, 1);
         }
@@ -92,7 +96,7 @@ pub struct Upsample2D {
 impl Upsample2D {
     pub fn load(vb: &VarBuilder, channels: usize) -> Result<Self> {
         Ok(Self {
-            conv: conv2d(&vb.pp("conv"), channels, channels, 3, 1, 1)?,
+            conv: conv2d(&vb.pp("conv"), ConvSpec::k3(channels, channels))?,
         })
     }
 

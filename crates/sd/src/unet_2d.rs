@@ -10,8 +10,8 @@ use serde::Deserialize;
 use crate::attention::TransformerConfig;
 use crate::attention_control::AttentionControl;
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::nn::{conv2d, group_norm};
-use crate::unet_2d_blocks::{BlockSettings, DownBlock, MidBlockCrossAttn, UpBlock};
+use crate::nn::{ConvSpec, conv2d, group_norm};
+use crate::unet_2d_blocks::{BlockKind, BlockSettings, DownBlock, DownBlockConfig, MidBlockCrossAttn, UpBlock, UpBlockConfig};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
 use crate::{Result, SdError};
@@ -171,6 +171,11 @@ impl UNetConfig {
     }
 }
 
+/// A block type of the config (already validated to be one of SD's) as its kind.
+fn block_kind(block_type: &str, cross_attn: &str, heads: usize) -> BlockKind {
+    if block_type == cross_attn { BlockKind::CrossAttn { heads } } else { BlockKind::Plain }
+}
+
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel {
     pub conv_in: Conv2d,
@@ -209,16 +214,14 @@ impl UNet2DConditionModel {
         for (i, kind) in c.down_block_types.iter().enumerate() {
             let c_in = c_out;
             c_out = ch[i];
-            let attn = (kind == "CrossAttnDownBlock2D").then_some(heads[i]);
-            down_blocks.push(DownBlock::load(
-                &vb.pp("down_blocks").pp(i),
+            let b = DownBlockConfig {
                 c_in,
                 c_out,
-                c.layers_per_block,
-                attn,
-                i + 1 < n,
-                &s,
-            )?);
+                layers: c.layers_per_block,
+                kind: block_kind(kind, "CrossAttnDownBlock2D", heads[i]),
+                add_downsample: i + 1 < n,
+            };
+            down_blocks.push(DownBlock::load(&vb.pp("down_blocks").pp(i), b, &s)?);
         }
         let mid_block = MidBlockCrossAttn::load(&vb.pp("mid_block"), ch[n - 1], heads[n - 1], &s)?;
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
@@ -229,26 +232,24 @@ impl UNet2DConditionModel {
             let c_prev = c_out;
             c_out = rev[i];
             let c_in = rev[(i + 1).min(n - 1)];
-            let attn = (kind == "CrossAttnUpBlock2D").then_some(rev_heads[i]);
-            up_blocks.push(UpBlock::load(
-                &vb.pp("up_blocks").pp(i),
+            let b = UpBlockConfig {
                 c_in,
                 c_prev,
                 c_out,
-                c.layers_per_block + 1,
-                attn,
-                i + 1 < n,
-                &s,
-            )?);
+                layers: c.layers_per_block + 1,
+                kind: block_kind(kind, "CrossAttnUpBlock2D", rev_heads[i]),
+                add_upsample: i + 1 < n,
+            };
+            up_blocks.push(UpBlock::load(&vb.pp("up_blocks").pp(i), b, &s)?);
         }
         Ok(Self {
-            conv_in: conv2d(&vb.pp("conv_in"), c.in_channels, c0, 3, 1, 1)?,
+            conv_in: conv2d(&vb.pp("conv_in"), ConvSpec::k3(c.in_channels, c0))?,
             time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), c0, temb)?,
             down_blocks,
             mid_block,
             up_blocks,
             conv_norm_out: group_norm(&vb.pp("conv_norm_out"), c.norm_num_groups, c0, c.norm_eps)?,
-            conv_out: conv2d(&vb.pp("conv_out"), c0, c.out_channels, 3, 1, 1)?,
+            conv_out: conv2d(&vb.pp("conv_out"), ConvSpec::k3(c0, c.out_channels))?,
             time_channels: c0,
             flip_sin_to_cos: c.flip_sin_to_cos,
             freq_shift: c.freq_shift,

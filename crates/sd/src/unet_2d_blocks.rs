@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use crate::Result;
 use crate::attention::{Transformer2DModel, TransformerConfig, VaeAttention};
 use crate::attention_control::AttentionControl;
-use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::VarBuilder;
 
 /// Settings shared by every block of one UNet.
@@ -18,6 +18,58 @@ pub struct BlockSettings {
     pub transformer: TransformerConfig,
 }
 
+impl BlockSettings {
+    fn resnet(&self, c_in: usize, c_out: usize) -> ResnetConfig {
+        ResnetConfig {
+            c_in,
+            c_out,
+            temb_channels: Some(self.temb_channels),
+            groups: self.groups,
+            eps: self.eps,
+        }
+    }
+}
+
+/// What a UNet down or up block holds besides its resnets: `CrossAttnDownBlock2D` /
+/// `CrossAttnUpBlock2D` have a transformer after each resnet, `DownBlock2D` / `UpBlock2D` none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    CrossAttn { heads: usize },
+    Plain,
+}
+
+/// The shape of one UNet down block.
+#[derive(Debug, Clone, Copy)]
+pub struct DownBlockConfig {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub layers: usize,
+    pub kind: BlockKind,
+    pub add_downsample: bool,
+}
+
+/// The shape of one UNet up block: `c_prev` comes from the block below, `c_in` is the width of
+/// the down block's output its last resnet takes as a skip.
+#[derive(Debug, Clone, Copy)]
+pub struct UpBlockConfig {
+    pub c_in: usize,
+    pub c_prev: usize,
+    pub c_out: usize,
+    pub layers: usize,
+    pub kind: BlockKind,
+    pub add_upsample: bool,
+}
+
+/// The shape of one VAE encoder or decoder block (resnets, then a 2× resample).
+#[derive(Debug, Clone, Copy)]
+pub struct VaeBlockConfig {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub layers: usize,
+    pub resample: bool,
+    pub groups: usize,
+}
+
 /// `CrossAttnDownBlock2D` (with attentions) or `DownBlock2D` (without).
 #[derive(Module, Debug)]
 pub struct DownBlock {
@@ -27,23 +79,15 @@ pub struct DownBlock {
 }
 
 impl DownBlock {
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        vb: &VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        layers: usize,
-        heads: Option<usize>,
-        add_downsample: bool,
-        s: &BlockSettings,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, b: DownBlockConfig, s: &BlockSettings) -> Result<Self> {
+        let DownBlockConfig { c_in, c_out, layers, kind, add_downsample } = b;
         let mut resnets = Vec::with_capacity(layers);
         let mut attentions = Vec::new();
         for j in 0..layers {
             let c = if j == 0 { c_in } else { c_out };
             let r = vb.pp("resnets").pp(j);
-            resnets.push(ResnetBlock2D::load(&r, c, c_out, Some(s.temb_channels), s.groups, s.eps)?);
-            if let Some(h) = heads {
+            resnets.push(ResnetBlock2D::load(&r, s.resnet(c, c_out))?);
+            if let BlockKind::CrossAttn { heads: h } = kind {
                 let a = vb.pp("attentions").pp(j);
                 attentions.push(Transformer2DModel::load(&a, c_out, h, &s.transformer)?);
             }
@@ -94,7 +138,7 @@ impl MidBlockCrossAttn {
         Ok(Self {
             resnets: (0..2)
                 .map(|j| {
-                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c, Some(s.temb_channels), s.groups, s.eps)
+                    ResnetBlock2D::load(&vb.pp("resnets").pp(j), s.resnet(c, c))
                 })
                 .collect::<Result<_>>()?,
             attentions: vec![Transformer2DModel::load(&vb.pp("attentions.0"), c, heads, &s.transformer)?],
@@ -120,25 +164,16 @@ pub struct UpBlock {
 }
 
 impl UpBlock {
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        vb: &VarBuilder,
-        c_in: usize,
-        c_prev: usize,
-        c_out: usize,
-        layers: usize,
-        heads: Option<usize>,
-        add_upsample: bool,
-        s: &BlockSettings,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, b: UpBlockConfig, s: &BlockSettings) -> Result<Self> {
+        let UpBlockConfig { c_in, c_prev, c_out, layers, kind, add_upsample } = b;
         let mut resnets = Vec::with_capacity(layers);
         let mut attentions = Vec::new();
         for j in 0..layers {
             let skip = if j == layers - 1 { c_in } else { c_out };
             let c = if j == 0 { c_prev } else { c_out };
             let r = vb.pp("resnets").pp(j);
-            resnets.push(ResnetBlock2D::load(&r, c + skip, c_out, Some(s.temb_channels), s.groups, s.eps)?);
-            if let Some(h) = heads {
+            resnets.push(ResnetBlock2D::load(&r, s.resnet(c + skip, c_out))?);
+            if let BlockKind::CrossAttn { heads: h } = kind {
                 let a = vb.pp("attentions").pp(j);
                 attentions.push(Transformer2DModel::load(&a, c_out, h, &s.transformer)?);
             }
@@ -183,11 +218,12 @@ impl UpBlock {
 }
 
 /// The VAE blocks' chain of resnets without time embedding: the first maps `c_in → c_out`.
-fn vae_resnets(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize) -> Result<Vec<ResnetBlock2D>> {
-    (0..layers)
+fn vae_resnets(vb: &VarBuilder, b: &VaeBlockConfig) -> Result<Vec<ResnetBlock2D>> {
+    (0..b.layers)
         .map(|j| {
-            let c = if j == 0 { c_in } else { c_out };
-            ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, None, groups, 1e-6)
+            let c_in = if j == 0 { b.c_in } else { b.c_out };
+            let c = ResnetConfig { c_in, c_out: b.c_out, temb_channels: None, groups: b.groups, eps: 1e-6 };
+            ResnetBlock2D::load(&vb.pp("resnets").pp(j), c)
         })
         .collect()
 }
@@ -204,18 +240,12 @@ pub struct DownEncoderBlock2D {
 }
 
 impl DownEncoderBlock2D {
-    pub fn load(
-        vb: &VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        layers: usize,
-        add_downsample: bool,
-        groups: usize,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, b: VaeBlockConfig) -> Result<Self> {
         Ok(Self {
-            resnets: vae_resnets(vb, c_in, c_out, layers, groups)?,
-            downsampler: add_downsample
-                .then(|| Downsample2D::load(&vb.pp("downsamplers.0"), c_out, true))
+            resnets: vae_resnets(vb, &b)?,
+            downsampler: b
+                .resample
+                .then(|| Downsample2D::load(&vb.pp("downsamplers.0"), b.c_out, true))
                 .transpose()?,
         })
     }
@@ -237,18 +267,12 @@ pub struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    pub fn load(
-        vb: &VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        layers: usize,
-        add_upsample: bool,
-        groups: usize,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, b: VaeBlockConfig) -> Result<Self> {
         Ok(Self {
-            resnets: vae_resnets(vb, c_in, c_out, layers, groups)?,
-            upsampler: add_upsample
-                .then(|| Upsample2D::load(&vb.pp("upsamplers.0"), c_out))
+            resnets: vae_resnets(vb, &b)?,
+            upsampler: b
+                .resample
+                .then(|| Upsample2D::load(&vb.pp("upsamplers.0"), b.c_out))
                 .transpose()?,
         })
     }
@@ -272,7 +296,7 @@ pub struct MidBlock2D {
 impl MidBlock2D {
     pub fn load(vb: &VarBuilder, c: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            resnets: vae_resnets(vb, c, c, 2, groups)?,
+            resnets: vae_resnets(vb, &VaeBlockConfig { c_in: c, c_out: c, layers: 2, resample: false, groups })?,
             attentions: vec![VaeAttention::load(&vb.pp("attentions.0"), c, groups)?],
         })
     }

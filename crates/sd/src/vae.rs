@@ -7,8 +7,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
-use crate::nn::{conv2d, group_norm};
-use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D};
+use crate::nn::{ConvSpec, conv2d, group_norm};
+use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D, VaeBlockConfig};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
 use crate::{Result, SdError};
@@ -134,21 +134,15 @@ impl AutoencoderKL {
         for i in 0..n {
             let c_in = c_out;
             c_out = ch[i];
-            down_blocks.push(DownEncoderBlock2D::load(
-                &e.pp("down_blocks").pp(i),
-                c_in,
-                c_out,
-                c.layers_per_block,
-                i + 1 < n,
-                g,
-            )?);
+            let b = VaeBlockConfig { c_in, c_out, layers: c.layers_per_block, resample: i + 1 < n, groups: g };
+            down_blocks.push(DownEncoderBlock2D::load(&e.pp("down_blocks").pp(i), b)?);
         }
         let encoder = Encoder {
-            conv_in: conv2d(&e.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
+            conv_in: conv2d(&e.pp("conv_in"), ConvSpec::k3(c.in_channels, ch[0]))?,
             down_blocks,
             mid_block: MidBlock2D::load(&e.pp("mid_block"), ch[n - 1], g)?,
             conv_norm_out: group_norm(&e.pp("conv_norm_out"), g, ch[n - 1], 1e-6)?,
-            conv_out: conv2d(&e.pp("conv_out"), ch[n - 1], 2 * l, 3, 1, 1)?,
+            conv_out: conv2d(&e.pp("conv_out"), ConvSpec::k3(ch[n - 1], 2 * l))?,
         };
         let d = vb.pp("decoder");
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
@@ -157,26 +151,20 @@ impl AutoencoderKL {
         for i in 0..n {
             let c_prev = c_out;
             c_out = rev[i];
-            up_blocks.push(UpDecoderBlock2D::load(
-                &d.pp("up_blocks").pp(i),
-                c_prev,
-                c_out,
-                c.layers_per_block + 1,
-                i + 1 < n,
-                g,
-            )?);
+            let b = VaeBlockConfig { c_in: c_prev, c_out, layers: c.layers_per_block + 1, resample: i + 1 < n, groups: g };
+            up_blocks.push(UpDecoderBlock2D::load(&d.pp("up_blocks").pp(i), b)?);
         }
         let decoder = Decoder {
-            conv_in: conv2d(&d.pp("conv_in"), l, rev[0], 3, 1, 1)?,
+            conv_in: conv2d(&d.pp("conv_in"), ConvSpec::k3(l, rev[0]))?,
             mid_block: MidBlock2D::load(&d.pp("mid_block"), rev[0], g)?,
             up_blocks,
             conv_norm_out: group_norm(&d.pp("conv_norm_out"), g, ch[0], 1e-6)?,
-            conv_out: conv2d(&d.pp("conv_out"), ch[0], c.out_channels, 3, 1, 1)?,
+            conv_out: conv2d(&d.pp("conv_out"), ConvSpec::k3(ch[0], c.out_channels))?,
         };
         Ok(Self {
             encoder,
-            quant_conv: conv2d(&vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)?,
-            post_quant_conv: conv2d(&vb.pp("post_quant_conv"), l, l, 1, 1, 0)?,
+            quant_conv: conv2d(&vb.pp("quant_conv"), ConvSpec::k1(2 * l, 2 * l))?,
+            post_quant_conv: conv2d(&vb.pp("post_quant_conv"), ConvSpec::k1(l, l))?,
             decoder,
             latent_channels: l,
         })
