@@ -1,4 +1,8 @@
 //! Burn's layers built from checkpoint tensors: PyTorch layouts in, Burn layouts out.
+//!
+//! Layers are assembled from their parameters rather than through Burn's `Config::init`, which
+//! would first draw random weights (860 M of them for SD's UNet) only to overwrite them;
+//! `LayerNorm`, whose epsilon is private, is the exception: its init allocates `d` ones.
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
