@@ -1,12 +1,25 @@
 //! The published key mapping from original (CompVis/LDM) single-file SD checkpoints to
 //! diffusers/transformers keys, so one `.safetensors` file loads without conversion.
 
-/// Which network a mapped key belongs to.
+/// Which network a mapped key (or a model file) belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     TextEncoder,
     Unet,
     Vae,
+}
+
+impl Part {
+    pub const ALL: [Part; 3] = [Part::TextEncoder, Part::Unet, Part::Vae];
+
+    /// Its folder in a diffusers model.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Part::TextEncoder => "text_encoder",
+            Part::Unet => "unet",
+            Part::Vae => "vae",
+        }
+    }
 }
 
 /// Block layout the mapping depends on: LDM numbers UNet blocks flat and the VAE decoder's
