@@ -1,12 +1,17 @@
 //! A model from named byte arrays: the page adds each file it fetched or the user picked, under
 //! its path in a diffusers folder (`unet/config.json`, `unet/diffusion_pytorch_model.fp16.safetensors`,
 //! …) or a single checkpoint (`sd15.safetensors`), then builds a `Session` on the GPU.
+//!
+//! A folder streams: once its configs and tokenizer are in, `begin` checks the GPU's limits and
+//! every weight file added afterwards is built into its network on the GPU at once and freed, so
+//! wasm memory holds one weight file at a time (SD 1.5's largest, the fp16 UNet, is 1.7 GB).
 
 use std::collections::BTreeMap;
 
 use edict_pipeline::pipeline::Editor;
 use edict_sd::SdError;
-use edict_sd::model::{ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource, select_weight_file};
+use edict_sd::model::{ModelAssembly, ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource, select_weight_file};
+use edict_sd::single_file::Part;
 use edict_sd::tokenizer::ClipTokenizer;
 use edict_sd::weights::{Bytes, WeightFile, is_pickle_name, looks_like_pickle};
 use wasm_bindgen::prelude::*;
@@ -14,12 +19,12 @@ use wasm_bindgen::prelude::*;
 use crate::session::Session;
 use crate::{Gpu, js_err};
 
-const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
-
 #[wasm_bindgen]
 pub struct ModelBuilder {
     name: String,
     files: BTreeMap<String, Vec<u8>>,
+    /// Started by `begin`: the networks built so far and their precision.
+    assembly: Option<(ModelAssembly, Precision)>,
 }
 
 #[wasm_bindgen]
@@ -30,27 +35,69 @@ impl ModelBuilder {
         Self {
             name,
             files: BTreeMap::new(),
+            assembly: None,
         }
     }
 
     /// Adds one file; `path` is relative to the model folder. The bytes are copied into wasm
-    /// memory, so the page can drop its copy right after.
-    pub fn add(&mut self, path: String, bytes: Vec<u8>) {
-        self.files.insert(path.trim_start_matches("./").to_string(), bytes);
+    /// memory, so the page can drop its copy right after. After `begin`, a network's weight file
+    /// (`unet/….safetensors`) is built on the GPU here and freed.
+    pub fn add(&mut self, path: String, bytes: Vec<u8>) -> Result<(), JsError> {
+        let path = path.trim_start_matches("./").to_string();
+        if let (Some((assembly, _)), Some(part)) = (&mut self.assembly, network_of(&path)) {
+            let file = weight_file(&path, bytes).map_err(js_err)?;
+            return assembly.add(part, file).map_err(js_err);
+        }
+        self.files.insert(path, bytes);
+        Ok(())
     }
 
-    /// Loads the networks onto `gpu` in `precision` ("auto", "f16" or "f32"), consuming the files.
-    pub fn build(self, gpu: &Gpu, precision: &str) -> Result<Session, JsError> {
+    /// Starts streaming a diffusers folder onto `gpu` in `precision` ("auto", "f16" or "f32"):
+    /// needs the three networks' `config.json` (and the tokenizer files, else the embedded CLIP
+    /// vocabulary); refuses a model whose buffers exceed the adapter's limits before any weights
+    /// are downloaded.
+    pub fn begin(&mut self, gpu: &Gpu, precision: &str) -> Result<(), JsError> {
         let precision = gpu.precision(precision)?;
+        let configs = self.configs().map_err(js_err)?;
+        gpu.check_limits(&configs, precision)?;
+        let tokenizer = self.tokenizer().map_err(js_err)?;
+        let assembly = ModelAssembly::new(configs, tokenizer, &gpu.device, precision).map_err(js_err)?;
+        self.assembly = Some((assembly, precision));
+        Ok(())
+    }
+
+    /// Loads the networks onto `gpu` in `precision` ("auto", "f16" or "f32"), consuming the
+    /// files; after `begin`, finishes the streamed model (in the precision `begin` was given).
+    pub fn build(self, gpu: &Gpu, precision: &str) -> Result<Session, JsError> {
         let name = self.name.clone();
-        let files = self.into_model_files(precision).map_err(js_err)?;
-        gpu.check_limits(&files.configs, precision)?;
-        let model = StableDiffusion::load(files, &gpu.device, precision).map_err(js_err)?;
+        let (model, precision) = match self.assembly {
+            Some((assembly, precision)) => (assembly.finish().map_err(js_err)?, precision),
+            None => {
+                let precision = gpu.precision(precision)?;
+                let files = self.into_model_files(precision).map_err(js_err)?;
+                gpu.check_limits(&files.configs, precision)?;
+                (StableDiffusion::load(files, &gpu.device, precision).map_err(js_err)?, precision)
+            }
+        };
         let warning = model.unused_keys.first().map(|k| {
             format!("{} weights in the files were not used (e.g. {k})", model.unused_keys.len())
         });
         Ok(Session::new(Editor::new(model, gpu.device.clone()), gpu.lost.clone(), name, precision, warning))
     }
+}
+
+/// The network whose weights `path` holds in a diffusers folder, if it is a weight file.
+fn network_of(path: &str) -> Option<Part> {
+    let (folder, file) = path.split_once('/')?;
+    Part::ALL.into_iter().find(|p| p.folder() == folder).filter(|_| is_weights(file))
+}
+
+/// A weight file from its bytes, refusing pickles by name or content.
+fn weight_file(path: &str, bytes: Vec<u8>) -> Result<WeightFile, SdError> {
+    if is_pickle_name(path) || looks_like_pickle(&bytes) {
+        return Err(SdError::Pickle { path: path.to_string() });
+    }
+    WeightFile::from_bytes(path, Bytes::Owned(bytes))
 }
 
 impl ModelBuilder {
@@ -61,15 +108,13 @@ impl ModelBuilder {
             .filter(|p| !p.contains('/') && is_weights(p))
             .cloned()
             .collect();
-        let has_components = COMPONENTS.iter().all(|c| self.files.contains_key(&format!("{c}/config.json")));
-        let read = |name: &str| Ok(self.files.get(&format!("tokenizer/{name}")).cloned());
-        let folder_tokenizer = ClipTokenizer::from_folder_files(read)?;
+        let has_components = Part::ALL.iter().all(|p| self.files.contains_key(&format!("{}/config.json", p.folder())));
         let (weights, configs, tokenizer) = match single.as_slice() {
             // a single-file checkpoint, read with the folder's configs if they came along
             [path] => {
                 let file = self.weight_file(path)?;
                 let (configs, tokenizer) = if has_components {
-                    (self.configs()?, folder_tokenizer.map_or_else(ClipTokenizer::embedded, Ok)?)
+                    (self.configs()?, self.tokenizer()?)
                 } else {
                     SdConfigs::for_single_file(&file)?
                 };
@@ -86,7 +131,7 @@ impl ModelBuilder {
                     unet: take("unet")?,
                     vae: take("vae")?,
                 };
-                (weights, configs, folder_tokenizer.map_or_else(ClipTokenizer::embedded, Ok)?)
+                (weights, configs, self.tokenizer()?)
             }
             [] => {
                 return Err(SdError::Config {
@@ -117,6 +162,12 @@ impl ModelBuilder {
         })
     }
 
+    /// The folder's tokenizer, or the embedded CLIP vocabulary when the folder has none.
+    fn tokenizer(&self) -> Result<ClipTokenizer, SdError> {
+        let read = |name: &str| Ok(self.files.get(&format!("tokenizer/{name}")).cloned());
+        ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)
+    }
+
     fn configs(&self) -> Result<SdConfigs, SdError> {
         let read = |path: &str| self.files.contains_key(path).then(|| self.text(path).map(str::to_string)).transpose();
         SdConfigs::from_folder_files(read, &self.name)
@@ -128,11 +179,7 @@ impl ModelBuilder {
     }
 
     fn weight_file(&mut self, path: &str) -> Result<WeightFile, SdError> {
-        let bytes = self.files.remove(path).unwrap_or_default();
-        if is_pickle_name(path) || looks_like_pickle(&bytes) {
-            return Err(SdError::Pickle { path: path.to_string() });
-        }
-        WeightFile::from_bytes(path, Bytes::Owned(bytes))
+        weight_file(path, self.files.remove(path).unwrap_or_default())
     }
 }
 
