@@ -1,14 +1,13 @@
 // The page: WebGPU checks, model loading, the photo and prompts, and the edit with its progress.
 // `window.edict` exposes the state (GPU info, progress events) for debugging and the browser test.
-import * as firstInstance from './pkg/edict_web.js';
+import * as wasm from './pkg/edict_web.js';
 import { SD15, clearCache, loadFromFiles, loadFromUrl } from './loader.js';
 
-// The wasm module in use. After a panic its state cannot be trusted, so recovery imports a
-// fresh instance; `generation` counts recoveries, so an operation that outlives one (a trap can
-// leave it running in the old instance) leaves the page alone.
-let wasm = firstInstance;
-let instances = 0;
+// `generation` counts recoveries from a lost GPU device, so an operation that outlives one
+// leaves the page alone. After a wasm panic (a trap) nothing may call into the module again:
+// `trapped` says so, and the page reloads itself (a fresh module, its memory released).
 let generation = 0;
+let trapped = false;
 
 const $ = (id) => document.getElementById(id);
 const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], previews: {}, results: [], image: null, busy: false, lastLoad: null, running: null, report: null });
@@ -65,11 +64,15 @@ async function startGpu() {
 
 // ---- model ----
 
-async function loadModel(name, fill) {
+/**
+ * Loads a model: `fill(builder, status)` adds its files. `source` says how to load it again
+ * after a reload of the page: { url, precision } for a download, null for picked files.
+ */
+async function loadModel(name, fill, source = null) {
   state.busy = true;
   state.session?.free();
   state.session = null;
-  state.lastLoad = { name, fill };
+  state.lastLoad = { name, fill, source };
   refresh();
   message('');
   setState('loading');
@@ -98,12 +101,13 @@ async function loadModel(name, fill) {
     if (notes.length) message(notes.join('\n'), 'note');
     setState('model-loaded');
   } catch (e) {
-    if (!isTrap(e)) builder?.free(); // a failed download: drop the bytes gathered so far
+    trapped ||= isTrap(e);
     status('No model loaded.', 0);
     message(`Could not load the model: ${e.message || e}`);
     setState('load-failed');
     if (deviceGone(e)) await recover('Loading the model', e, false);
   } finally {
+    if (builder && !trapped) builder.free(); // a failed download: drop the bytes gathered so far
     bar.hidden = true;
     state.busy = false;
     refresh();
@@ -118,11 +122,14 @@ function precision() {
 /** A component's weight files in the order the CLI tries them (the rule lives in the wasm module). */
 const candidates = (p) => (component) => wasm.weightCandidates(component, p);
 
-$('load-sd15').onclick = () => loadModel(SD15.name, (b, s) => loadFromUrl(b, SD15.base, candidates(SD15.precision), s));
+/** Loads a diffusers folder from its URL, with the weight files for `p` ("f16" or "f32"). */
+const loadUrl = (name, url, p) => loadModel(name, (b, s) => loadFromUrl(b, url, candidates(p), s), { name, url, precision: p });
+
+$('load-sd15').onclick = () => loadUrl(SD15.name, SD15.base, SD15.precision);
 $('load-url').onclick = () => {
   const url = $('model-url').value.trim();
   if (!url) return message('Enter the base URL of a diffusers model folder.');
-  loadModel(url, (b, s) => loadFromUrl(b, url, candidates(precision()), s));
+  loadUrl(url, url, precision());
 };
 for (const id of ['model-folder', 'model-file']) {
   $(id).onchange = (ev) => {
@@ -143,6 +150,8 @@ async function setImage(file) {
     return message(`${file.name} is not an image.`);
   }
   state.image = new Uint8Array(await file.arrayBuffer());
+  state.imageName = file.name;
+  state.imageType = file.type;
   const p = $('photo');
   URL.revokeObjectURL(p.src);
   p.src = URL.createObjectURL(file);
@@ -399,7 +408,6 @@ async function run(label, start, { labels = () => [], download = 'edict', check 
   $('stage').textContent = `${label}…`;
   $('live-stage').textContent = '— waiting for the first step';
   const gen = generation;
-  const instance = wasm;
   let out;
   try {
     out = await start(options);
@@ -417,6 +425,7 @@ async function run(label, start, { labels = () => [], download = 'edict', check 
     $('progress').value = 1;
     setState('done');
   } catch (e) {
+    trapped ||= isTrap(e);
     if (gen !== generation) return;
     const msg = String(e.message || e);
     $('stage').textContent = msg === 'cancelled' ? 'Cancelled.' : '';
@@ -425,8 +434,8 @@ async function run(label, start, { labels = () => [], download = 'edict', check 
     setState(msg === 'cancelled' ? 'cancelled' : 'failed');
     if (deviceGone(e)) await recover(label, e, true);
   } finally {
-    // after a trap the old instance is dropped, and its objects with it
-    if (wasm === instance) {
+    // after a trap the page reloads, and the module's memory goes with it
+    if (!trapped) {
       options.free();
       out?.free();
     }
@@ -439,31 +448,33 @@ async function run(label, start, { labels = () => [], download = 'edict', check 
   }
 }
 
-// ---- recovery: a lost GPU device, or a wasm panic that trapped the instance ----
+// ---- recovery: a lost GPU device, or a wasm panic that trapped the module ----
 
 const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
 const deviceGone = (e) => isTrap(e) || /GPU device was lost/.test(String(e?.message || e));
 
 /**
- * Nothing can run on a lost device (or in a trapped instance) again: start a new device (in a
- * fresh wasm instance after a trap), reload the last model from the browser's cache or the
- * picked files, and leave the page ready for the user to retry.
+ * Nothing can run on a lost device again: start a new device, reload the last model from the
+ * browser's cache or the picked files, and leave the page ready for the user to retry. A trapped
+ * module cannot be trusted at all: the page reloads itself instead (reloadAfterTrap).
  */
 async function recover(label, e, reload) {
-  const why = isTrap(e) ? `the editor crashed (${e.message})` : String(e.message || e);
+  if (isTrap(e)) return reloadAfterTrap(label, e, reload);
+  const why = String(e.message || e);
   generation += 1;
   state.running = null;
   state.busy = true;
   refresh();
   setState('recovering');
-  if (!isTrap(e)) state.session?.free();
+  state.session?.free();
   state.session = null;
+  state.gpu?.free();
   state.gpu = null;
   $('gpu-status').textContent = 'Starting a new GPU device…';
   try {
-    if (isTrap(e)) wasm = await import(`./pkg/edict_web.js?instance=${++instances}`);
     await startGpu();
-    if (reload && state.lastLoad) await loadModel(state.lastLoad.name, state.lastLoad.fill);
+    const last = state.lastLoad;
+    if (reload && last) await loadModel(last.name, last.fill, last.source);
     if (reload && !state.session) return; // loadModel said why
     message(`${label} failed: ${why}. The page started a new GPU device` +
       (reload ? ` and reloaded the model: press ${label} again to retry.` : ': load the model again.'));
@@ -481,12 +492,125 @@ async function recover(label, e, reload) {
 // the running operation, whose promise may never settle: the error reaches only these handlers.
 function onTrap(error) {
   if (isTrap(error) && state.running) {
-    $('stage').textContent = '';
+    trapped = true;
     recover(state.running, error, true);
   }
 }
 window.addEventListener('error', (ev) => onTrap(ev.error));
 window.addEventListener('unhandledrejection', (ev) => onTrap(ev.reason));
+
+// ---- after a trap: a fresh page, told what happened ----
+
+// What the page keeps across that reload (in sessionStorage, the photo in the Cache API): the
+// form, which model to load again, and why.
+const RECOVERY = 'edict-recovery';
+const FIELDS = ['source', 'reweight', 'steps', 'strength', 'mix', 'guidance', 'negative', 'width', 'height',
+  'p2p-tokens-from', 'p2p-tokens-to', 'p2p-self-from', 'p2p-self-to', 'precision', 'model-url'];
+let reloading = false;
+
+/**
+ * A trapped module keeps its memory (the model's GBs) as long as anything references it, and its
+ * state cannot be trusted: reload the page, leaving a note for the fresh one, which shows what
+ * failed, restores the form and the photo, and loads a downloaded model again from the cache
+ * (`reload`: not after a trap while loading, which could trap again). Picked files cannot be
+ * read again after a reload: the note asks for them.
+ */
+async function reloadAfterTrap(label, e, reload) {
+  trapped = true;
+  if (reloading) return;
+  reloading = true;
+  state.running = null;
+  state.busy = true;
+  setState('recovering');
+  $('stage').textContent = 'The editor crashed: reloading the page…';
+  const last = state.lastLoad;
+  const note = {
+    label,
+    why: String(e.message || e),
+    model: last && { name: last.name, source: last.source, load: reload && !!last.source },
+    form: {
+      values: Object.fromEntries(FIELDS.map((id) => [id, $(id).value])),
+      p2p: $('p2p').checked,
+      settings: $('settings').open,
+      targets: [...document.querySelectorAll('#targets .target')].map((i) => i.value),
+    },
+    photo: null,
+  };
+  try {
+    if (state.image && 'caches' in self) {
+      const c = await caches.open(RECOVERY);
+      await c.put('photo', new Response(state.image, state.imageType ? { headers: { 'Content-Type': state.imageType } } : {}));
+      note.photo = state.imageName || 'photo';
+    }
+  } catch {
+    note.photo = null; // the note asks for the photo again
+  }
+  try {
+    sessionStorage.setItem(RECOVERY, JSON.stringify(note));
+  } catch (e2) {
+    message(`${label} failed: the editor crashed (${note.why}); reload the page to go on.`);
+    setState('failed');
+    return;
+  }
+  location.reload();
+}
+
+/** The note a crashed page left (removed, so a later reload starts clean), or null. */
+function takeRecoveryNote() {
+  try {
+    const text = sessionStorage.getItem(RECOVERY);
+    sessionStorage.removeItem(RECOVERY);
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Restores what the crashed page had and says what happened; loads its downloaded model again. */
+async function resumeAfterTrap(note) {
+  const f = note.form || {};
+  for (const [id, v] of Object.entries(f.values || {})) if ($(id)) $(id).value = v;
+  $('p2p').checked = !!f.p2p;
+  $('settings').open = !!f.settings;
+  if (f.targets?.length) {
+    $('targets').replaceChildren();
+    for (const t of f.targets) addTarget(t);
+  }
+  let photo = false;
+  if (note.photo && 'caches' in self) {
+    try {
+      const c = await caches.open(RECOVERY);
+      const r = await c.match('photo');
+      if (r) {
+        const blob = await r.blob();
+        await setImage(new File([blob], note.photo, { type: blob.type }));
+        photo = !!state.image;
+      }
+    } catch {
+      // asked for below
+    }
+    caches.delete(RECOVERY).catch(() => {});
+  }
+  const crash = `${note.label} failed: the editor crashed (${note.why}).`;
+  const m = note.model;
+  let text;
+  if (!state.gpu) text = `${crash} The page was reloaded, but ${$('message').textContent}`;
+  else if (m?.load) {
+    await loadModel(m.name, (b, s) => loadFromUrl(b, m.source.url, candidates(m.source.precision), s), m.source);
+    const said = $('message').hidden ? '' : `\n${$('message').textContent}`;
+    text = state.session
+      ? `${crash} The page was reloaded and the model loaded again: press ${note.label} again to retry.${said}`
+      : `${crash} The page was reloaded, but the model did not load again:${said}`;
+  } else if (m && !m.source) {
+    text = `${crash} The page was reloaded: pick the model files again (${m.name}; a reloaded page cannot read files picked before).`;
+  } else {
+    text = `${crash} The page was reloaded: load the model again.`;
+  }
+  if (note.photo && !photo) text += ' Pick the photo again.';
+  message(text);
+  setState(state.gpu ? 'recovered' : 'failed');
+  refresh();
+}
 
 const src = () => $('source').value;
 /** Edits into the target list (read when pressed); `targets` is what the results are labelled with. */
@@ -524,14 +648,18 @@ $('slider').oninput = (e) => $('compare').style.setProperty('--split', `${e.targ
 addTarget('a photo of a dog');
 if (params.get('model')) $('model-url').value = params.get('model');
 if (params.get('precision')) $('precision').value = params.get('precision');
+const recovery = takeRecoveryNote();
 try {
   await startGpu();
   const d = new wasm.Options();
-  for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d[k];
-  for (const [name, w] of [['tokens', d.p2pTokens], ['self', d.p2pSelf]]) {
-    [$(`p2p-${name}-from`).value, $(`p2p-${name}-to`).value] = w.split(':');
+  try {
+    for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d[k];
+    for (const [name, w] of [['tokens', d.p2pTokens], ['self', d.p2pSelf]]) {
+      [$(`p2p-${name}-from`).value, $(`p2p-${name}-to`).value] = w.split(':');
+    }
+  } finally {
+    d.free();
   }
-  d.free();
   setState('ready');
 } catch (e) {
   $('gpu-status').textContent = 'No usable GPU.';
@@ -539,3 +667,4 @@ try {
   setState(state.gpu ? 'failed' : 'no-webgpu');
 }
 refresh();
+if (recovery) await resumeAfterTrap(recovery);

@@ -1,6 +1,7 @@
 // Model files for the wasm ModelBuilder: downloaded from a diffusers folder's base URL (kept in
-// the Cache API, in 64 MiB range chunks so a reload resumes a half-done download), or read from
-// files the user picked (a diffusers folder or one .safetensors checkpoint).
+// the Cache API, in 64 MiB range chunks so a reload resumes a half-done download, with each
+// file's version so a file changed on the server is downloaded again), or read from files the
+// user picked (a diffusers folder, one .safetensors checkpoint, or configs with a checkpoint).
 
 export const SD15 = {
   name: 'stable-diffusion-v1-5/stable-diffusion-v1-5',
@@ -9,7 +10,10 @@ export const SD15 = {
   precision: 'f16',
 };
 
-const CACHE = 'edict-models-v1';
+// v2 records each file's version (size, ETag, Last-Modified) with its chunks; v1's chunks had
+// none, so they can never be checked against the server and are dropped.
+const CACHE = 'edict-models-v2';
+const OLD_CACHES = ['edict-models-v1'];
 const CHUNK = 64 << 20;
 const COMPONENTS = ['text_encoder', 'unet', 'vae'];
 // Read when the folder has them: the tokenizer (else the built-in CLIP vocabulary; SD 2.x names
@@ -22,6 +26,7 @@ async function openCache() {
   // The Cache API exists only in secure contexts (https, localhost); elsewhere just download.
   if (!('caches' in self)) return null;
   navigator.storage?.persist?.().catch(() => {});
+  for (const old of OLD_CACHES) caches.delete(old).catch(() => {});
   return caches.open(CACHE);
 }
 
@@ -36,64 +41,166 @@ async function tryPut(store, key, response) {
     await store.cache.put(key, response);
   } catch (e) {
     store.cache = null;
-    store.note = `The browser's download cache failed (${e.message || e}), so this model was loaded without caching: a reload downloads it again.`;
+    store.notes.push(`The browser's download cache failed (${e.message || e}), so this model was loaded without caching: a reload downloads it again.`);
+  }
+}
+
+/**
+ * Which version of a file a response is of: the file's size (from Content-Range, or
+ * Content-Length when the whole file came), ETag and Last-Modified.
+ */
+function versionOf(res) {
+  const range = /\/(\d+)$/.exec(res.headers.get('Content-Range') || '');
+  const size = range ? +range[1] : res.status === 200 ? +(res.headers.get('Content-Length') || 0) : 0;
+  return { size, etag: res.headers.get('ETag'), modified: res.headers.get('Last-Modified') };
+}
+
+/** Whether two versions are one file: by ETag, else by Last-Modified, else by size alone. */
+function sameVersion(a, b) {
+  if (a.size && b.size && a.size !== b.size) return false;
+  if (a.etag || b.etag) return a.etag === b.etag;
+  if (a.modified || b.modified) return a.modified === b.modified;
+  return true;
+}
+
+/**
+ * Asks the server which version of `url` it has now, with a 1-byte range request (the same kind
+ * of request the chunks came from, so the sizes compare): { version }, { missing } on 404, or
+ * { failed: why } when the server cannot be reached or refuses.
+ */
+async function probe(url) {
+  try {
+    const ctl = new AbortController();
+    const res = await fetch(url, { headers: { Range: 'bytes=0-0' }, cache: 'no-store', signal: ctl.signal });
+    ctl.abort(); // a server without ranges sends the whole file: not wanted here
+    if (res.status === 404) return { missing: true };
+    if (!res.ok && res.status !== 416) return { failed: `HTTP ${res.status} ${res.statusText}` };
+    return { version: versionOf(res) };
+  } catch (e) {
+    return { failed: e.message || String(e) };
   }
 }
 
 /**
  * Downloads `url` (or reads it from `store.cache`); resolves to its bytes, or null on 404.
  * onBytes(received, total|0) reports progress for this file.
+ *
+ * The cache holds the file in `chunk`-byte range chunks, so a reload resumes a half-done
+ * download, and a record of the file's version (size, ETag, Last-Modified) beside them. Cached
+ * chunks are used only while the server still has that version: a complete copy is checked with
+ * a 1-byte request, a partial one against the response that continues it, and a changed file is
+ * downloaded again from its start, so chunks of two versions never mix. When the server cannot
+ * be reached, a complete copy is used as it is (listed in `store.unchecked` for a note). A 404
+ * is recorded too, so a file the folder lacks is known to be absent offline.
  */
-async function fetchFile(store, url, onBytes) {
+async function fetchFile(store, url, onBytes, chunk = CHUNK) {
   const cache = store.cache;
-  const manifestKey = `${url}?edict-chunks`;
+  const metaKey = `${url}?edict-file`;
   const chunkKey = (i) => `${url}?edict-chunk=${i}`;
-  const chunks = [];
+  const name = decodeURIComponent(new URL(url).pathname.split('/').slice(-2).join('/'));
+  let meta = null; // { version, chunk, count, bytes }: count and bytes once the file is complete
+  let chunks = [];
   let received = 0;
-  let total = 0;
-  const manifest = cache && (await cache.match(manifestKey));
-  if (manifest) {
-    const { count, size } = await manifest.json();
-    for (let i = 0; i < count; i++) {
-      const r = await cache.match(chunkKey(i));
-      if (!r) break;
-      chunks.push(await r.blob());
-    }
-    if (chunks.length === count) {
-      onBytes(size, size);
-      return new Uint8Array(await new Blob(chunks).arrayBuffer());
-    }
-    chunks.length = 0;
-  } else if (cache) {
-    // a download interrupted by a reload: keep the chunks it finished
-    for (let i = 0; ; i++) {
+  const asked = chunk;
+  const bytesOf = (parts) => new Blob(parts).arrayBuffer().then((b) => new Uint8Array(b));
+  /** Forgets the cached file: its record first, so a half-done discard leaves only orphans. */
+  const discard = async () => {
+    meta = null;
+    chunks = [];
+    received = 0;
+    chunk = asked;
+    if (!cache) return;
+    await cache.delete(metaKey);
+    for (let i = 0; await cache.delete(chunkKey(i)); i++);
+  };
+
+  const record = cache && (await cache.match(metaKey));
+  if (record) meta = await record.json().catch(() => null);
+  if (meta?.missing) {
+    // the server had no such file: ask again (offline, it still has none)
+    const now = await probe(url);
+    if (!now.version) return null;
+    await discard();
+  } else if (record) {
+    for (let i = 0; meta && (meta.count == null || i < meta.count); i++) {
       const r = await cache.match(chunkKey(i));
       if (!r) break;
       const b = await r.blob();
       chunks.push(b);
       received += b.size;
     }
+    const complete = meta?.count != null && chunks.length === meta.count && received === meta.bytes;
+    // every chunk but a complete file's last one is whole
+    const whole = chunks.every((b, i) => b.size === meta?.chunk || (complete && i === chunks.length - 1));
+    if (!meta?.version || !whole || (meta.count != null && !complete)) {
+      await discard();
+    } else if (complete) {
+      const now = await probe(url);
+      if (now.version && sameVersion(meta.version, now.version)) {
+        onBytes(received, received);
+        return bytesOf(chunks);
+      }
+      if (now.failed) {
+        store.unchecked.push({ name, why: now.failed });
+        onBytes(received, received);
+        return bytesOf(chunks);
+      }
+      await discard(); // changed on the server, or gone
+      if (now.missing) return null;
+    } else {
+      chunk = meta.chunk; // resume in the chunks the download began with
+    }
+  } else if (cache) {
+    await discard(); // chunks without a record (an interrupted discard)
   }
+
+  let restarts = 0;
+  const restart = async (res) => {
+    await res.body?.cancel().catch(() => {});
+    await discard();
+    if (++restarts > 3) throw new Error(`${url}: the file keeps changing on the server while it downloads; retry later`);
+  };
   for (;;) {
-    const start = chunks.length * CHUNK;
-    const res = await fetch(url, { headers: { Range: `bytes=${start}-${start + CHUNK - 1}` } });
-    if (res.status === 404) return null;
-    if (res.status === 416) break; // the size was a multiple of CHUNK
+    const start = chunks.length * chunk;
+    const res = await fetch(url, { headers: { Range: `bytes=${start}-${start + chunk - 1}` }, cache: 'no-store' }).catch((e) => {
+      throw new Error(`${url}: the download stopped (${e.message || e})` +
+        (start > 0 && store.cache ? `; the ${mib(start)} downloaded are kept, and loading again resumes there` : ''));
+    });
+    if (res.status === 404) {
+      await discard();
+      await tryPut(store, metaKey, new Response(JSON.stringify({ missing: true })));
+      return null;
+    }
+    if (res.status === 416) {
+      // past the end: the size was a multiple of the chunk, if the server's size is where we are
+      const size = versionOf(res).size;
+      if (size === start || (start > 0 && !res.headers.get('Content-Range'))) break;
+      await restart(res);
+      continue;
+    }
     if (!res.ok) throw new Error(`${url}: HTTP ${res.status} ${res.statusText}`);
+    const version = versionOf(res);
     const ranged = res.status === 206;
-    const whole = !ranged && start > 0;
-    if (whole) throw new Error(`${url}: the server stopped honouring range requests; clear the site's data and retry`);
-    const m = /\/(\d+)$/.exec(res.headers.get('Content-Range') || '');
-    total = m ? +m[1] : ranged ? 0 : +(res.headers.get('Content-Length') || 0);
+    if (meta && (!sameVersion(meta.version, version) || (!ranged && start > 0))) {
+      // another version than the chunks so far (or the whole file instead of the next range):
+      // drop them and start over
+      await restart(res);
+      continue;
+    }
+    if (!meta) {
+      meta = { version, chunk, count: null, bytes: null };
+      await tryPut(store, metaKey, new Response(JSON.stringify(meta)));
+    }
+    const total = version.size;
     const blob = await readWithProgress(res, (n) => onBytes(received + n, total));
     received += blob.size;
     chunks.push(blob);
     await tryPut(store, chunkKey(chunks.length - 1), new Response(blob));
-    if (!ranged || blob.size < CHUNK) break;
+    if (!ranged || blob.size < chunk) break;
   }
-  await tryPut(store, manifestKey, new Response(JSON.stringify({ count: chunks.length, size: received })));
+  await tryPut(store, metaKey, new Response(JSON.stringify({ ...meta, count: chunks.length, bytes: received })));
   onBytes(received, received);
-  return new Uint8Array(await new Blob(chunks).arrayBuffer());
+  return bytesOf(chunks);
 }
 
 async function readWithProgress(res, onBytes) {
@@ -115,11 +222,12 @@ async function readWithProgress(res, onBytes) {
  * Fetches a diffusers folder at `base` into `builder` (configs, one weight file per network, the
  * first of `candidates(component)` the server has — the CLI's rule, from the wasm module — and
  * the tokenizer and scheduler files when the folder has them). onProgress(text, fraction|null).
- * Resolves to a note for the user (the cache failed), or null.
+ * Resolves to a note for the user (the cache failed, or a cached file could not be checked with
+ * the server), or null. `chunk` sets the cache's chunk size (for tests).
  */
-export async function loadFromUrl(builder, base, candidates, onProgress) {
+export async function loadFromUrl(builder, base, candidates, onProgress, { chunk = CHUNK } = {}) {
   if (!base.endsWith('/')) base += '/';
-  const store = { cache: await openCache().catch(() => null), note: null };
+  const store = { cache: await openCache().catch(() => null), notes: [], unchecked: [] };
   const want = [];
   for (const c of COMPONENTS) {
     want.push({ path: `${c}/config.json`, required: true });
@@ -134,7 +242,7 @@ export async function loadFromUrl(builder, base, candidates, onProgress) {
       const url = new URL(path, new URL(base, location.href)).href;
       const bytes = await fetchFile(store, url, (n, total) =>
         onProgress(`downloading ${path} (file ${i}/${want.length}): ${mib(n)}${total ? ' of ' + mib(total) : ''}`, total ? n / total : null),
-      );
+      chunk);
       if (bytes) {
         got = path;
         builder.add(path, bytes);
@@ -145,18 +253,24 @@ export async function loadFromUrl(builder, base, candidates, onProgress) {
       throw new Error(`${base}: not found: ${(w.candidates || [w.path]).join(' or ')} (is this a diffusers model folder?)`);
     }
   }
-  return store.note;
+  const u = store.unchecked;
+  if (u.length) {
+    store.notes.push(`The server could not be reached to check the downloaded files (${u[0].why}), so the copies ` +
+      `downloaded before were used: ${u.map((f) => f.name).join(', ')}.`);
+  }
+  return store.notes.join('\n') || null;
 }
 
 /** Deletes every cached model file. */
 export async function clearCache() {
-  if ('caches' in self) await caches.delete(CACHE);
+  if ('caches' in self) await Promise.all([CACHE, ...OLD_CACHES].map((c) => caches.delete(c)));
 }
 
 /**
  * Adds user-picked files: one .safetensors checkpoint, or the files of a diffusers folder (from a
  * webkitdirectory input; only the files the model needs are read, the weights by
- * `candidates(component)` as in loadFromUrl). Resolves to null (no note).
+ * `candidates(component)` as in loadFromUrl), or a folder of the networks' configs (and
+ * tokenizer) with one .safetensors checkpoint at its top. Resolves to null (no note).
  */
 export async function loadFromFiles(builder, fileList, candidates, onProgress) {
   const files = [...fileList];
@@ -172,14 +286,17 @@ export async function loadFromFiles(builder, fileList, candidates, onProgress) {
   // "folder/unet/config.json" -> "unet/config.json"
   const byPath = new Map(files.map((f) => [f.webkitRelativePath.split('/').slice(1).join('/'), f]));
   const root = files[0]?.webkitRelativePath.split('/')[0] || 'model';
-  const picks = [];
-  for (const c of COMPONENTS) {
+  const weights = COMPONENTS.map((c) => candidates(c).find((p) => byPath.has(p)));
+  // a networks' weight missing, but a checkpoint beside the configs (as the CLI's --model FILE
+  // --config FOLDER): the checkpoint is read with the folder's configs and tokenizer
+  const checkpoints = weights.every(Boolean) ? [] : [...byPath.keys()].filter((p) => !p.includes('/') && p.endsWith('.safetensors'));
+  const picks = [...checkpoints];
+  COMPONENTS.forEach((c, i) => {
     picks.push(`${c}/config.json`);
-    const w = candidates(c).find((p) => byPath.has(p));
-    if (w) picks.push(w);
+    if (weights[i]) picks.push(weights[i]);
     // no safetensors: hand over the other weight files' names only, for the builder to refuse
-    else for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());
-  }
+    else if (!checkpoints.length) for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());
+  });
   picks.push(...OPTIONAL);
   for (const [i, p] of picks.entries()) {
     const f = byPath.get(p);

@@ -1,22 +1,35 @@
-// Browser test of www/ (run by `./build.sh test-web` after `./build.sh web`):
-//  1. edit: headless Chromium (WebGPU on SwiftShader) loads the tiny fixture model from URLs on
+// Browser test of www/ (run by `./build.sh test-web` after `./build.sh web`; EDICT_WEB_TESTS=
+// no-webgpu,edit,sd2 picks parts). The server below answers ranges with ETag and Last-Modified.
+//  1. no-webgpu: with WebGPU off, the page says so. On that page, the download cache (loader.js
+//     with 1000-byte chunks, on files the test changes): a half-done download of a file that
+//     changed (same size, another ETag) starts over rather than mixing versions; a complete copy
+//     is checked with one 1-byte request and downloaded again when its ETag, Last-Modified or
+//     (with neither) size changed; offline, complete copies are used with a note and a partial
+//     one is an error.
+//  2. edit: headless Chromium (WebGPU on SwiftShader) loads the tiny fixture model from URLs on
 //     127.0.0.1 — after a failed load, which the page must survive — and edits a photo through
 //     the UI; the inverted pair must match the native CLI's within 1e-3 relative, the edited
 //     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived;
 //     the page's own reconstruction must round-trip the latent bit for bit.
-//     Then the GPU device is destroyed in the middle of a second edit: the page must say so,
-//     start a new device, reload the model, and a retry must give the same image; then a wgpu
-//     error traps the wasm instance mid-edit, and the page must start a fresh one.
-//     On that recovered session, the edit controls: a word weight on a word of no target is
+//     At 2 steps: "Invert only" gives a latents file and no image; Cancel during an edit stops
+//     it with no error and the next edit works; "Edit saved latents" on the invert-only file
+//     gives that edit's image exactly.
+//     Then the GPU device is destroyed in the middle of an edit: the page must say so, start a
+//     new device, reload the model, and a retry must give the same image; then a wgpu error traps
+//     the wasm module mid-edit, and the page must reload itself, say what failed, restore the
+//     photo and the form, and load the model again from the download cache.
+//     On that reloaded page, the edit controls: a word weight on a word of no target is
 //     refused at once; a prompt-to-prompt edit (partial windows) into two targets with a word
 //     weight must give, per target, the CLI's image with the same flags (PSNR >= 35 dB); the
 //     live preview must have been drawn after every UNet call (a tile per target); editing its
 //     saved pair again must give the same images; the module's token check reaches the page.
 //     Screenshots at 1280x800 and 390x844 during and after that edit go to a temporary folder,
 //     or to EDICT_SCREENSHOTS (`EDICT_SCREENSHOTS=docs/screenshots` refreshes the committed ones).
-//  2. no-webgpu: with WebGPU off, the page says so.
 //  3. sd2: the tiny SD 2.x folder loads from URLs although the download cache fails, and the
-//     page's reconstruction is exact.
+//     page's reconstruction is exact. Then local files: the tiny diffusers folder through the
+//     folder input, and the tiny checkpoint in a folder with its configs, each reconstruct
+//     exactly (2 steps); the checkpoint alone through the file input is read as SD 1.5 and
+//     refused with the module's message.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -38,6 +51,7 @@ const SHOTS = process.env.EDICT_SCREENSHOTS ? path.resolve(process.env.EDICT_SCR
 const failures = [];
 let checks = 0;
 let cliChild = null; // killed if the test ends first
+let quiet = false; // true: the browser's console errors are expected
 const t0 = Date.now();
 const secs = (t) => ((Date.now() - t) / 1000).toFixed(1);
 
@@ -101,20 +115,61 @@ function relErr(a, b) {
   return a.length === b.length ? Math.sqrt(d / n) : Infinity;
 }
 
-/** Serves www/ at /www/ and tests/fixtures/ at /fixtures/ on 127.0.0.1. */
+/**
+ * Files the test changes while the page downloads them, served at /v/ (for the download cache's
+ * checks): path -> { body: Buffer, etag?, modified? }. `fail(path, range)` true drops the
+ * connection as a network failure would; `log` lists "path range" per request.
+ */
+const virtual = { files: new Map(), fail: null, log: [] };
+
+/** Answers GET/HEAD for `size` bytes with HTTP ranges (one range, as a CDN does); read(start, end) gives the body. */
+function sendRanged(req, res, size, headers, read) {
+  const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
+  if (m && +m[1] >= size) {
+    res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}` }).end();
+    return;
+  }
+  const [start, end] = m ? [+m[1], m[2] ? Math.min(+m[2], size - 1) : size - 1] : [0, size - 1];
+  res.writeHead(m ? 206 : 200, {
+    ...headers, 'Accept-Ranges': 'bytes', 'Content-Length': Math.max(0, end - start + 1),
+    ...(m ? { 'Content-Range': `bytes ${start}-${end}/${size}` } : {}),
+  });
+  if (req.method === 'HEAD' || end < start) return res.end();
+  const body = read(start, end);
+  if (Buffer.isBuffer(body)) res.end(body);
+  else body.pipe(res);
+}
+
+/**
+ * Serves www/ at /www/ and tests/fixtures/ at /fixtures/ on 127.0.0.1, with ranges, ETag and
+ * Last-Modified as a CDN (Hugging Face's) does; `virtual` at /v/.
+ */
 function serve() {
   const mounts = { '/www/': path.join(ROOT, 'www'), '/fixtures/': path.join(ROOT, 'tests/fixtures') };
   const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
   const server = http.createServer((req, res) => {
     const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    if (url.startsWith('/v/')) {
+      const p = url.slice(3);
+      virtual.log.push(`${p} ${req.headers.range || ''}`);
+      if (virtual.fail?.(p, req.headers.range)) return req.socket.destroy();
+      const f = virtual.files.get(p);
+      if (!f) return res.writeHead(404).end('not found');
+      const headers = { 'Content-Type': 'application/octet-stream', ...(f.etag ? { ETag: f.etag } : {}), ...(f.modified ? { 'Last-Modified': f.modified } : {}) };
+      return sendRanged(req, res, f.body.length, headers, (a, b) => f.body.subarray(a, b + 1));
+    }
     const mount = Object.keys(mounts).find((m) => url.startsWith(m));
     const file = mount && path.join(mounts[mount], path.normalize(url.slice(mount.length)));
     if (!file || !file.startsWith(mounts[mount]) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
       res.writeHead(404).end('not found');
       return;
     }
-    res.writeHead(200, { 'Content-Type': types[path.extname(file)] || 'application/octet-stream' });
-    fs.createReadStream(file).pipe(res);
+    const st = fs.statSync(file);
+    sendRanged(req, res, st.size, {
+      'Content-Type': types[path.extname(file)] || 'application/octet-stream',
+      ETag: `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`,
+      'Last-Modified': st.mtime.toUTCString(),
+    }, (start, end) => fs.createReadStream(file, { start, end }));
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
@@ -131,7 +186,7 @@ async function launch(flags) {
       '--disable-sync', '--no-first-run', '--disable-dev-shm-usage', ...flags],
   });
   const page = ctx.pages()[0] || (await ctx.newPage());
-  page.on('console', (m) => ['error', 'warning'].includes(m.type()) && console.log(`  [browser ${m.type()}] ${m.text()}`));
+  page.on('console', (m) => !quiet && ['error', 'warning'].includes(m.type()) && console.log(`  [browser ${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
   return { ctx, page };
 }
@@ -270,6 +325,10 @@ async function testEdit(base) {
     check(rec === 'done' && report.latent_rel_err === 0,
       `reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0) in ${secs(t)} s`);
 
+    t = Date.now();
+    await testOperations(page, web);
+    console.log(`  (invert only, cancel, edit of a latents file: ${secs(t)} s)`);
+
     // the GPU device is lost mid-edit: a message, a new device, the model reloaded, a retry works
     t = Date.now();
     await page.click('#edit');
@@ -291,22 +350,142 @@ async function testEdit(base) {
     check(same === Infinity, `the retried edit equals the first one (PSNR ${same})`);
 
     // a wgpu error that cubecl panics on (here an invalid buffer on its device) traps the wasm
-    // instance mid-edit: the page starts a fresh instance and device and reloads the model
+    // module mid-edit: the page reloads itself (a fresh module: the trapped one's memory goes),
+    // says what failed, restores the form and the photo, and loads the model again from the cache
     t = Date.now();
     await page.click('#edit');
     await page.waitForFunction(() => window.edict.events.some((e) => e.stage === 'invert' && e.done >= 2), null, { timeout: 240_000, polling: 50 });
-    await page.evaluate(() => window.__gpuDevices.at(-1).createBuffer({ size: 4, usage: 0 }));
-    const trapped = await waitState(page, ['recovered', 'failed', 'done'], 240_000);
+    const reloaded = page.waitForEvent('load', { timeout: 240_000 });
+    await page.evaluate(() => window.__gpuDevices.at(-1).createBuffer({ size: 4, usage: 0 })).catch(() => {});
+    await reloaded;
+    const trapped = await waitState(page, ['recovered', 'failed', 'load-failed', 'no-webgpu'], 240_000);
     const trapMsg = await page.textContent('#message');
-    check(trapped === 'recovered' && /crashed/.test(trapMsg) && !(await page.isDisabled('#edit')),
-      `a trapped wasm instance is replaced and the model reloaded in ${secs(t)} s (state ${trapped}): "${trapMsg.slice(0, 120)}"`);
+    const after = await page.evaluate(() => ({
+      nav: performance.getEntriesByType('navigation')[0]?.type,
+      photo: !!window.edict.image && !document.getElementById('photo').hidden,
+      steps: document.getElementById('steps').value,
+      targets: [...document.querySelectorAll('#targets .target')].map((i) => i.value).join(' | '),
+      model: document.getElementById('model-status').textContent,
+    }));
+    check(trapped === 'recovered' && after.nav === 'reload' && /crashed/.test(trapMsg) && /reloaded and the model loaded again: press Edit again/.test(trapMsg) &&
+      /^Loaded \.\.\/fixtures\/tiny-sd\//.test(after.model) && after.photo && after.steps === `${STEPS}` && after.targets === TARGET && !(await page.isDisabled('#edit')),
+      `a trapped wasm module reloads the page, which restores the photo and form (steps ${after.steps}, targets "${after.targets}", ` +
+      `photo ${after.photo}) and loads the model again in ${secs(t)} s (state ${trapped}, ${after.nav}): "${trapMsg.slice(0, 150)}"`);
     if (trapped !== 'recovered') return;
-    // on the recovered session (whose preview callback the reload set again)
+    // on the reloaded page (whose session got the preview callback when it loaded)
     t = Date.now();
     await testControls(page, web, cli, cliP2pDone);
     console.log(`  (the edit controls: ${secs(t)} s)`);
   } finally {
     await ctx.close();
+  }
+}
+
+/**
+ * Invert only, cancel, and a plain edit of a saved latents file, at 2 steps (1 at strength 0.5):
+ * the inversion alone gives a latents file and no image; a cancelled edit stops with no error
+ * and leaves the page usable; the edit after it equals, pixel for pixel, the edit of the
+ * inversion's latents file (what `edict edit --from-latents` does). Leaves the steps at STEPS.
+ */
+async function testOperations(page, web) {
+  await page.fill('#steps', '2');
+  let t = Date.now();
+  await page.click('#invert');
+  const inv = await waitState(page, ['done', 'failed', 'cancelled'], 240_000);
+  let events = await page.evaluate(() => window.edict.events);
+  const stages = [...new Set(events.map((e) => e.stage))].join();
+  const images = await page.locator('#outputs .result').count();
+  const link = await page.isVisible('#download-latents');
+  check(inv === 'done' && stages === 'encode,invert' && events.filter((e) => e.stage === 'invert').length === 2 && !images && link,
+    `invert only: stages ${stages}, ${images} images, the latents link shown, in ${secs(t)} s`);
+  if (inv !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+  await download(page, '#download-latents', web('invert.safetensors'));
+  const meta = readLatents(web('invert.safetensors')).meta;
+  check(meta.prompt === SOURCE && meta.steps === '2', `its latents file: prompt "${meta.prompt}", ${meta.steps} steps`);
+
+  // cancel during the inversion of a 10-step edit
+  await page.fill('#steps', `${STEPS}`);
+  t = Date.now();
+  await page.click('#edit');
+  await page.waitForFunction(() => window.edict.events.some((e) => e.stage === 'invert' && e.done >= 1), null, { timeout: 240_000, polling: 50 });
+  await page.click('#cancel');
+  const cancelled = await waitState(page, ['cancelled', 'failed', 'done'], 240_000);
+  events = await page.evaluate(() => window.edict.events);
+  const calls = events.filter((e) => e.stage === 'invert').length;
+  const stage = await page.textContent('#stage');
+  const shown = await page.isVisible('#message');
+  check(cancelled === 'cancelled' && stage === 'Cancelled.' && !shown && calls < STEPS && !events.some((e) => e.stage === 'edit') &&
+    !(await page.isDisabled('#edit')), `cancel stops the edit after ${calls} of ${STEPS} inversion calls, with no error, in ${secs(t)} s ("${stage}")`);
+
+  await page.fill('#steps', '2');
+  t = Date.now();
+  await page.click('#edit');
+  const edited = await waitState(page, ['done', 'failed', 'cancelled'], 240_000);
+  check(edited === 'done', `after the cancel, an edit finishes in ${secs(t)} s (${await page.textContent('#stage')})`);
+  if (edited !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+  await download(page, '#download-result-1', web('edit-2.png'));
+
+  t = Date.now();
+  await page.evaluate(() => (document.body.dataset.state = 'test'));
+  await page.setInputFiles('#latents-input', web('invert.safetensors'));
+  const fromLatents = await waitState(page, ['done', 'failed'], 240_000);
+  events = await page.evaluate(() => window.edict.events);
+  check(fromLatents === 'done' && events.filter((e) => e.stage === 'edit').length === 2 && !events.some((e) => e.stage === 'invert' || e.stage === 'encode'),
+    `"Edit saved latents" with the invert-only file: 2 edit calls, no inversion, in ${secs(t)} s`);
+  if (fromLatents !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
+  await download(page, '#download-result-1', web('from-latents.png'));
+  const [a, b] = await pixels(page, [web('from-latents.png'), web('edit-2.png')]);
+  const p = psnr(a, b);
+  check(p === Infinity, `the saved latents' edit equals the edit (PSNR ${p})`);
+  await page.fill('#steps', `${STEPS}`);
+}
+
+/**
+ * A model from local files: the tiny diffusers folder through the folder input; the tiny
+ * checkpoint alone through the file input, which the module reads with SD 1.5's configs and must
+ * refuse (the tiny networks are not SD 1.5's) with a message; that checkpoint in a folder with
+ * the tiny configs and tokenizer (the CLI's --model FILE --config FOLDER). Each loaded model
+ * reconstructs exactly at 2 steps.
+ */
+async function testLocalFiles(page) {
+  await page.fill('#steps', '2');
+  const load = async (input, files) => {
+    const t = Date.now();
+    await page.evaluate(() => (document.body.dataset.state = 'test'));
+    await page.setInputFiles(input, files);
+    const state = await waitState(page, ['model-loaded', 'load-failed'], 120_000);
+    return { state, status: await page.textContent('#model-status'), msg: (await page.isVisible('#message')) ? await page.textContent('#message') : '', secs: secs(t) };
+  };
+  const reconstruct = async () => {
+    const t = Date.now();
+    await page.click('#reconstruct');
+    const s = await waitState(page, ['done', 'failed', 'cancelled'], 240_000);
+    const err = s === 'done' ? (await page.evaluate(() => window.edict.report)).latent_rel_err : await page.textContent('#message');
+    return `${err} in ${secs(t)} s`;
+  };
+  let r = await load('#model-folder', path.join(ROOT, 'tests/fixtures/tiny-sd'));
+  check(r.state === 'model-loaded' && /^Loaded tiny-sd /.test(r.status), `a local folder loads through the folder input: "${r.status}" in ${r.secs} s ${r.msg}`);
+  if (r.state === 'model-loaded') {
+    const rec = await reconstruct();
+    check(/^0 in/.test(rec), `that model reconstructs exactly: latent round trip ${rec}`);
+  }
+
+  r = await load('#model-file', path.join(ROOT, 'tests/fixtures/tiny-sd.safetensors'));
+  check(r.state === 'load-failed' && /tiny-sd\.safetensors: weight .* has shape \[32, 32\], expected \[768, 768\]/.test(r.msg) && !(await page.isDisabled('#model-folder')),
+    `a single checkpoint through the file input is read with SD 1.5's configs, which the tiny one does not fit: "${r.msg.slice(0, 150)}"`);
+
+  const dir = path.join(TMP, 'tiny-checkpoint');
+  for (const f of ['text_encoder/config.json', 'unet/config.json', 'vae/config.json', 'scheduler/scheduler_config.json',
+    'tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/special_tokens_map.json', 'tokenizer/tokenizer_config.json']) {
+    fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    fs.copyFileSync(path.join(ROOT, 'tests/fixtures/tiny-sd', f), path.join(dir, f));
+  }
+  fs.copyFileSync(path.join(ROOT, 'tests/fixtures/tiny-sd.safetensors'), path.join(dir, 'tiny-sd.safetensors'));
+  r = await load('#model-folder', dir);
+  check(r.state === 'model-loaded' && /^Loaded tiny-checkpoint /.test(r.status), `that checkpoint in a folder with the configs loads: "${r.status}" in ${r.secs} s ${r.msg}`);
+  if (r.state === 'model-loaded') {
+    const rec = await reconstruct();
+    check(/^0 in/.test(rec), `that model reconstructs exactly: latent round trip ${rec}`);
   }
 }
 
@@ -461,9 +640,81 @@ async function testSd2(base) {
     const report = await page.evaluate(() => window.edict.report);
     check(rec === 'done' && report.latent_rel_err === 0,
       `SD 2.x reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0) in ${secs(t)} s`);
+    await testLocalFiles(page);
   } finally {
     await ctx.close();
   }
+}
+
+/**
+ * The download cache never mixes two versions of a file: loader.js's loadFromUrl (with 1000-byte
+ * chunks and a builder that keeps the bytes) on /v/, whose weight file the test changes between
+ * loads. A half-done download of one version resumed after the file changed (same size, another
+ * ETag) starts over; a complete copy is checked with one 1-byte request and downloaded again when
+ * its ETag, Last-Modified or (without either) size changed; offline, the complete copy is used
+ * with a note, and a partial one is an error.
+ */
+async function testDownloadCache(page) {
+  const body = (k, n) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + k * 101) & 255));
+  const W = 'unet/w.bin';
+  for (const c of ['text_encoder', 'unet', 'vae']) virtual.files.set(`${c}/config.json`, { body: Buffer.from('{}'), etag: '"c"' });
+  for (const c of ['text_encoder', 'vae']) virtual.files.set(`${c}/w.bin`, { body: body(9, 10), etag: '"s"' });
+  const load = async (version) => {
+    if (version) virtual.files.set(W, version);
+    virtual.log.length = 0;
+    const r = await page.evaluate(async () => {
+      const { loadFromUrl } = await import('/www/loader.js');
+      let bytes = null;
+      const builder = { add: (p, b) => p === 'unet/w.bin' && (bytes = Array.from(b)) };
+      try {
+        const note = await loadFromUrl(builder, '/v/', (c) => [`${c}/w.bin`], () => {}, { chunk: 1000 });
+        return { note, bytes };
+      } catch (e) {
+        return { error: String(e.message || e) };
+      }
+    });
+    // Chromium retries a request whose connection dropped: count those once
+    const requests = virtual.log.filter((l) => l.startsWith(`${W} `)).map((l) => l.slice(W.length + 1).replace('bytes=', ''))
+      .filter((l, i, all) => l !== all[i - 1]);
+    return { ...r, requests, is: (v) => !!r.bytes && Buffer.from(r.bytes).equals(v.body) };
+  };
+  const v1 = { body: body(1, 4500), etag: '"v1"' };
+  const v2 = { body: body(2, 4500), etag: '"v2"' };
+  const v3 = { body: body(3, 4500), etag: '"v3"' };
+  const v4 = { body: body(4, 4500), modified: 'Mon, 01 Jan 2024 00:00:00 GMT' };
+  const v5 = { body: body(5, 4500), modified: 'Tue, 02 Jan 2024 00:00:00 GMT' };
+  const v6 = { body: body(6, 3700) };
+  const v7 = { body: body(7, 2900) };
+  const t = Date.now();
+  quiet = true; // the failed requests below are meant
+
+  virtual.fail = (p, range) => p === W && range === 'bytes=2000-2999';
+  let r = await load(v1);
+  check(!!r.error && r.requests.join() === '0-999,1000-1999,2000-2999', `a download cut off after 2 of 5 chunks fails: ${r.error} (requests ${r.requests.join(' ')})`);
+  virtual.fail = null;
+  r = await load(v2);
+  check(r.is(v2) && r.requests[0] === '2000-2999' && r.requests[1] === '0-999' && r.requests.length === 6,
+    `resumed after the file changed (same size, another ETag), it starts over and gives the new file, unmixed (requests ${r.requests.join(' ')})`);
+  r = await load();
+  check(r.is(v2) && r.requests.join() === '0-0' && !r.note, `a complete copy of an unchanged file is checked with one 1-byte request (${r.requests.join(' ')})`);
+  for (const [v, what] of [[v3, 'ETag (same size)'], [v4, 'ETag (now none, a Last-Modified instead)'], [v5, 'Last-Modified (same size)'],
+    [v6, 'Last-Modified (now none)'], [v7, 'size (neither ETag nor Last-Modified)']]) {
+    r = await load(v);
+    check(r.is(v) && r.requests[0] === '0-0' && r.requests.length > 1, `a complete copy whose ${what} changed is downloaded again (requests ${r.requests.join(' ')})`);
+  }
+  virtual.fail = () => true;
+  r = await load();
+  check(r.is(v7) && /could not be reached.*copies downloaded before were used: .*unet\/w\.bin/.test(r.note || ''),
+    `offline, the complete copies are used, with a note: "${(r.note || r.error || '').slice(0, 150)}"`);
+  virtual.fail = (p, range) => p === W && range === 'bytes=1000-1999';
+  await load(v1);
+  virtual.fail = () => true;
+  r = await load();
+  check(!r.bytes && /download stopped .*loading again resumes there/.test(r.error),
+    `offline, a half-done download is an error, not a short file: "${(r.error || '').replace(/^.*\/v\//, '').slice(0, 160)}"`);
+  virtual.fail = null;
+  quiet = false;
+  console.log(`  (download cache checks: ${secs(t)} s)`);
 }
 
 async function testNoWebgpu(base) {
@@ -473,6 +724,8 @@ async function testNoWebgpu(base) {
     const s = await waitState(page, ['ready', 'no-webgpu', 'failed'], 60_000);
     const msg = (await page.isVisible('#message')) ? await page.textContent('#message') : '';
     check(s === 'no-webgpu' && /WebGPU/.test(msg), `without WebGPU the page says so: "${msg.slice(0, 90)}…"`);
+    // the download cache needs no GPU: checked on this page
+    await testDownloadCache(page);
   } finally {
     await ctx.close();
   }
@@ -480,19 +733,17 @@ async function testNoWebgpu(base) {
 
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
+// EDICT_WEB_TESTS=no-webgpu,sd2 runs only those parts (while working on the page)
+const only = process.env.EDICT_WEB_TESTS?.split(',');
 try {
-  let t = Date.now();
-  console.log('test-web: no-webgpu');
-  await testNoWebgpu(base);
-  console.log(`  (${secs(t)} s)`);
-  t = Date.now();
-  console.log('test-web: edit through the page vs the native CLI');
-  await testEdit(base);
-  console.log(`  (${secs(t)} s)`);
-  t = Date.now();
-  console.log('test-web: an SD 2.x folder');
-  await testSd2(base);
-  console.log(`  (${secs(t)} s)`);
+  for (const [name, what, test] of [['no-webgpu', 'no WebGPU; the download cache', testNoWebgpu],
+    ['edit', 'edit through the page vs the native CLI', testEdit], ['sd2', 'an SD 2.x folder; local files', testSd2]]) {
+    if (only && !only.includes(name)) continue;
+    const t = Date.now();
+    console.log(`test-web: ${what}`);
+    await test(base);
+    console.log(`  (${secs(t)} s)`);
+  }
 } catch (e) {
   check(false, `test crashed: ${e.stack || e}`);
 } finally {
