@@ -87,7 +87,9 @@ async function loadModel(name, fill, source = null) {
   };
   let builder = new wasm.ModelBuilder(name);
   try {
-    const note = await fill(builder, status);
+    // a folder streams: after its configs, begin() checks the GPU's limits, then each network is
+    // built on the GPU as its weight file arrives, so wasm memory holds one file at a time
+    const note = await fill(builder, status, () => builder.begin(state.gpu, $('precision').value));
     status('loading the networks onto the GPU…', null);
     await new Promise((r) => setTimeout(r, 0)); // let the status paint: building blocks the tab
     const b = builder;
@@ -123,7 +125,7 @@ function precision() {
 const candidates = (p) => (component) => wasm.weightCandidates(component, p);
 
 /** Loads a diffusers folder from its URL, with the weight files for `p` ("f16" or "f32"). */
-const loadUrl = (name, url, p) => loadModel(name, (b, s) => loadFromUrl(b, url, candidates(p), s), { name, url, precision: p });
+const loadUrl = (name, url, p) => loadModel(name, (b, s, begin) => loadFromUrl(b, url, candidates(p), s, { begin }), { name, url, precision: p });
 
 $('load-sd15').onclick = () => loadUrl(SD15.name, SD15.base, SD15.precision);
 $('load-url').onclick = () => {
@@ -134,7 +136,7 @@ $('load-url').onclick = () => {
 for (const id of ['model-folder', 'model-file']) {
   $(id).onchange = (ev) => {
     const files = ev.target.files;
-    if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s) => loadFromFiles(b, files, candidates(precision()), s));
+    if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s, begin) => loadFromFiles(b, files, candidates(precision()), s, begin));
     ev.target.value = '';
   };
 }
@@ -596,7 +598,7 @@ async function resumeAfterTrap(note) {
   let text;
   if (!state.gpu) text = `${crash} The page was reloaded, but ${$('message').textContent}`;
   else if (m?.load) {
-    await loadModel(m.name, (b, s) => loadFromUrl(b, m.source.url, candidates(m.source.precision), s), m.source);
+    await loadModel(m.name, (b, s, begin) => loadFromUrl(b, m.source.url, candidates(m.source.precision), s, { begin }), m.source);
     const said = $('message').hidden ? '' : `\n${$('message').textContent}`;
     text = state.session
       ? `${crash} The page was reloaded and the model loaded again: press ${note.label} again to retry.${said}`

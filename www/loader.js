@@ -218,25 +218,30 @@ async function readWithProgress(res, onBytes) {
   return new Blob(parts);
 }
 
+/** Lets the status line paint before a step that blocks the tab (building a network). */
+const paint = () => new Promise((r) => setTimeout(r, 0));
+
 /**
  * Fetches a diffusers folder at `base` into `builder` (configs, one weight file per network, the
  * first of `candidates(component)` the server has — the CLI's rule, from the wasm module — and
  * the tokenizer and scheduler files when the folder has them). onProgress(text, fraction|null).
+ * With `begin`, it is called once the configs and tokenizer are in, before any weights: the
+ * builder then builds each network as its file arrives (streaming; one file in memory at a time).
  * Resolves to a note for the user (the cache failed, or a cached file could not be checked with
  * the server), or null. `chunk` sets the cache's chunk size (for tests).
  */
-export async function loadFromUrl(builder, base, candidates, onProgress, { chunk = CHUNK } = {}) {
+export async function loadFromUrl(builder, base, candidates, onProgress, { chunk = CHUNK, begin = null } = {}) {
   if (!base.endsWith('/')) base += '/';
   const store = { cache: await openCache().catch(() => null), notes: [], unchecked: [] };
-  const want = [];
-  for (const c of COMPONENTS) {
-    want.push({ path: `${c}/config.json`, required: true });
-    want.push({ candidates: candidates(c), required: true });
-  }
+  // configs and tokenizer first, so the networks can be built as their weights arrive
+  const want = COMPONENTS.map((c) => ({ path: `${c}/config.json`, required: true }));
   for (const path of OPTIONAL) want.push({ path });
+  const weightsFrom = want.length;
+  for (const c of COMPONENTS) want.push({ candidates: candidates(c), required: true, network: c });
   let i = 0;
   for (const w of want) {
     i++;
+    if (i - 1 === weightsFrom && begin) begin();
     let got = null;
     for (const path of w.candidates || [w.path]) {
       const url = new URL(path, new URL(base, location.href)).href;
@@ -245,6 +250,10 @@ export async function loadFromUrl(builder, base, candidates, onProgress, { chunk
       chunk);
       if (bytes) {
         got = path;
+        if (w.network && begin) {
+          onProgress(`building the ${w.network} on the GPU…`, null);
+          await paint();
+        }
         builder.add(path, bytes);
         break;
       }
@@ -272,7 +281,7 @@ export async function clearCache() {
  * `candidates(component)` as in loadFromUrl), or a folder of the networks' configs (and
  * tokenizer) with one .safetensors checkpoint at its top. Resolves to null (no note).
  */
-export async function loadFromFiles(builder, fileList, candidates, onProgress) {
+export async function loadFromFiles(builder, fileList, candidates, onProgress, begin = null) {
   const files = [...fileList];
   if (files.length === 1 && !files[0].webkitRelativePath) {
     const f = files[0];
@@ -290,18 +299,21 @@ export async function loadFromFiles(builder, fileList, candidates, onProgress) {
   // a networks' weight missing, but a checkpoint beside the configs (as the CLI's --model FILE
   // --config FOLDER): the checkpoint is read with the folder's configs and tokenizer
   const checkpoints = weights.every(Boolean) ? [] : [...byPath.keys()].filter((p) => !p.includes('/') && p.endsWith('.safetensors'));
-  const picks = [...checkpoints];
+  // configs and tokenizer first; a complete folder then streams (begin), one weight file at a time
+  const picks = [...COMPONENTS.map((c) => `${c}/config.json`), ...OPTIONAL];
+  const streams = !!begin && weights.every(Boolean);
   COMPONENTS.forEach((c, i) => {
-    picks.push(`${c}/config.json`);
-    if (weights[i]) picks.push(weights[i]);
     // no safetensors: hand over the other weight files' names only, for the builder to refuse
-    else if (!checkpoints.length) for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());
+    if (!weights[i] && !checkpoints.length) for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());
   });
-  picks.push(...OPTIONAL);
+  const weightsFrom = picks.length;
+  picks.push(...checkpoints, ...weights.filter(Boolean));
   for (const [i, p] of picks.entries()) {
+    if (i === weightsFrom && streams) begin();
     const f = byPath.get(p);
     if (!f) continue;
-    onProgress(`reading ${root}/${p}`, i / picks.length);
+    onProgress(i >= weightsFrom && streams ? `reading ${root}/${p} and building it on the GPU…` : `reading ${root}/${p}`, i / picks.length);
+    if (i >= weightsFrom && streams) await paint();
     builder.add(p, new Uint8Array(await f.arrayBuffer()));
   }
   return null;
