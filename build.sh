@@ -5,6 +5,7 @@
 #   ./build.sh web        build the browser module into www/pkg/ (installs the wasm toolchain)
 #   ./build.sh serve      serve www/ on http://127.0.0.1:${PORT:-8000}/
 #   ./build.sh test-web   browser test: headless Chromium edits through the page, checked against the CLI
+#   ./build.sh test-full [MODEL_DIR]  full-size SD 1.5 checks (slow; not part of test): scripts/test-full.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 # Build outputs live outside the checkout, so fresh clones on this machine (CI) reuse them.
@@ -64,6 +65,11 @@ case "${1:-}" in
     exec python3 -m http.server "${PORT:-8000}" --bind 127.0.0.1 --directory www ;;
   test-web)
     test_web ;;
+  test-full)
+    shift
+    cargo build --release --locked
+    web # www/pkg current, and tests/web's npm pieces
+    scripts/test-full.sh "$@" ;;
   *)
     sed -n '2,8p' "$0"; exit 2 ;;
 esac

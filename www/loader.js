@@ -102,7 +102,21 @@ async function fetchFile(store, url, onBytes, chunk = CHUNK) {
   let chunks = [];
   let received = 0;
   const asked = chunk;
-  const bytesOf = (parts) => new Blob(parts).arrayBuffer().then((b) => new Uint8Array(b));
+  // one chunk at a time into the file's buffer: Chromium refuses to read one Blob of a few
+  // hundred MiB or more (NotReadableError), and downloaded chunks stay bytes, not Blobs, for the
+  // same reason (their Blobs outgrow its in-memory blob storage)
+  const bytesOf = async (parts) => {
+    const out = new Uint8Array(parts.reduce((n, p) => n + (p.size ?? p.length), 0));
+    let at = 0;
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i];
+      const b = p instanceof Blob ? new Uint8Array(await p.arrayBuffer()) : p;
+      out.set(b, at);
+      at += b.length;
+      parts[i] = null; // collectable as soon as it is copied
+    }
+    return out;
+  };
   /** Forgets the cached file: its record first, so a half-done discard leaves only orphans. */
   const discard = async () => {
     meta = null;
@@ -192,19 +206,20 @@ async function fetchFile(store, url, onBytes, chunk = CHUNK) {
       await tryPut(store, metaKey, new Response(JSON.stringify(meta)));
     }
     const total = version.size;
-    const blob = await readWithProgress(res, (n) => onBytes(received + n, total));
-    received += blob.size;
-    chunks.push(blob);
-    await tryPut(store, chunkKey(chunks.length - 1), new Response(blob));
-    if (!ranged || blob.size < chunk) break;
+    const bytes = await readWithProgress(res, (n) => onBytes(received + n, total));
+    received += bytes.length;
+    chunks.push(bytes);
+    await tryPut(store, chunkKey(chunks.length - 1), new Response(bytes));
+    if (!ranged || bytes.length < chunk) break;
   }
   await tryPut(store, metaKey, new Response(JSON.stringify({ ...meta, count: chunks.length, bytes: received })));
   onBytes(received, received);
   return bytesOf(chunks);
 }
 
+/** The body of `res` as bytes, calling onBytes(bytes so far) as they arrive. */
 async function readWithProgress(res, onBytes) {
-  if (!res.body) return res.blob();
+  if (!res.body) return new Uint8Array(await res.arrayBuffer());
   const reader = res.body.getReader();
   const parts = [];
   let n = 0;
@@ -215,7 +230,13 @@ async function readWithProgress(res, onBytes) {
     n += value.length;
     onBytes(n);
   }
-  return new Blob(parts);
+  const out = new Uint8Array(n);
+  n = 0;
+  for (const p of parts) {
+    out.set(p, n);
+    n += p.length;
+  }
+  return out;
 }
 
 /** Lets the status line paint before a step that blocks the tab (building a network). */
