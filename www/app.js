@@ -116,9 +116,13 @@ async function loadModel(name, fill, source = null) {
   }
 }
 
-function precision() {
-  const p = $('precision').value;
-  return p === 'auto' ? (state.gpu.shaderF16 ? 'f16' : 'f32') : p;
+/**
+ * Which weight files to fetch or read: the fp16 ones unless f32 is chosen explicitly. Without
+ * shader-f16 they are upcast on the GPU; the f32 files would double the download, and SD 1.5's
+ * 3.4 GB f32 UNet alone would nearly fill wasm's 4 GB heap.
+ */
+function filePrecision() {
+  return $('precision').value === 'f32' ? 'f32' : 'f16';
 }
 
 /** A component's weight files in the order the CLI tries them (the rule lives in the wasm module). */
@@ -131,12 +135,12 @@ $('load-sd15').onclick = () => loadUrl(SD15.name, SD15.base, SD15.precision);
 $('load-url').onclick = () => {
   const url = $('model-url').value.trim();
   if (!url) return message('Enter the base URL of a diffusers model folder.');
-  loadUrl(url, url, precision());
+  loadUrl(url, url, filePrecision());
 };
 for (const id of ['model-folder', 'model-file']) {
   $(id).onchange = (ev) => {
     const files = ev.target.files;
-    if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s, begin) => loadFromFiles(b, files, candidates(precision()), s, begin));
+    if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s, begin) => loadFromFiles(b, files, candidates(filePrecision()), s, begin));
     ev.target.value = '';
   };
 }
