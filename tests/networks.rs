@@ -5,6 +5,7 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::*;
+use edict_sd::nn::MAX_BUFFER_ELEMENTS;
 use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
 
 fn load(device: &Device, precision: Precision) -> StableDiffusion {
@@ -86,24 +87,30 @@ fn unet_matches_diffusers() {
     }
 }
 
+/// Also with activations cut into row bands of 1000 elements (one row each) and of 3000 (2 to 11
+/// rows, odd counts included, which meet the encoder's stride-2 bottom-padded downsampling):
+/// how full-size images keep every buffer under WebGPU's 128 MiB limit.
 #[test]
 fn vae_matches_diffusers() {
     let r = reference("vae.safetensors");
     for (backend, device) in devices() {
-        let sd = load(&device, Precision::F32);
-        let image = upload(&r["image"].values, [1, 3, 64, 64], &device);
-        let (mean, logvar) = sd.vae.encode(image);
-        for (name, ours) in [("posterior_mean", host(mean)), ("posterior_logvar", host(logvar))] {
-            let want = &r[name].values;
-            let err = max_abs_diff(&ours, want);
-            eprintln!("{backend} vae {name}: max abs error {err:e}, scale {:.3}", max_abs(want));
-            assert!(err <= 1e-4 * max_abs(want), "{backend} {name}: max abs error {err:e}");
+        let mut sd = load(&device, Precision::F32);
+        for limit in [MAX_BUFFER_ELEMENTS, 1000, 3000] {
+            sd.vae.band_elements = limit;
+            let image = upload(&r["image"].values, [1, 3, 64, 64], &device);
+            let (mean, logvar) = sd.vae.encode(image);
+            for (name, ours) in [("posterior_mean", host(mean)), ("posterior_logvar", host(logvar))] {
+                let want = &r[name].values;
+                let err = max_abs_diff(&ours, want);
+                eprintln!("{backend} vae {name}, bands of {limit}: max abs error {err:e}, scale {:.3}", max_abs(want));
+                assert!(err <= 1e-4 * max_abs(want), "{backend} {name}, bands of {limit}: max abs error {err:e}");
+            }
+            let latent = upload(&r["latent"].values, [1, 4, 8, 8], &device);
+            let want = &r["decoded"].values;
+            let err = max_abs_diff(&host(sd.vae.decode(latent)), want);
+            eprintln!("{backend} vae decode, bands of {limit}: max abs error {err:e}, scale {:.3}", max_abs(want));
+            assert!(err <= 1e-4 * max_abs(want), "{backend} decode, bands of {limit}: max abs error {err:e}");
         }
-        let latent = upload(&r["latent"].values, [1, 4, 8, 8], &device);
-        let want = &r["decoded"].values;
-        let err = max_abs_diff(&host(sd.vae.decode(latent)), want);
-        eprintln!("{backend} vae decode: max abs error {err:e}, scale {:.3}", max_abs(want));
-        assert!(err <= 1e-4 * max_abs(want), "{backend} decode: max abs error {err:e}");
     }
 }
 
@@ -188,4 +195,32 @@ fn sd15_text_encoder_in_f32_fits_default_gpu_limits() {
     let out = pollster::block_on(edict_sd::backend::read(te.forward(&ids).unwrap())).unwrap();
     assert_eq!(out.len(), 77 * 768);
     assert!(out.iter().all(|v| v.is_finite()));
+}
+
+/// The UNet's feed-forward cuts a projection over [`MAX_BUFFER_ELEMENTS`] into batch rows and,
+/// past one row, token chunks: the pieces line up with the plain computation of single tokens,
+/// and a row's bits do not depend on the batch it runs in.
+#[test]
+fn feed_forward_in_pieces_equals_the_whole() {
+    use burn::nn::LinearConfig;
+    use burn::tensor::Distribution;
+    use edict_sd::attention::FeedForward;
+    for (backend, device) in devices() {
+        let dim = 16;
+        let ff = FeedForward {
+            proj: LinearConfig::new(dim, 8 * dim).init(&device),
+            out: LinearConfig::new(4 * dim, dim).init(&device),
+        };
+        // one row's projection just over the budget: two token chunks per row
+        let n = MAX_BUFFER_ELEMENTS / (8 * dim) + 1000;
+        let x = Tensor::<3>::random([2, n, dim], Distribution::Normal(0.0, 1.0), &device);
+        let both = host(ff.forward(x.clone()));
+        let second = host(ff.forward(x.clone().narrow(0, 1, 1)));
+        assert!(both[n * dim..] == second[..], "{backend}: a row differs with the batch");
+        for t in [0, n - 1001, n - 1000, n - 1] {
+            let alone = host(ff.forward(x.clone().narrow(0, 1, 1).narrow(1, t, 1)));
+            let err = max_abs_diff(&second[t * dim..(t + 1) * dim], &alone);
+            assert!(err <= 1e-5 * max_abs(&alone), "{backend}: token {t} is {err:e} from its plain computation");
+        }
+    }
 }

@@ -10,12 +10,12 @@ use burn::tensor::{Bool, DType, Tensor};
 
 use crate::Result;
 use crate::attention_control::AttentionControl;
-use crate::nn::{group_norm, layer_norm, linear};
+use crate::nn::{MAX_BUFFER_ELEMENTS, group_norm, layer_norm, linear};
 use crate::weights::VarBuilder;
 
-/// Most attention-score elements one kernel may hold at once: 2^24 f32 = 64 MiB, half of
-/// WebGPU's default 128 MiB storage-buffer binding limit.
-pub const MAX_SCORE_ELEMENTS: usize = 1 << 24;
+/// Most attention-score elements one kernel may hold at once (the activation budget,
+/// [`MAX_BUFFER_ELEMENTS`]).
+pub const MAX_SCORE_ELEMENTS: usize = MAX_BUFFER_ELEMENTS;
 
 /// Most score elements of ONE batch row per kernel. The query chunk length is set by this
 /// alone, never by the batch size: a matmul's rounding can depend on its row count, and EDICT
@@ -183,7 +183,27 @@ impl FeedForward {
         })
     }
 
+    /// In pieces whose `[rows, tokens, 8·dim]` projection stays within [`MAX_BUFFER_ELEMENTS`]
+    /// (SD 1.5 at 512² needs 10.5 M elements per batch row): whole rows, grouped, while a row
+    /// fits; else token chunks whose length depends only on the row's shape, so that a row's
+    /// result never depends on the batch (see [`MAX_ROW_SCORE_ELEMENTS`]).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, _] = x.dims();
+        let wide = self.proj.weight.dims()[1];
+        let tokens = (MAX_BUFFER_ELEMENTS / wide).clamp(1, n.max(1));
+        let rows = if tokens < n { 1 } else { (MAX_BUFFER_ELEMENTS / (n * wide).max(1)).clamp(1, b.max(1)) };
+        if rows >= b && tokens >= n {
+            return self.geglu(x);
+        }
+        let pieces = (0..b).step_by(rows).map(|r| {
+            let x = x.clone().narrow(0, r, rows.min(b - r));
+            let chunks: Vec<_> = (0..n).step_by(tokens).map(|t| self.geglu(x.clone().narrow(1, t, tokens.min(n - t)))).collect();
+            Tensor::cat(chunks, 1)
+        });
+        Tensor::cat(pieces.collect(), 0)
+    }
+
+    fn geglu(&self, x: Tensor<3>) -> Tensor<3> {
         let hg = self.proj.forward(x);
         let inner = hg.dims()[2] / 2;
         let (h, gate) = (hg.clone().narrow(2, 0, inner), hg.narrow(2, inner, inner));

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod attention_control;
 pub mod backend;
+pub mod bands;
 pub mod clip;
 pub mod embeddings;
 pub mod error;

@@ -13,6 +13,13 @@ use burn::nn::{
 use crate::Result;
 use crate::weights::VarBuilder;
 
+/// Most elements of any one activation buffer: 2^24 = 64 MiB in f32, half of WebGPU's
+/// default 128 MiB storage-buffer binding limit (GroupNorm widens f16 to f32, doubling a
+/// buffer). Attention scores, the UNet's feed-forward and the VAE's full-resolution
+/// activations are cut to fit. A fixed number, not the adapter's limit, so that every backend
+/// cuts the same way and computes the same.
+pub const MAX_BUFFER_ELEMENTS: usize = 1 << 24;
+
 /// `torch.nn.Linear`: stored `[out, in]`, Burn keeps `[in, out]`, so transpose on the host.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
     let w = vb.host_f32("weight", &[d_out, d_in])?;

@@ -9,6 +9,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::Result;
+use crate::bands::Bands;
 use crate::nn::{ConvSpec, conv2d, group_norm, linear};
 use crate::weights::VarBuilder;
 
@@ -65,6 +66,17 @@ impl ResnetBlock2D {
         };
         skip + h
     }
+
+    /// [`Self::forward`] without time embedding (the VAE's), on banded activations.
+    pub fn forward_bands(&self, x: Bands) -> Bands {
+        let h = x.clone().group_norm_silu(&self.norm1).conv(&self.conv1);
+        let h = h.group_norm_silu(&self.norm2).conv(&self.conv2);
+        let skip = match &self.conv_shortcut {
+            Some(c) => x.conv(c),
+            None => x,
+        };
+        skip.add(h)
+    }
 }
 
 /// Stride-2 3×3 conv. The VAE pads only bottom/right (`padding=0` plus `F.pad(0,1,0,1)`).
@@ -84,6 +96,10 @@ impl Downsample2D {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.conv.forward(x)
+    }
+
+    pub fn forward_bands(&self, x: Bands) -> Bands {
+        x.conv(&self.conv)
     }
 }
 
@@ -108,5 +124,10 @@ impl Upsample2D {
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
         );
         self.conv.forward(up)
+    }
+
+    /// 2× upsampling and the conv on banded activations (the VAE decoder's).
+    pub fn forward_bands(&self, x: Bands) -> Bands {
+        x.upsample2x().conv(&self.conv)
     }
 }

@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 use crate::Result;
 use crate::attention::{Transformer2DModel, TransformerConfig, VaeAttention};
 use crate::attention_control::AttentionControl;
+use crate::bands::Bands;
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::VarBuilder;
 
@@ -228,8 +229,8 @@ fn vae_resnets(vb: &VarBuilder, b: &VaeBlockConfig) -> Result<Vec<ResnetBlock2D>
         .collect()
 }
 
-fn run_resnets(resnets: &[ResnetBlock2D], x: Tensor<4>) -> Tensor<4> {
-    resnets.iter().fold(x, |x, r| r.forward(x, None))
+fn run_resnets(resnets: &[ResnetBlock2D], x: Bands) -> Bands {
+    resnets.iter().fold(x, |x, r| r.forward_bands(x))
 }
 
 /// VAE `DownEncoderBlock2D`: resnets without time embedding, then an asymmetric-pad downsample.
@@ -250,10 +251,10 @@ impl DownEncoderBlock2D {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Bands) -> Bands {
         let x = run_resnets(&self.resnets, x);
         match &self.downsampler {
-            Some(d) => d.forward(x),
+            Some(d) => d.forward_bands(x),
             None => x,
         }
     }
@@ -277,10 +278,10 @@ impl UpDecoderBlock2D {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Bands) -> Bands {
         let x = run_resnets(&self.resnets, x);
         match &self.upsampler {
-            Some(u) => u.forward(x, None),
+            Some(u) => u.forward_bands(x),
             None => x,
         }
     }
@@ -301,10 +302,10 @@ impl MidBlock2D {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.resnets[0].forward(x, None);
+    pub fn forward(&self, x: Bands) -> Bands {
+        let mut x = self.resnets[0].forward_bands(x);
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            x = resnet.forward(attn.forward(x), None);
+            x = resnet.forward_bands(x.whole(|x| attn.forward(x)));
         }
         x
     }

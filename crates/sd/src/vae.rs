@@ -4,10 +4,10 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use serde::Deserialize;
 
-use crate::nn::{ConvSpec, conv2d, group_norm};
+use crate::bands::Bands;
+use crate::nn::{ConvSpec, MAX_BUFFER_ELEMENTS, conv2d, group_norm};
 use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D, VaeBlockConfig};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
@@ -120,6 +120,9 @@ pub struct AutoencoderKL {
     pub post_quant_conv: Conv2d,
     pub decoder: Decoder,
     pub latent_channels: usize,
+    /// Most elements of one activation buffer ([`MAX_BUFFER_ELEMENTS`]; tests lower it to
+    /// exercise the banded path on small images).
+    pub band_elements: usize,
 }
 
 impl AutoencoderKL {
@@ -167,19 +170,19 @@ impl AutoencoderKL {
             post_quant_conv: conv2d(&vb.pp("post_quant_conv"), ConvSpec::k1(l, l))?,
             decoder,
             latent_channels: l,
+            band_elements: MAX_BUFFER_ELEMENTS,
         })
     }
 
     /// Posterior mean and log-variance (clamped to [−30, 20] like diffusers) of `image` in [−1, 1].
     pub fn encode(&self, image: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let e = &self.encoder;
-        let mut h = e.conv_in.forward(image);
+        let mut h = Bands::new(image, self.band_elements).conv(&e.conv_in);
         for block in &e.down_blocks {
             h = block.forward(h);
         }
-        let h = e.mid_block.forward(h);
-        let h = e.conv_out.forward(silu(e.conv_norm_out.forward(h)));
-        let moments = self.quant_conv.forward(h);
+        let h = e.mid_block.forward(h).group_norm_silu(&e.conv_norm_out).conv(&e.conv_out);
+        let moments = self.quant_conv.forward(h.join());
         let mean = moments.clone().narrow(1, 0, self.latent_channels);
         let logvar = moments
             .narrow(1, self.latent_channels, self.latent_channels)
@@ -190,11 +193,11 @@ impl AutoencoderKL {
     /// Image in about [−1, 1] from an (unscaled) latent.
     pub fn decode(&self, latent: Tensor<4>) -> Tensor<4> {
         let d = &self.decoder;
-        let h = d.conv_in.forward(self.post_quant_conv.forward(latent));
+        let h = Bands::new(self.post_quant_conv.forward(latent), self.band_elements).conv(&d.conv_in);
         let mut h = d.mid_block.forward(h);
         for block in &d.up_blocks {
             h = block.forward(h);
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(h)))
+        h.group_norm_silu(&d.conv_norm_out).conv(&d.conv_out).join()
     }
 }
