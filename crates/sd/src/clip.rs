@@ -72,12 +72,14 @@ pub struct ClipAttention {
     pub v_proj: Linear,
     pub out_proj: Linear,
     pub heads: usize,
+    /// Text tower: each token sees only earlier ones; the vision tower (`clip_model`) sees all.
+    pub causal: bool,
 }
 
 impl ClipAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let p = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
-        project_attend(p, x, None, Attend { heads: self.heads, causal: true, upcast: false }, None)
+        project_attend(p, x, None, Attend { heads: self.heads, causal: self.causal, upcast: false }, None)
     }
 }
 
@@ -92,7 +94,7 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.self_attn.forward(self.layer_norm1.forward(x.clone())) + x;
         let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
         let h = if self.quick_gelu {
@@ -155,6 +157,7 @@ impl ClipTextModel {
                         v_proj,
                         out_proj: linear(&a.pp("out_proj"), d, d, true)?,
                         heads: c.num_attention_heads,
+                        causal: true,
                     },
                     layer_norm2: layer_norm(&l.pp("layer_norm2"), d, eps)?,
                     fc1: linear(&l.pp("mlp.fc1"), d, c.intermediate_size, true)?,

@@ -9,6 +9,7 @@ pub mod attention_control;
 pub mod backend;
 pub mod bands;
 pub mod clip;
+pub mod clip_model;
 pub mod embeddings;
 pub mod error;
 pub mod model;
