@@ -235,3 +235,41 @@ fn fingerprint_names_the_weights_not_their_form() {
         assert_ne!(m.load().unwrap().fingerprint, base, "{key} changed");
     }
 }
+
+/// The parameter counts `footprint` works out from the configs equal the tensors in the tiny
+/// SD 1.x and 2.x folders' files, and SD 1.5's published sizes (UNet 859,520,964, VAE
+/// 83,653,863, text encoder 123,060,480 with its 37,945,344-value token table).
+#[test]
+fn footprint_counts_the_weights_from_the_configs() {
+    let count = |path: &Path| -> u64 {
+        let bytes = std::fs::read(path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let floats = st.tensors().into_iter().filter(|(_, t)| matches!(t.dtype(), Dtype::F32 | Dtype::F16));
+        floats.map(|(_, t)| t.shape().iter().product::<usize>() as u64).sum()
+    };
+    for (folder, fp16) in [(tiny_sd(), false), (fixtures().join("tiny-sd2"), true)] {
+        let files = ModelFiles::from_folder(&folder, Precision::F16).unwrap();
+        let c = &files.configs;
+        let file = |part: &str, name: &str| {
+            let name = if fp16 { name.replace(".safetensors", ".fp16.safetensors") } else { name.to_string() };
+            count(&folder.join(part).join(name))
+        };
+        let text = file("text_encoder", "model.safetensors");
+        let unet = file("unet", "diffusion_pytorch_model.safetensors");
+        let vae = file("vae", "diffusion_pytorch_model.safetensors");
+        let (host, device) = c.clip.parameters();
+        assert_eq!((host + device, c.unet.parameters(), c.vae.parameters()), (text, unet, vae), "{}", folder.display());
+        let f = c.footprint(Precision::F32, 64, 64);
+        assert_eq!((f.host_parameters, f.device_parameters), (host, text - host + unet + vae));
+        assert_eq!(f.weight_bytes, 4 * f.device_parameters);
+    }
+    let sd15 = edict_sd::model::SdConfigs::sd15();
+    assert_eq!(sd15.unet.parameters(), 859_520_964);
+    assert_eq!(sd15.vae.parameters(), 83_653_863);
+    assert_eq!(sd15.clip.parameters(), (37_945_344, 123_060_480 - 37_945_344));
+    // the largest buffer at 512² in f32: the up path's [1280, 2560, 3, 3] conv weight (118 MiB),
+    // under WebGPU's default 128 MiB; activations are cut to 64 MiB
+    let f = sd15.footprint(Precision::F32, 512, 512);
+    assert_eq!(f.largest_buffer_bytes, 1280 * 2560 * 9 * 4);
+    assert_eq!(sd15.footprint(Precision::F16, 512, 512).largest_buffer_bytes, 1280 * 2560 * 9 * 2);
+}

@@ -87,9 +87,14 @@ async function loadModel(name, fill, source = null) {
   };
   let builder = new wasm.ModelBuilder(name);
   try {
-    // a folder streams: after its configs, begin() checks the GPU's limits, then each network is
-    // built on the GPU as its weight file arrives, so wasm memory holds one file at a time
-    const note = await fill(builder, status, () => builder.begin(state.gpu, $('precision').value));
+    // a folder streams: after its configs, begin() checks the GPU's limits and says what the
+    // model needs (shown while it downloads), then each network is built on the GPU as its
+    // weight file arrives, so wasm memory holds one file at a time
+    let needs = null;
+    const note = await fill(builder, status, () => {
+      needs = builder.begin(state.gpu, $('precision').value);
+      message(needs, 'note');
+    });
     status('loading the networks onto the GPU…', null);
     await new Promise((r) => setTimeout(r, 0)); // let the status paint: building blocks the tab
     const b = builder;
@@ -99,7 +104,7 @@ async function loadModel(name, fill, source = null) {
     session.setPreview(onPreview); // kept by the session for every operation
     status(`Loaded ${name} (${session.precision}).`, 1);
     $('model').open = false;
-    const notes = [note, session.loadWarning].filter(Boolean);
+    const notes = [note, session.loadWarning, needs].filter(Boolean);
     if (notes.length) message(notes.join('\n'), 'note');
     setState('model-loaded');
   } catch (e) {

@@ -280,6 +280,9 @@ async function testEdit(base) {
     const loaded = await waitState(page, ['load-failed', 'model-loaded'], 120_000);
     check(loaded === 'model-loaded', `tiny model loads from URLs: "${await page.textContent('#model-status')}" in ${secs(t)} s`);
     if (loaded !== 'model-loaded') return console.log(`  message: ${await page.textContent('#message')}`);
+    const needs = await page.textContent('#message');
+    check(/GPU memory in f32: [\d.]+ GB of weights \([\d.]+ M values\).*largest buffer is \d+ MiB; this adapter allows \d+ MiB/s.test(needs),
+      `the page says what the model needs: "${needs.slice(0, 160)}…"`);
 
     await page.setInputFiles('#image-input', photo);
     await page.fill('#source', SOURCE);

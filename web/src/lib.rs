@@ -133,38 +133,34 @@ impl Gpu {
         }
     }
 
-    /// Refuses a model whose largest buffer would exceed the device's limits, before loading it.
-    pub(crate) fn check_limits(&self, c: &SdConfigs, precision: Precision) -> Result<(), JsError> {
-        let need = largest_buffer(c, precision);
+    /// What the model needs at its native image size, as a sentence for the page; an error
+    /// when its largest buffer exceeds the adapter's limits (before anything is downloaded).
+    pub(crate) fn check_limits(&self, c: &SdConfigs, precision: Precision) -> Result<String, JsError> {
+        let side = c.default_long_side() as usize;
+        let f = c.footprint(precision, side, side);
         let have = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
-        if need > have {
+        let mib = |b: u64| b >> 20;
+        if f.largest_buffer_bytes > have {
             return Err(JsError::new(&format!(
-                "GPU limits too small: this model needs storage buffers of {} MiB in {precision:?}, the adapter \
+                "GPU limits too small: this model needs storage buffers of {} MiB in {precision}, the adapter \
                  allows {} MiB (maxStorageBufferBindingSize {}, maxBufferSize {})",
-                need >> 20,
-                have >> 20,
+                mib(f.largest_buffer_bytes),
+                mib(have),
                 self.limits.max_storage_buffer_binding_size,
                 self.limits.max_buffer_size
             )));
         }
-        Ok(())
+        let gb = |b: u64| b as f64 / 1e9;
+        Ok(format!(
+            "This model needs about {:.1} GB of GPU memory in {precision}: {:.1} GB of weights ({:.1} M values) \
+             and at least {:.1} GB more while the VAE works on a {side}×{side} image. Its largest buffer is \
+             {} MiB; this adapter allows {} MiB.",
+            gb(f.weight_bytes + f.activation_bytes),
+            gb(f.weight_bytes),
+            f.device_parameters as f64 / 1e6,
+            gb(f.activation_bytes),
+            mib(f.largest_buffer_bytes),
+            mib(have)
+        ))
     }
-}
-
-/// The largest single buffer the networks allocate for an image of the model's native size:
-/// the UNet's GEGLU projection, the VAE decoder's last activation, or an attention score chunk
-/// (capped by `MAX_SCORE_ELEMENTS`). The CLIP token table stays on the host.
-fn largest_buffer(c: &SdConfigs, precision: Precision) -> u64 {
-    let unet_ch = c.unet.block_out_channels.iter().copied().max().unwrap_or(0);
-    let vae_ch = c.vae.block_out_channels.first().copied().unwrap_or(0);
-    let side = c.default_long_side() as usize;
-    [
-        unet_ch * 8 * unet_ch,
-        vae_ch * side * side,
-        edict_sd::attention::MAX_SCORE_ELEMENTS,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0) as u64
-        * precision.element_bytes() as u64
 }

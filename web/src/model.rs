@@ -55,15 +55,16 @@ impl ModelBuilder {
     /// Starts streaming a diffusers folder onto `gpu` in `precision` ("auto", "f16" or "f32"):
     /// needs the three networks' `config.json` (and the tokenizer files, else the embedded CLIP
     /// vocabulary); refuses a model whose buffers exceed the adapter's limits before any weights
-    /// are downloaded.
-    pub fn begin(&mut self, gpu: &Gpu, precision: &str) -> Result<(), JsError> {
+    /// are downloaded. Returns what the model needs (GPU memory, largest buffer), for the page
+    /// to say.
+    pub fn begin(&mut self, gpu: &Gpu, precision: &str) -> Result<String, JsError> {
         let precision = gpu.precision(precision)?;
         let configs = self.configs().map_err(js_err)?;
-        gpu.check_limits(&configs, precision)?;
+        let needs = gpu.check_limits(&configs, precision)?;
         let tokenizer = self.tokenizer().map_err(js_err)?;
         let assembly = ModelAssembly::new(configs, tokenizer, &gpu.device, precision).map_err(js_err)?;
         self.assembly = Some((assembly, precision));
-        Ok(())
+        Ok(needs)
     }
 
     /// Loads the networks onto `gpu` in `precision` ("auto", "f16" or "f32"), consuming the

@@ -10,7 +10,7 @@ use burn::tensor::{Bool, DType, Tensor};
 
 use crate::Result;
 use crate::attention_control::AttentionControl;
-use crate::nn::{MAX_BUFFER_ELEMENTS, group_norm, layer_norm, linear};
+use crate::nn::{MAX_BUFFER_ELEMENTS, group_norm, layer_norm, linear, linear_params, norm_params};
 use crate::weights::VarBuilder;
 
 /// Most attention-score elements one kernel may hold at once (the activation budget,
@@ -264,6 +264,24 @@ pub struct TransformerConfig {
     pub groups: usize,
     /// `upcast_attention`
     pub upcast: bool,
+}
+
+impl TransformerConfig {
+    /// Parameters of one `Transformer2DModel` over `c` channels (heads do not change them).
+    pub fn parameters(&self, c: usize) -> u64 {
+        let attention = |ctx: usize| linear_params(c, c, false) + 2 * linear_params(ctx, c, false) + linear_params(c, c, true);
+        let block = 3 * norm_params(c)
+            + attention(c)
+            + attention(self.context_dim)
+            + linear_params(c, 8 * c, true)
+            + linear_params(4 * c, c, true);
+        norm_params(c) + 2 * linear_params(c, c, true) + self.layers as u64 * block
+    }
+}
+
+/// Parameters of the VAE mid-block's attention over `c` channels.
+pub fn vae_attention_parameters(c: usize) -> u64 {
+    norm_params(c) + 4 * linear_params(c, c, true)
 }
 
 impl Transformer2DModel {

@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorCreationOptions, TensorData};
 use serde::Deserialize;
 
 use crate::attention::{Attend, project_attend};
-use crate::nn::{embedding, fused_qkv, layer_norm, linear};
+use crate::nn::{embedding, fused_qkv, layer_norm, linear, linear_params, norm_params};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
 use crate::{Result, SdError};
@@ -47,6 +47,15 @@ impl ClipConfig {
             hidden_act: quick_gelu(),
             layer_norm_eps: ln_eps(),
         }
+    }
+
+    /// Parameters of the text encoder: the token table (kept on the host) and the rest (on the
+    /// device).
+    pub fn parameters(&self) -> (u64, u64) {
+        let (d, i) = (self.hidden_size, self.intermediate_size);
+        let layer = 2 * norm_params(d) + 4 * linear_params(d, d, true) + linear_params(d, i, true) + linear_params(i, d, true);
+        let device = (self.max_position_embeddings * d) as u64 + self.num_hidden_layers as u64 * layer + norm_params(d);
+        ((self.vocab_size * d) as u64, device)
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {

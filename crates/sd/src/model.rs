@@ -4,6 +4,7 @@
 use burn::tensor::{DType, Device};
 
 use crate::clip::{ClipConfig, ClipTextModel, text_model_key};
+use crate::nn::MAX_BUFFER_ELEMENTS;
 use crate::scheduler::{Prediction, SchedulerConfig};
 use crate::single_file::{Layout, Part, is_sd2, is_single_file, map_key, map_legacy_vae_key};
 use crate::tokenizer::ClipTokenizer;
@@ -11,6 +12,23 @@ use crate::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::weights::{VarBuilder, WeightFile, is_pickle_name};
 use crate::{Result, SdError};
+
+/// What a model needs on a device ([`SdConfigs::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Values kept on the host: the text encoder's token table.
+    pub host_parameters: u64,
+    /// Values of the three networks on the device.
+    pub device_parameters: u64,
+    /// Their bytes in the chosen precision.
+    pub weight_bytes: u64,
+    /// The largest single buffer, a weight or an activation (activations are cut to
+    /// [`MAX_BUFFER_ELEMENTS`]): what the adapter's `maxStorageBufferBindingSize` must allow.
+    pub largest_buffer_bytes: u64,
+    /// A lower bound on the activations the VAE holds at once at this size
+    /// ([`VaeConfig::activation_bytes`]).
+    pub activation_bytes: u64,
+}
 
 /// Numeric precision of the networks on the device. The sampler stays in f64 on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,6 +207,36 @@ impl SdConfigs {
     /// the VAE's downscale: 512 for SD 1.x and 2.x-base, 768 for SD 2.x), and at least 512.
     pub fn default_long_side(&self) -> u32 {
         ((self.unet.sample_size * self.vae.downscale()) as u32).max(512)
+    }
+
+    /// What running these networks on a `width`×`height` image takes on a device, from the
+    /// configs alone (before any weight is read).
+    pub fn footprint(&self, precision: Precision, width: usize, height: usize) -> Footprint {
+        let bytes = precision.element_bytes() as u64;
+        let (clip_host, clip) = self.clip.parameters();
+        let device_parameters = clip + self.unet.parameters() + self.vae.parameters();
+        let c = &self.clip;
+        let largest_weight = [
+            c.hidden_size * c.intermediate_size,
+            c.max_position_embeddings * c.hidden_size,
+            self.unet.largest_weight(),
+            self.vae.largest_weight(),
+        ];
+        // the widest full-resolution VAE activation and the UNet's first-level feed-forward
+        // projection (batch 2), as cut to MAX_BUFFER_ELEMENTS
+        let down = self.vae.downscale().max(1);
+        let tokens = (width / down) * (height / down);
+        let c0 = self.unet.block_out_channels.first().copied().unwrap_or(0);
+        let widest_vae = self.vae.block_out_channels.iter().take(2).copied().max().unwrap_or(0);
+        let activation = (widest_vae * width * height).max(2 * tokens * 8 * c0).min(MAX_BUFFER_ELEMENTS);
+        let largest = largest_weight.into_iter().max().unwrap_or(0).max(activation);
+        Footprint {
+            host_parameters: clip_host,
+            device_parameters,
+            weight_bytes: device_parameters * bytes,
+            largest_buffer_bytes: largest as u64 * bytes,
+            activation_bytes: self.vae.activation_bytes(width, height, bytes as usize),
+        }
     }
 
     /// Refuses networks that cannot work together, before any weight is read: a UNet whose

@@ -49,6 +49,16 @@ fn linear_from(vb: &VarBuilder, w: &[f32], bias: Option<Vec<f32>>, d_in: usize, 
     }
 }
 
+/// Parameters of a `torch.nn.Linear` (`[out, in]` weight, optional bias).
+pub fn linear_params(d_in: usize, d_out: usize, bias: bool) -> u64 {
+    (d_in * d_out + if bias { d_out } else { 0 }) as u64
+}
+
+/// Parameters of a GroupNorm or LayerNorm over `c` channels (weight and bias).
+pub fn norm_params(c: usize) -> u64 {
+    2 * c as u64
+}
+
 /// A `torch.nn.Conv2d` as SD stores them: square kernel, symmetric padding, a bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -73,6 +83,11 @@ impl ConvSpec {
     /// 3×3 with stride 2 and padding 1: halves the spatial size.
     pub fn halving(channels: usize) -> Self {
         Self { stride: 2, ..Self::k3(channels, channels) }
+    }
+
+    /// Weight and bias elements.
+    pub fn parameters(&self) -> u64 {
+        (self.c_out * self.c_in * self.kernel * self.kernel + self.c_out) as u64
     }
 }
 

@@ -10,7 +10,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::Result;
 use crate::bands::Bands;
-use crate::nn::{ConvSpec, conv2d, group_norm, linear};
+use crate::nn::{ConvSpec, conv2d, group_norm, linear, linear_params, norm_params};
 use crate::weights::VarBuilder;
 
 /// GroupNorm, SiLU, 3×3 conv, plus the projected time embedding (UNet only), twice; a 1×1
@@ -34,6 +34,19 @@ pub struct ResnetConfig {
     pub temb_channels: Option<usize>,
     pub groups: usize,
     pub eps: f64,
+}
+
+impl ResnetConfig {
+    /// Parameters of the block [`ResnetBlock2D::load`] builds.
+    pub fn parameters(&self) -> u64 {
+        let &ResnetConfig { c_in, c_out, temb_channels, .. } = self;
+        norm_params(c_in)
+            + ConvSpec::k3(c_in, c_out).parameters()
+            + temb_channels.map_or(0, |t| linear_params(t, c_out, true))
+            + norm_params(c_out)
+            + ConvSpec::k3(c_out, c_out).parameters()
+            + if c_in != c_out { ConvSpec::k1(c_in, c_out).parameters() } else { 0 }
+    }
 }
 
 impl ResnetBlock2D {

@@ -10,8 +10,10 @@ use serde::Deserialize;
 use crate::attention::TransformerConfig;
 use crate::attention_control::AttentionControl;
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::nn::{ConvSpec, conv2d, group_norm};
-use crate::unet_2d_blocks::{BlockKind, BlockSettings, DownBlock, DownBlockConfig, MidBlockCrossAttn, UpBlock, UpBlockConfig};
+use crate::nn::{ConvSpec, conv2d, group_norm, linear_params, norm_params};
+use crate::unet_2d_blocks::{
+    BlockKind, BlockSettings, DownBlock, DownBlockConfig, MidBlockCrossAttn, UpBlock, UpBlockConfig, mid_block_cross_attn_parameters,
+};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
 use crate::{Result, SdError};
@@ -161,6 +163,73 @@ impl UNetConfig {
         Ok(())
     }
 
+    /// The blocks' shapes (of a validated config).
+    fn blocks(&self) -> Blocks {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let heads = self.heads().unwrap_or_default();
+        let settings = BlockSettings {
+            temb_channels: ch[0] * 4,
+            groups: self.norm_num_groups,
+            eps: self.norm_eps,
+            transformer: TransformerConfig {
+                layers: self.transformer_layers_per_block,
+                context_dim: self.cross_attention_dim,
+                groups: self.norm_num_groups,
+                upcast: self.upcast_attention,
+            },
+        };
+        let down = (self.down_block_types.iter().enumerate())
+            .map(|(i, kind)| DownBlockConfig {
+                c_in: ch[i.saturating_sub(1)],
+                c_out: ch[i],
+                layers: self.layers_per_block,
+                kind: block_kind(kind, "CrossAttnDownBlock2D", heads[i]),
+                add_downsample: i + 1 < n,
+            })
+            .collect();
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let up = (self.up_block_types.iter().enumerate())
+            .map(|(i, kind)| UpBlockConfig {
+                c_in: rev[(i + 1).min(n - 1)],
+                c_prev: rev[i.saturating_sub(1)],
+                c_out: rev[i],
+                layers: self.layers_per_block + 1,
+                kind: block_kind(kind, "CrossAttnUpBlock2D", heads[n - 1 - i]),
+                add_upsample: i + 1 < n,
+            })
+            .collect();
+        Blocks { settings, down, up }
+    }
+
+    /// Parameters of the UNet [`UNet2DConditionModel::load`] builds (0 for an invalid config).
+    pub fn parameters(&self) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let Blocks { settings: s, down, up } = self.blocks();
+        let (c0, c_last) = (self.block_out_channels[0], *self.block_out_channels.last().unwrap_or(&0));
+        ConvSpec::k3(self.in_channels, c0).parameters()
+            + linear_params(c0, 4 * c0, true)
+            + linear_params(4 * c0, 4 * c0, true)
+            + down.iter().map(|b| b.parameters(&s)).sum::<u64>()
+            + mid_block_cross_attn_parameters(c_last, &s)
+            + up.iter().map(|b| b.parameters(&s)).sum::<u64>()
+            + norm_params(c0)
+            + ConvSpec::k3(c0, self.out_channels).parameters()
+    }
+
+    /// Elements of the largest weight: an up block's first 3×3 conv, which takes the skip
+    /// state concatenated (2560 → 1280 channels in SD), or a feed-forward projection.
+    pub fn largest_weight(&self) -> usize {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let conv = self.blocks().up.iter().flat_map(|b| (0..b.layers).map(|j| b.resnet_inputs(j)).map(|(c, skip)| (c + skip) * b.c_out * 9)).max();
+        let ff = self.block_out_channels.iter().map(|&c| 8 * c * c).max();
+        conv.max(ff).unwrap_or(0)
+    }
+
     /// Heads per block: `num_attention_heads`, else `attention_head_dim` (diffusers' rule).
     pub fn heads(&self) -> Option<Vec<usize>> {
         let n = self.block_out_channels.len();
@@ -169,6 +238,13 @@ impl UNetConfig {
             .unwrap_or(&self.attention_head_dim)
             .expand(n)
     }
+}
+
+/// The shapes of a UNet's blocks.
+struct Blocks {
+    settings: BlockSettings,
+    down: Vec<DownBlockConfig>,
+    up: Vec<UpBlockConfig>,
 }
 
 /// A block type of the config (already validated to be one of SD's) as its kind.
@@ -193,55 +269,19 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     pub fn load(vb: &VarBuilder, c: &UNetConfig) -> Result<Self> {
         c.validate().map_err(|reason| SdError::config("unet config", reason))?;
+        let Blocks { settings: s, down, up } = c.blocks();
         let ch = &c.block_out_channels;
         let n = ch.len();
         let heads = c.heads().unwrap_or_default();
         let c0 = ch[0];
         let temb = c0 * 4;
-        let s = BlockSettings {
-            temb_channels: temb,
-            groups: c.norm_num_groups,
-            eps: c.norm_eps,
-            transformer: TransformerConfig {
-                layers: c.transformer_layers_per_block,
-                context_dim: c.cross_attention_dim,
-                groups: c.norm_num_groups,
-                upcast: c.upcast_attention,
-            },
-        };
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut c_out = c0;
-        for (i, kind) in c.down_block_types.iter().enumerate() {
-            let c_in = c_out;
-            c_out = ch[i];
-            let b = DownBlockConfig {
-                c_in,
-                c_out,
-                layers: c.layers_per_block,
-                kind: block_kind(kind, "CrossAttnDownBlock2D", heads[i]),
-                add_downsample: i + 1 < n,
-            };
-            down_blocks.push(DownBlock::load(&vb.pp("down_blocks").pp(i), b, &s)?);
-        }
+        let down_blocks = (down.into_iter().enumerate())
+            .map(|(i, b)| DownBlock::load(&vb.pp("down_blocks").pp(i), b, &s))
+            .collect::<Result<_>>()?;
         let mid_block = MidBlockCrossAttn::load(&vb.pp("mid_block"), ch[n - 1], heads[n - 1], &s)?;
-        let rev: Vec<usize> = ch.iter().rev().copied().collect();
-        let rev_heads: Vec<usize> = heads.iter().rev().copied().collect();
-        let mut up_blocks = Vec::with_capacity(n);
-        let mut c_out = rev[0];
-        for (i, kind) in c.up_block_types.iter().enumerate() {
-            let c_prev = c_out;
-            c_out = rev[i];
-            let c_in = rev[(i + 1).min(n - 1)];
-            let b = UpBlockConfig {
-                c_in,
-                c_prev,
-                c_out,
-                layers: c.layers_per_block + 1,
-                kind: block_kind(kind, "CrossAttnUpBlock2D", rev_heads[i]),
-                add_upsample: i + 1 < n,
-            };
-            up_blocks.push(UpBlock::load(&vb.pp("up_blocks").pp(i), b, &s)?);
-        }
+        let up_blocks = (up.into_iter().enumerate())
+            .map(|(i, b)| UpBlock::load(&vb.pp("up_blocks").pp(i), b, &s))
+            .collect::<Result<_>>()?;
         Ok(Self {
             conv_in: conv2d(&vb.pp("conv_in"), ConvSpec::k3(c.in_channels, c0))?,
             time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), c0, temb)?,

@@ -4,9 +4,10 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::Result;
-use crate::attention::{Transformer2DModel, TransformerConfig, VaeAttention};
+use crate::attention::{Transformer2DModel, TransformerConfig, VaeAttention, vae_attention_parameters};
 use crate::attention_control::AttentionControl;
 use crate::bands::Bands;
+use crate::nn::ConvSpec;
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::VarBuilder;
 
@@ -69,6 +70,70 @@ pub struct VaeBlockConfig {
     pub layers: usize,
     pub resample: bool,
     pub groups: usize,
+}
+
+impl BlockKind {
+    fn transformer_parameters(&self, c: usize, s: &BlockSettings) -> u64 {
+        match self {
+            BlockKind::CrossAttn { .. } => s.transformer.parameters(c),
+            BlockKind::Plain => 0,
+        }
+    }
+}
+
+impl DownBlockConfig {
+    /// Parameters of the block [`DownBlock::load`] builds.
+    pub fn parameters(&self, s: &BlockSettings) -> u64 {
+        let per_layer = |j: usize| {
+            let c = if j == 0 { self.c_in } else { self.c_out };
+            s.resnet(c, self.c_out).parameters() + self.kind.transformer_parameters(self.c_out, s)
+        };
+        (0..self.layers).map(per_layer).sum::<u64>()
+            + if self.add_downsample { ConvSpec::halving(self.c_out).parameters() } else { 0 }
+    }
+}
+
+impl UpBlockConfig {
+    /// Parameters of the block [`UpBlock::load`] builds.
+    pub fn parameters(&self, s: &BlockSettings) -> u64 {
+        let per_layer = |j: usize| {
+            let (c, skip) = self.resnet_inputs(j);
+            s.resnet(c + skip, self.c_out).parameters() + self.kind.transformer_parameters(self.c_out, s)
+        };
+        (0..self.layers).map(per_layer).sum::<u64>()
+            + if self.add_upsample { ConvSpec::k3(self.c_out, self.c_out).parameters() } else { 0 }
+    }
+
+    /// Resnet `j`'s input width and the width of the skip state it concatenates.
+    pub fn resnet_inputs(&self, j: usize) -> (usize, usize) {
+        let skip = if j == self.layers - 1 { self.c_in } else { self.c_out };
+        (if j == 0 { self.c_prev } else { self.c_out }, skip)
+    }
+}
+
+/// Parameters of the UNet's mid block over `c` channels.
+pub fn mid_block_cross_attn_parameters(c: usize, s: &BlockSettings) -> u64 {
+    2 * s.resnet(c, c).parameters() + s.transformer.parameters(c)
+}
+
+impl VaeBlockConfig {
+    /// Parameters of a VAE encoder or decoder block (resnets, then a resample conv).
+    pub fn parameters(&self) -> u64 {
+        let resnets: u64 = (0..self.layers).map(|j| self.resnet(j).parameters()).sum();
+        resnets + if self.resample { ConvSpec::k3(self.c_out, self.c_out).parameters() } else { 0 }
+    }
+
+    /// Resnet `j`: the first maps `c_in → c_out`.
+    fn resnet(&self, j: usize) -> ResnetConfig {
+        let c_in = if j == 0 { self.c_in } else { self.c_out };
+        ResnetConfig { c_in, c_out: self.c_out, temb_channels: None, groups: self.groups, eps: 1e-6 }
+    }
+}
+
+/// Parameters of the VAE's mid block over `c` channels.
+pub fn vae_mid_block_parameters(c: usize, groups: usize) -> u64 {
+    let b = VaeBlockConfig { c_in: c, c_out: c, layers: 2, resample: false, groups };
+    b.parameters() + vae_attention_parameters(c)
 }
 
 /// `CrossAttnDownBlock2D` (with attentions) or `DownBlock2D` (without).
@@ -166,12 +231,11 @@ pub struct UpBlock {
 
 impl UpBlock {
     pub fn load(vb: &VarBuilder, b: UpBlockConfig, s: &BlockSettings) -> Result<Self> {
-        let UpBlockConfig { c_in, c_prev, c_out, layers, kind, add_upsample } = b;
+        let UpBlockConfig { c_out, layers, kind, add_upsample, .. } = b;
         let mut resnets = Vec::with_capacity(layers);
         let mut attentions = Vec::new();
         for j in 0..layers {
-            let skip = if j == layers - 1 { c_in } else { c_out };
-            let c = if j == 0 { c_prev } else { c_out };
+            let (c, skip) = b.resnet_inputs(j);
             let r = vb.pp("resnets").pp(j);
             resnets.push(ResnetBlock2D::load(&r, s.resnet(c + skip, c_out))?);
             if let BlockKind::CrossAttn { heads: h } = kind {
@@ -220,13 +284,7 @@ impl UpBlock {
 
 /// The VAE blocks' chain of resnets without time embedding: the first maps `c_in → c_out`.
 fn vae_resnets(vb: &VarBuilder, b: &VaeBlockConfig) -> Result<Vec<ResnetBlock2D>> {
-    (0..b.layers)
-        .map(|j| {
-            let c_in = if j == 0 { b.c_in } else { b.c_out };
-            let c = ResnetConfig { c_in, c_out: b.c_out, temb_channels: None, groups: b.groups, eps: 1e-6 };
-            ResnetBlock2D::load(&vb.pp("resnets").pp(j), c)
-        })
-        .collect()
+    (0..b.layers).map(|j| ResnetBlock2D::load(&vb.pp("resnets").pp(j), b.resnet(j))).collect()
 }
 
 fn run_resnets(resnets: &[ResnetBlock2D], x: Bands) -> Bands {

@@ -7,8 +7,8 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::bands::Bands;
-use crate::nn::{ConvSpec, MAX_BUFFER_ELEMENTS, conv2d, group_norm};
-use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D, VaeBlockConfig};
+use crate::nn::{ConvSpec, MAX_BUFFER_ELEMENTS, conv2d, group_norm, norm_params};
+use crate::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D, VaeBlockConfig, vae_mid_block_parameters};
 use crate::weights::VarBuilder;
 use crate::error::parse_config;
 use crate::{Result, SdError};
@@ -85,6 +85,47 @@ impl VaeConfig {
         1 << (self.block_out_channels.len() - 1)
     }
 
+    /// The encoder's and the decoder's blocks.
+    fn blocks(&self) -> (Vec<VaeBlockConfig>, Vec<VaeBlockConfig>) {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let block = |i: usize, c_in: usize, c_out: usize, layers: usize| VaeBlockConfig {
+            c_in,
+            c_out,
+            layers,
+            resample: i + 1 < n,
+            groups: self.norm_num_groups,
+        };
+        let down = (0..n).map(|i| block(i, ch[i.saturating_sub(1)], ch[i], self.layers_per_block)).collect();
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let up = (0..n).map(|i| block(i, rev[i.saturating_sub(1)], rev[i], self.layers_per_block + 1)).collect();
+        (down, up)
+    }
+
+    /// Elements of the largest weight: a 3×3 conv of the widest block.
+    pub fn largest_weight(&self) -> usize {
+        self.block_out_channels.iter().map(|&c| c * c * 9).max().unwrap_or(0)
+    }
+
+    /// Parameters of the VAE [`AutoencoderKL::load`] builds.
+    pub fn parameters(&self) -> u64 {
+        let ch = &self.block_out_channels;
+        let (Some(&c0), Some(&c_last)) = (ch.first(), ch.last()) else { return 0 };
+        let (l, g) = (self.latent_channels, self.norm_num_groups);
+        let (down, up) = self.blocks();
+        let encoder = ConvSpec::k3(self.in_channels, c0).parameters()
+            + down.iter().map(VaeBlockConfig::parameters).sum::<u64>()
+            + vae_mid_block_parameters(c_last, g)
+            + norm_params(c_last)
+            + ConvSpec::k3(c_last, 2 * l).parameters();
+        let decoder = ConvSpec::k3(l, c_last).parameters()
+            + vae_mid_block_parameters(c_last, g)
+            + up.iter().map(VaeBlockConfig::parameters).sum::<u64>()
+            + norm_params(c0)
+            + ConvSpec::k3(c0, self.out_channels).parameters();
+        encoder + decoder + ConvSpec::k1(2 * l, 2 * l).parameters() + ConvSpec::k1(l, l).parameters()
+    }
+
     /// A lower bound on the bytes of activations encoding or decoding a `width`×`height` image
     /// holds at once: four full-resolution tensors of the widest full-resolution block (the
     /// decoder's last upsampler output: 256 channels for SD, 1 GiB at 1024² in f32). Measured
@@ -132,14 +173,10 @@ impl AutoencoderKL {
         let g = c.norm_num_groups;
         let l = c.latent_channels;
         let e = vb.pp("encoder");
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut c_out = ch[0];
-        for i in 0..n {
-            let c_in = c_out;
-            c_out = ch[i];
-            let b = VaeBlockConfig { c_in, c_out, layers: c.layers_per_block, resample: i + 1 < n, groups: g };
-            down_blocks.push(DownEncoderBlock2D::load(&e.pp("down_blocks").pp(i), b)?);
-        }
+        let (down, up) = c.blocks();
+        let down_blocks = (down.into_iter().enumerate())
+            .map(|(i, b)| DownEncoderBlock2D::load(&e.pp("down_blocks").pp(i), b))
+            .collect::<Result<_>>()?;
         let encoder = Encoder {
             conv_in: conv2d(&e.pp("conv_in"), ConvSpec::k3(c.in_channels, ch[0]))?,
             down_blocks,
@@ -148,18 +185,12 @@ impl AutoencoderKL {
             conv_out: conv2d(&e.pp("conv_out"), ConvSpec::k3(ch[n - 1], 2 * l))?,
         };
         let d = vb.pp("decoder");
-        let rev: Vec<usize> = ch.iter().rev().copied().collect();
-        let mut up_blocks = Vec::with_capacity(n);
-        let mut c_out = rev[0];
-        for i in 0..n {
-            let c_prev = c_out;
-            c_out = rev[i];
-            let b = VaeBlockConfig { c_in: c_prev, c_out, layers: c.layers_per_block + 1, resample: i + 1 < n, groups: g };
-            up_blocks.push(UpDecoderBlock2D::load(&d.pp("up_blocks").pp(i), b)?);
-        }
+        let up_blocks = (up.into_iter().enumerate())
+            .map(|(i, b)| UpDecoderBlock2D::load(&d.pp("up_blocks").pp(i), b))
+            .collect::<Result<_>>()?;
         let decoder = Decoder {
-            conv_in: conv2d(&d.pp("conv_in"), ConvSpec::k3(l, rev[0]))?,
-            mid_block: MidBlock2D::load(&d.pp("mid_block"), rev[0], g)?,
+            conv_in: conv2d(&d.pp("conv_in"), ConvSpec::k3(l, ch[n - 1]))?,
+            mid_block: MidBlock2D::load(&d.pp("mid_block"), ch[n - 1], g)?,
             up_blocks,
             conv_norm_out: group_norm(&d.pp("conv_norm_out"), g, ch[0], 1e-6)?,
             conv_out: conv2d(&d.pp("conv_out"), ConvSpec::k3(ch[0], c.out_channels))?,
