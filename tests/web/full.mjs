@@ -14,13 +14,10 @@
 // Exits 1 with the failed checks listed; every failure is a message, not a stack trace.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import zlib from 'node:zlib';
-import { fileURLToPath } from 'node:url';
+import { ROOT, launch, makePng, readLatents, relErr, serve, waitState } from './common.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SOURCE = 'a photo of a cat', TARGET = 'a photo of a dog';
 const STEPS = Number(process.env.EDICT_FULL_STEPS || 4), STRENGTH = 0.5, SIZE = 64;
 // SwiftShader runs a full-size UNet call on an 8x8 latent in minutes: generous limits
@@ -40,59 +37,6 @@ function check(ok, what) {
   console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
   if (!ok) failures.push(what);
   return ok;
-}
-
-/** A smooth test photo (a disc on a gradient), as PNG; the same as run.mjs's. */
-function makePng(file) {
-  const rows = [];
-  for (let y = 0; y < SIZE; y++) {
-    const row = [0];
-    for (let x = 0; x < SIZE; x++) {
-      const inDisc = (x - 36) ** 2 + (y - 28) ** 2 < 18 ** 2;
-      row.push(inDisc ? 230 : 40 + 3 * x, inDisc ? 150 : 60 + 2 * y, inDisc ? 60 : 200 - 2 * x);
-    }
-    rows.push(Buffer.from(row));
-  }
-  const chunk = (type, data) => {
-    const body = Buffer.concat([Buffer.from(type), data]);
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(data.length);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(zlib.crc32(body));
-    return Buffer.concat([len, body, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(SIZE, 0);
-  ihdr.writeUInt32BE(SIZE, 4);
-  ihdr.set([8, 2, 0, 0, 0], 8);
-  fs.writeFileSync(file, Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(Buffer.concat(rows))), chunk('IEND', Buffer.alloc(0))]));
-}
-
-/** The f64 tensors and metadata of a latents file (safetensors). */
-function readLatents(file) {
-  const b = fs.readFileSync(file);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const out = { meta: header.__metadata__ || {} };
-  for (const [k, v] of Object.entries(header)) {
-    if (k === '__metadata__') continue;
-    if (v.dtype !== 'F64') throw new Error(`${file}: tensor ${k} is ${v.dtype}, expected F64`);
-    const [s, e] = v.data_offsets;
-    const raw = b.subarray(8 + n + s, 8 + n + e);
-    out[k] = Array.from({ length: raw.length / 8 }, (_, i) => raw.readDoubleLE(i * 8));
-  }
-  return out;
-}
-
-function relErr(a, b) {
-  if (!a || !b || a.length !== b.length) return Infinity;
-  let d = 0, n = 0;
-  for (let i = 0; i < b.length; i++) {
-    d += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(d / n);
 }
 
 /**
@@ -121,35 +65,6 @@ function fp16View(dir, tmp) {
   return view;
 }
 
-/** Serves www/ at /www/ and the model at /model/ on 127.0.0.1, with ranges and ETags. */
-function serve(model) {
-  const mounts = { '/www/': path.join(ROOT, 'www'), '/model/': model };
-  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
-  const server = http.createServer((req, res) => {
-    const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    const mount = Object.keys(mounts).find((m) => url.startsWith(m));
-    const file = mount && path.join(mounts[mount], path.normalize(url.slice(mount.length)));
-    if (!file || !file.startsWith(mounts[mount]) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    const st = fs.statSync(file);
-    const size = st.size;
-    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
-    if (m && +m[1] >= size) return res.writeHead(416, { 'Content-Range': `bytes */${size}` }).end();
-    const [start, end] = m ? [+m[1], m[2] ? Math.min(+m[2], size - 1) : size - 1] : [0, size - 1];
-    res.writeHead(m ? 206 : 200, {
-      'Content-Type': types[path.extname(file)] || 'application/octet-stream',
-      ETag: `"${size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`, 'Last-Modified': st.mtime.toUTCString(),
-      'Accept-Ranges': 'bytes', 'Content-Length': Math.max(0, end - start + 1),
-      ...(m ? { 'Content-Range': `bytes ${start}-${end}/${size}` } : {}),
-    });
-    if (req.method === 'HEAD' || end < start) return res.end();
-    fs.createReadStream(file, { start, end }).on('error', () => res.destroy()).pipe(res);
-  });
-  return new Promise((resolve, reject) => server.on('error', reject).listen(0, '127.0.0.1', () => resolve(server)));
-}
-
 /** Runs the CLI; resolves to its wall time in seconds, rejects with a message. */
 function cli(args) {
   return new Promise((resolve, reject) => {
@@ -163,10 +78,6 @@ function cli(args) {
   });
 }
 
-const waitState = (page, states, timeout) =>
-  page.waitForFunction((s) => s.includes(document.body.dataset.state), states, { timeout, polling: 500 })
-    .then(() => page.evaluate(() => document.body.dataset.state));
-
 /** Waits for one of `states`, printing the page's status line every 30 s. */
 async function waitLogged(page, states, timeout, status) {
   const t = Date.now();
@@ -175,7 +86,7 @@ async function waitLogged(page, states, timeout, status) {
     if (s) console.log(`  … ${secs(t).toFixed(0)} s: ${s[0]} (wasm memory ${(s[1] / GIB).toFixed(2)} GiB)`);
   }, 30_000);
   try {
-    return await waitState(page, states, timeout);
+    return await waitState(page, states, timeout, 500);
   } finally {
     clearInterval(timer);
   }
@@ -184,19 +95,7 @@ async function waitLogged(page, states, timeout, status) {
 const wasmBytes = (page) => page.evaluate(() => window.__wasmMemory?.buffer.byteLength ?? null);
 
 async function browser(base, photo, tmp) {
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch {
-    throw new Error('playwright-core is missing: run `npm ci` in tests/web (./build.sh test-web does)');
-  }
-  const ctx = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(tmp, 'profile-')), {
-    executablePath: '/usr/bin/chromium', headless: true, ignoreDefaultArgs: ['--headless'], acceptDownloads: true,
-    viewport: { width: 1280, height: 800 },
-    args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--no-first-run', '--disable-dev-shm-usage', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader'],
-  }).catch((e) => { throw new Error(`Chromium did not start: ${e.message.split('\n')[0]}`); });
-  const page = ctx.pages()[0] || (await ctx.newPage());
+  const { ctx, page } = await launch(tmp, ['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
   page.on('console', (m) => ['error', 'warning'].includes(m.type()) && !/status of 404/.test(m.text()) && console.log(`  [browser ${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
   // the module's WebAssembly.Memory, from its instantiation (wasm-bindgen's init does not return it to the page)
@@ -277,9 +176,9 @@ async function main() {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'edict-full-'));
   const view = fp16View(dir, tmp);
   const photo = path.join(tmp, 'photo.png');
-  makePng(photo);
+  makePng(photo, SIZE);
 
-  const server = await serve(view);
+  const server = await serve({ '/www/': path.join(ROOT, 'www'), '/model/': view });
   try {
     const webFile = await browser(`http://127.0.0.1:${server.address().port}`, photo, tmp);
     if (webFile) {

@@ -32,14 +32,10 @@
 //     refused with the module's message.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import zlib from 'node:zlib';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { ROOT, launch, makePng, readLatents, relErr, sendRanged, serve, waitState } from './common.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'edict-web-test-'));
 const SOURCE = 'a photo of a cat';
 const TARGET = 'a photo of a dog';
@@ -61,60 +57,6 @@ function check(ok, what) {
   if (!ok) failures.push(what);
 }
 
-/** A smooth 64x64 test photo (a disc on a gradient), as PNG. */
-function makePng(file) {
-  const rows = [];
-  for (let y = 0; y < SIZE; y++) {
-    const row = [0]; // filter: none
-    for (let x = 0; x < SIZE; x++) {
-      const inDisc = (x - 36) ** 2 + (y - 28) ** 2 < 18 ** 2;
-      row.push(inDisc ? 230 : 40 + 3 * x, inDisc ? 150 : 60 + 2 * y, inDisc ? 60 : 200 - 2 * x);
-    }
-    rows.push(Buffer.from(row));
-  }
-  const chunk = (type, data) => {
-    const body = Buffer.concat([Buffer.from(type), data]);
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(data.length);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(zlib.crc32(body));
-    return Buffer.concat([len, body, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(SIZE, 0);
-  ihdr.writeUInt32BE(SIZE, 4);
-  ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
-  fs.writeFileSync(file, Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(Buffer.concat(rows))), chunk('IEND', Buffer.alloc(0)),
-  ]));
-}
-
-/** The f64 tensors of a latents file (safetensors). */
-function readLatents(file) {
-  const b = fs.readFileSync(file);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const out = {};
-  for (const [k, v] of Object.entries(header)) {
-    if (k === '__metadata__') continue;
-    const [s, e] = v.data_offsets;
-    const raw = b.subarray(8 + n + s, 8 + n + e);
-    out[k] = Array.from({ length: raw.length / 8 }, (_, i) => raw.readDoubleLE(i * 8));
-  }
-  out.meta = header.__metadata__;
-  return out;
-}
-
-function relErr(a, b) {
-  let d = 0, n = 0;
-  for (let i = 0; i < b.length; i++) {
-    d += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return a.length === b.length ? Math.sqrt(d / n) : Infinity;
-}
-
 /**
  * Files the test changes while the page downloads them, served at /v/ (for the download cache's
  * checks): path -> { body: Buffer, etag?, modified? }. `fail(path, range)` true drops the
@@ -122,78 +64,28 @@ function relErr(a, b) {
  */
 const virtual = { files: new Map(), fail: null, log: [] };
 
-/** Answers GET/HEAD for `size` bytes with HTTP ranges (one range, as a CDN does); read(start, end) gives the body. */
-function sendRanged(req, res, size, headers, read) {
-  const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
-  if (m && +m[1] >= size) {
-    res.writeHead(416, { ...headers, 'Content-Range': `bytes */${size}` }).end();
-    return;
-  }
-  const [start, end] = m ? [+m[1], m[2] ? Math.min(+m[2], size - 1) : size - 1] : [0, size - 1];
-  res.writeHead(m ? 206 : 200, {
-    ...headers, 'Accept-Ranges': 'bytes', 'Content-Length': Math.max(0, end - start + 1),
-    ...(m ? { 'Content-Range': `bytes ${start}-${end}/${size}` } : {}),
-  });
-  if (req.method === 'HEAD' || end < start) return res.end();
-  const body = read(start, end);
-  if (Buffer.isBuffer(body)) res.end(body);
-  else body.pipe(res);
-}
-
-/**
- * Serves www/ at /www/ and tests/fixtures/ at /fixtures/ on 127.0.0.1, with ranges, ETag and
- * Last-Modified as a CDN (Hugging Face's) does; `virtual` at /v/.
- */
-function serve() {
+/** Serves www/ at /www/ and tests/fixtures/ at /fixtures/ (see common.mjs), and `virtual` at /v/. */
+function serveAll() {
   const mounts = { '/www/': path.join(ROOT, 'www'), '/fixtures/': path.join(ROOT, 'tests/fixtures') };
-  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
-  const server = http.createServer((req, res) => {
-    const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    if (url.startsWith('/v/')) {
-      const p = url.slice(3);
-      virtual.log.push(`${p} ${req.headers.range || ''}`);
-      if (virtual.fail?.(p, req.headers.range)) return req.socket.destroy();
-      const f = virtual.files.get(p);
-      if (!f) return res.writeHead(404).end('not found');
-      const headers = { 'Content-Type': 'application/octet-stream', ...(f.etag ? { ETag: f.etag } : {}), ...(f.modified ? { 'Last-Modified': f.modified } : {}) };
-      return sendRanged(req, res, f.body.length, headers, (a, b) => f.body.subarray(a, b + 1));
-    }
-    const mount = Object.keys(mounts).find((m) => url.startsWith(m));
-    const file = mount && path.join(mounts[mount], path.normalize(url.slice(mount.length)));
-    if (!file || !file.startsWith(mounts[mount]) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    const st = fs.statSync(file);
-    sendRanged(req, res, st.size, {
-      'Content-Type': types[path.extname(file)] || 'application/octet-stream',
-      ETag: `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`,
-      'Last-Modified': st.mtime.toUTCString(),
-    }, (start, end) => fs.createReadStream(file, { start, end }));
+  return serve(mounts, (req, res, url) => {
+    if (!url.startsWith('/v/')) return false;
+    const p = url.slice(3);
+    virtual.log.push(`${p} ${req.headers.range || ''}`);
+    if (virtual.fail?.(p, req.headers.range)) return req.socket.destroy(), true;
+    const f = virtual.files.get(p);
+    if (!f) return res.writeHead(404).end('not found'), true;
+    const headers = { 'Content-Type': 'application/octet-stream', ...(f.etag ? { ETag: f.etag } : {}), ...(f.modified ? { 'Last-Modified': f.modified } : {}) };
+    sendRanged(req, res, f.body.length, headers, (a, b) => f.body.subarray(a, b + 1));
+    return true;
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
 
-async function launch(flags) {
-  const udd = fs.mkdtempSync(path.join(TMP, 'profile-'));
-  const ctx = await chromium.launchPersistentContext(udd, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    viewport: DESKTOP,
-    ignoreDefaultArgs: ['--headless'], // we pass --headless=new
-    acceptDownloads: true,
-    args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--no-first-run', '--disable-dev-shm-usage', ...flags],
-  });
-  const page = ctx.pages()[0] || (await ctx.newPage());
+async function launchPage(flags) {
+  const { ctx, page } = await launch(TMP, flags, DESKTOP);
   page.on('console', (m) => !quiet && ['error', 'warning'].includes(m.type()) && console.log(`  [browser ${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
   return { ctx, page };
 }
-
-const waitState = (page, states, timeout) =>
-  page.waitForFunction((s) => s.includes(document.body.dataset.state), states, { timeout, polling: 250 })
-    .then(() => page.evaluate(() => document.body.dataset.state));
 
 async function download(page, selector, file) {
   const [d] = await Promise.all([page.waitForEvent('download'), page.click(selector)]);
@@ -245,7 +137,7 @@ async function testEdit(base) {
   cliDone.catch(() => {}); // reported where awaited
   cliP2pDone.catch(() => {});
 
-  const { ctx, page } = await launch(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
+  const { ctx, page } = await launchPage(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
   // keep the devices the page requests, so the test can destroy one as a driver reset would
   await page.addInitScript(() => {
     window.__gpuDevices = [];
@@ -619,7 +511,7 @@ async function testControls(page, web, cli, cliP2pDone) {
 async function testSd2(base) {
   const photo = path.join(TMP, 'photo.png');
   makePng(photo);
-  const { ctx, page } = await launch(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
+  const { ctx, page } = await launchPage(['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader']);
   // the download cache fails as Chromium's does on multi-GB models: the load must go on without it
   await page.addInitScript(() => {
     if (self.Cache) Cache.prototype.put = () => Promise.reject(new DOMException('Unexpected internal error.', 'UnknownError'));
@@ -721,7 +613,7 @@ async function testDownloadCache(page) {
 }
 
 async function testNoWebgpu(base) {
-  const { ctx, page } = await launch(['--disable-features=WebGPU']);
+  const { ctx, page } = await launchPage(['--disable-features=WebGPU']);
   try {
     await page.goto(`${base}/www/index.html`);
     const s = await waitState(page, ['ready', 'no-webgpu', 'failed'], 60_000);
@@ -734,7 +626,7 @@ async function testNoWebgpu(base) {
   }
 }
 
-const server = await serve();
+const server = await serveAll();
 const base = `http://127.0.0.1:${server.address().port}`;
 // EDICT_WEB_TESTS=no-webgpu,sd2 runs only those parts (while working on the page)
 const only = process.env.EDICT_WEB_TESTS?.split(',');
