@@ -267,9 +267,10 @@ fn footprint_counts_the_weights_from_the_configs() {
     assert_eq!(sd15.unet.parameters(), 859_520_964);
     assert_eq!(sd15.vae.parameters(), 83_653_863);
     assert_eq!(sd15.clip.parameters(), (37_945_344, 123_060_480 - 37_945_344));
-    // the largest buffer at 512² in f32: the up path's [1280, 2560, 3, 3] conv weight (118 MiB),
+    // the largest buffer at 512² in f32: the up path's [1280, 2560, 3, 3] conv weight (112 MiB),
     // under WebGPU's default 128 MiB; activations are cut to 64 MiB
     let f = sd15.footprint(Precision::F32, 512, 512);
     assert_eq!(f.largest_buffer_bytes, 1280 * 2560 * 9 * 4);
+    assert_eq!((f.device_parameters, f.weight_bytes, f.activation_bytes), (1_028_289_963, 4 * 1_028_289_963, 4 * 256 * 512 * 512 * 4));
     assert_eq!(sd15.footprint(Precision::F16, 512, 512).largest_buffer_bytes, 1280 * 2560 * 9 * 2);
 }
