@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use edict_sd::clip_model;
 use edict_sd::model::{ModelFiles, Precision, weight_candidates};
 
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
@@ -29,34 +30,71 @@ pub fn resolve(model: &str, config: Option<&Path>, precision: Precision) -> Resu
     if path.is_file() {
         return Ok(ModelFiles::from_single_file(path, config)?);
     }
-    let looks_like_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
-    if !looks_like_id {
-        bail!("model `{model}` is neither an existing folder or file nor a Hugging Face id (owner/name)");
-    }
+    check_hub_id(model, "file")?;
     let dir = fetch(model, precision)?;
     Ok(ModelFiles::from_folder(&dir, precision)?)
+}
+
+/// The folder of a transformers `CLIPModel` for CLIP scores: `model` itself, or the HF-cache
+/// snapshot of a hub id with its [`clip_model::FOLDER_FILES`] (downloaded once).
+pub fn resolve_clip(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    check_hub_id(model, "")?;
+    let mut hub = Hub::new(model);
+    let mut dir = None;
+    for f in clip_model::FOLDER_FILES {
+        let local = hub.get(f).with_context(|| {
+            format!("cannot fetch {f} of {model} from the Hugging Face hub (no network?); download the repository elsewhere and pass --clip with its folder")
+        })?;
+        dir = local.parent().map(Path::to_path_buf);
+    }
+    dir.context("empty file list")
+}
+
+fn check_hub_id(model: &str, or_file: &str) -> Result<()> {
+    let looks_like_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
+    if !looks_like_id {
+        let what = if or_file.is_empty() { "an existing folder".to_string() } else { format!("an existing folder or {or_file}") };
+        bail!("model `{model}` is neither {what} nor a Hugging Face id (owner/name)");
+    }
+    Ok(())
+}
+
+/// A Hugging Face repository's files: from the standard HF cache, else downloaded into it.
+struct Hub {
+    id: String,
+    cache: hf_hub::Cache,
+    api: Option<hf_hub::api::sync::ApiRepo>,
+}
+
+impl Hub {
+    fn new(id: &str) -> Self {
+        Self { id: id.to_string(), cache: hf_hub::Cache::from_env(), api: None }
+    }
+
+    fn get(&mut self, f: &str) -> Result<PathBuf> {
+        if let Some(p) = self.cache.model(self.id.clone()).get(f) {
+            return Ok(p);
+        }
+        let repo = match &self.api {
+            Some(r) => r,
+            None => {
+                eprintln!("downloading {} into the Hugging Face cache ({})", self.id, self.cache.path().display());
+                let built = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build()?;
+                self.api.insert(built.model(self.id.clone()))
+            }
+        };
+        Ok(repo.get(f)?)
+    }
 }
 
 /// Returns the snapshot folder of `id` in the HF cache, downloading missing files: the text
 /// files, and for each network the first of its [`weight_candidates`] the repository has.
 fn fetch(id: &str, precision: Precision) -> Result<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
-    let cached = cache.model(id.to_string());
-    let mut api = None;
-    let mut get = |f: &str| -> Result<PathBuf> {
-        if let Some(p) = cached.get(f) {
-            return Ok(p);
-        }
-        let repo = match &api {
-            Some(r) => r,
-            None => {
-                eprintln!("downloading {id} into the Hugging Face cache ({})", cache.path().display());
-                let built = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build()?;
-                api.insert(built.model(id.to_string()))
-            }
-        };
-        Ok(repo.get(f)?)
-    };
+    let mut hub = Hub::new(id);
     let failed = |f: &str| {
         format!(
             "cannot fetch {f} of {id} from the Hugging Face hub (no network, or a gated repo?); \
@@ -71,13 +109,13 @@ fn fetch(id: &str, precision: Precision) -> Result<PathBuf> {
         snapshot = snapshot.take().or(local.ancestors().nth(depth).map(Path::to_path_buf));
     };
     for f in REPO_TEXT_FILES {
-        found(f, get(f).with_context(|| failed(f))?);
+        found(f, hub.get(f).with_context(|| failed(f))?);
     }
     for component in ["text_encoder", "unet", "vae"] {
         let candidates = weight_candidates(component, precision);
         let (f, local) = candidates
             .iter()
-            .find_map(|f| get(f).ok().map(|p| (f, p)))
+            .find_map(|f| hub.get(f).ok().map(|p| (f, p)))
             .with_context(|| failed(&candidates.join(" or ")))?;
         found(f, local);
     }

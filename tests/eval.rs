@@ -59,6 +59,38 @@ fn eval_writes_the_reconstruction_table() {
         assert!(md.contains(row), "results.md lacks {row}:\n{md}");
     }
 
+    // two shards merged equal the whole run (times aside)
+    let run = |shard: &str, dir: &str| {
+        let status = Command::new(env!("CARGO_BIN_EXE_edict"))
+            .args(["eval", "--backend", "cpu", "--quiet", "--force", "--steps", "10", "--width", "64", "--height", "64", "--shard", shard])
+            .arg("--model")
+            .arg(tiny_sd())
+            .arg("--images")
+            .arg(fixtures().join("photos"))
+            .arg("--out")
+            .arg(out.with_file_name(dir))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    run("0/2", "eval-0");
+    run("1/2", "eval-1");
+    let merged = out.with_file_name("eval-merged");
+    let status = Command::new(env!("CARGO_BIN_EXE_edict"))
+        .args(["eval-merge", "--force", "--out"])
+        .args([&merged, &out.with_file_name("eval-1"), &out.with_file_name("eval-0")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let timeless = |dir: &std::path::Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+        for key in ["images", "mean"] {
+            v[key].as_array_mut().unwrap().iter_mut().for_each(|r| drop(r.as_object_mut().unwrap().remove("seconds")));
+        }
+        v
+    };
+    assert_eq!(timeless(&merged), timeless(&out));
+
     // without --force the existing reports are an error, before any work
     let refused = Command::new(env!("CARGO_BIN_EXE_edict"))
         .args(["eval", "--backend", "cpu", "--quiet"])

@@ -10,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::metrics::{self, Quality};
-use edict_pipeline::pipeline::{Method, Settings};
+use edict_pipeline::pipeline::Method;
 use serde_json::{Value, json};
 
-use super::{ModelArgs, check_output, open, write};
+use super::shard::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
+use super::{ModelArgs, eval_settings, open, unique};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -48,10 +49,13 @@ pub struct EvalArgs {
     width: Option<u32>,
     #[arg(long, requires = "width")]
     height: Option<u32>,
-    /// Evaluate only the first N images.
+    /// Evaluate only the first N images (before --shard splits them).
     #[arg(long)]
     limit: Option<usize>,
-    /// Output folder (created if missing) for results.csv, results.json and results.md.
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Output folder (created if missing) for results.csv, results.json and results.md,
+    /// rewritten after every image.
     #[arg(long, default_value = "eval")]
     out: PathBuf,
     /// Overwrite existing result files.
@@ -60,10 +64,9 @@ pub struct EvalArgs {
 }
 
 const IMAGE_EXTENSIONS: [&str; 9] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "jfif"];
-const FILES: [&str; 3] = ["results.csv", "results.json", "results.md"];
 
 /// One image under one method; `latent_rel_err` is `None` for the VAE-only row.
-struct Row {
+pub struct EvalRow {
     image: String,
     method: &'static str,
     width: u32,
@@ -81,34 +84,38 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let images = list_images(&a.images, a.limit)?;
     let captions = read_captions(&a)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    for f in FILES {
-        check_output(&a.out.join(f), a.force)?;
-    }
     let size = match (a.width, a.height) {
         (Some(w), Some(h)) => Size::exact(w, h)?,
         _ => Size::Auto,
     };
-    let settings = Settings {
-        steps: a.steps,
-        strength: a.strength,
-        mix: a.mix,
-        guidance: a.guidance,
-        ..Settings::default()
-    };
-    settings.validate(&edict_pipeline::schedule::Schedule::default())?;
-    let mut methods: Vec<Method> = Vec::new();
-    for &m in &a.methods {
-        if !methods.contains(&m) {
-            methods.push(m);
-        }
-    }
+    let settings = eval_settings(a.steps, a.strength, a.mix, a.guidance)?;
+    let methods = unique(&a.methods);
 
-    let (backend, precision) = (a.model.backend, a.model.precision);
+    let info = json!({
+        "command": EvalRow::COMMAND,
+        "model": a.model.model,
+        "images": a.images.display().to_string(),
+        "captions": a.captions.as_ref().map(|p| p.display().to_string()),
+        "prompt": a.prompt,
+        "count": images.len(),
+        "shard": a.shard.setting(),
+        "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "steps": a.steps,
+        "strength": a.strength,
+        "mix": a.mix,
+        "guidance": a.guidance,
+        "width": a.width,
+        "height": a.height,
+        "backend": a.model.backend.to_string(),
+        "precision": a.model.precision.to_string(),
+    });
+    let mut results = Results::<EvalRow>::open(&a.out, info, a.shard.resume, a.force)?;
+    let file_name = |path: &Path| path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let todo: Vec<PathBuf> = a.shard.select(images).into_iter().filter(|p| !results.has(&file_name(p))).collect();
+
     let mut s = open(&a.model)?;
-    let mut rows = Vec::new();
-    for (i, path) in images.iter().enumerate() {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    for (i, path) in todo.iter().enumerate() {
+        let name = file_name(path);
         let prompt = captions.get(&name).cloned().unwrap_or_else(|| a.prompt.clone());
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let img = image_io::decode(&bytes).with_context(|| path.display().to_string())?;
@@ -116,7 +123,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         let (img, _) = image_io::fit(img, size, long_side).with_context(|| path.display().to_string())?;
         let (w, h) = img.dimensions();
         let input = image_io::from_rgb(&img);
-        let row = |method, q, latent_rel_err, unet_evals, seconds| Row {
+        let mut rows = Vec::new();
+        let row = |method, q, latent_rel_err, unet_evals, seconds| EvalRow {
             image: name.clone(),
             method,
             width: w,
@@ -133,7 +141,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         let vae = pollster::block_on(s.editor.decode(&latent))?;
         let q = metrics::compare(&input, &vae)?;
         rows.push(row("vae", q, None, 0, t.elapsed().as_secs_f64()));
-        let mut line = format!("[{}/{}] {name} {w}×{h}: VAE {:.2} dB", i + 1, images.len(), q.psnr);
+        let mut line = format!("[{}/{}] {name} {w}×{h}: VAE {:.2} dB", i + 1, todo.len(), q.psnr);
 
         for &method in &methods {
             // the encode is shared: a method's seconds are invert + denoise + decode
@@ -146,26 +154,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             rows.push(row(label, q, Some(rec.latent_rel_err), rec.unet_evals, t.elapsed().as_secs_f64()));
             write!(line, ", {label} {:.2} dB (latent {:.1e})", q.psnr, rec.latent_rel_err)?;
         }
+        results.add(rows)?;
         s.bars.note(&line);
     }
-
-    let order: Vec<&str> = std::iter::once("vae").chain(methods.iter().map(|&m| m.name())).collect();
-    let means: Vec<Mean> = order.iter().map(|m| Mean::of(m, &rows)).collect();
-    let info = json!({
-        "model": a.model.model,
-        "images": a.images.display().to_string(),
-        "count": images.len(),
-        "steps": a.steps,
-        "strength": a.strength,
-        "mix": a.mix,
-        "guidance": a.guidance,
-        "backend": backend.to_string(),
-        "precision": precision.to_string(),
-    });
-    write(&a.out.join(FILES[0]), csv(&rows).as_bytes())?;
-    write(&a.out.join(FILES[1]), serde_json::to_string_pretty(&to_json(info, &rows, &means))?.as_bytes())?;
-    write(&a.out.join(FILES[2]), markdown(&means, &a, images.len()).as_bytes())?;
-    s.bars.note(&format!("{}\nwrote {}", markdown_table(&means), a.out.join("results.{csv,json,md}").display()));
+    s.bars.note(&format!("{}\nwrote {}", markdown_table(&means(results.rows())), a.out.join("results.{csv,json,md}").display()));
     Ok(())
 }
 
@@ -242,9 +234,9 @@ struct Mean {
 }
 
 impl Mean {
-    fn of(method: &str, rows: &[Row]) -> Self {
-        let r: Vec<&Row> = rows.iter().filter(|r| r.method == method).collect();
-        let avg = |f: &dyn Fn(&Row) -> f64| r.iter().map(|x| f(x)).sum::<f64>() / r.len() as f64;
+    fn of(method: &str, rows: &[EvalRow]) -> Self {
+        let r: Vec<&EvalRow> = rows.iter().filter(|r| r.method == method).collect();
+        let avg = |f: &dyn Fn(&EvalRow) -> f64| r.iter().map(|x| f(x)).sum::<f64>() / r.len() as f64;
         Self {
             method: method.to_string(),
             mse: avg(&|x| x.q.mse),
@@ -256,52 +248,96 @@ impl Mean {
     }
 }
 
-const CSV_HEADER: &str = "image,method,width,height,mse,psnr,ssim,latent_rel_err,unet_evals,seconds,prompt";
-
-fn csv(rows: &[Row]) -> String {
-    let mut out = format!("{CSV_HEADER}\n");
-    for r in rows {
-        let err = r.latent_rel_err.map(|e| format!("{e:e}")).unwrap_or_default();
-        // the free-text fields are quoted, with quotes doubled (RFC 4180)
-        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        out += &format!(
-            "{},{},{},{},{:e},{},{},{err},{},{:.3},{}\n",
-            quote(&r.image),
-            r.method,
-            r.width,
-            r.height,
-            r.q.mse,
-            r.q.psnr,
-            r.q.ssim,
-            r.unet_evals,
-            r.seconds,
-            quote(&r.prompt)
-        );
-    }
-    out
+/// One mean per method, in the order the rows name them.
+fn means(rows: &[EvalRow]) -> Vec<Mean> {
+    methods_in_order(rows).into_iter().map(|m| Mean::of(m, rows)).collect()
 }
 
-fn to_json(info: Value, rows: &[Row], means: &[Mean]) -> Value {
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "image": r.image, "method": r.method, "width": r.width, "height": r.height,
-                "prompt": r.prompt, "mse": r.q.mse, "psnr": r.q.psnr, "ssim": r.q.ssim,
-                "latent_rel_err": r.latent_rel_err, "unet_evals": r.unet_evals, "seconds": r.seconds,
-            })
+const METHODS: [&str; 3] = ["vae", "edict", "ddim"];
+
+impl Row for EvalRow {
+    const COMMAND: &'static str = "eval";
+    const CSV_HEADER: &'static str = "image,method,width,height,mse,psnr,ssim,latent_rel_err,unet_evals,seconds,prompt";
+
+    fn item(&self) -> &str {
+        &self.image
+    }
+
+    fn method(&self) -> &'static str {
+        self.method
+    }
+
+    fn to_csv(&self) -> Vec<String> {
+        vec![
+            quote(&self.image),
+            self.method.to_string(),
+            self.width.to_string(),
+            self.height.to_string(),
+            format!("{:e}", self.q.mse),
+            self.q.psnr.to_string(),
+            self.q.ssim.to_string(),
+            self.latent_rel_err.map(|e| format!("{e:e}")).unwrap_or_default(),
+            self.unet_evals.to_string(),
+            format!("{:.3}", self.seconds),
+            quote(&self.prompt),
+        ]
+    }
+
+    fn from_csv(f: &[String]) -> Result<Self> {
+        let [image, method, width, height, mse, psnr, ssim, err, evals, seconds, prompt] = f else {
+            bail!("{} fields, expected 11", f.len());
+        };
+        Ok(Self {
+            method: method_named(method, &METHODS)?,
+            image: image.clone(),
+            width: number(width, "width")?,
+            height: number(height, "height")?,
+            prompt: prompt.clone(),
+            q: Quality { mse: number(mse, "MSE")?, psnr: number(psnr, "PSNR")?, ssim: number(ssim, "SSIM")? },
+            latent_rel_err: if err.is_empty() { None } else { Some(number(err, "latent error")?) },
+            unet_evals: number(evals, "UNet count")?,
+            seconds: number(seconds, "time")?,
         })
-        .collect();
-    let means: Vec<Value> = means
-        .iter()
-        .map(|m| {
-            json!({
-                "method": m.method, "mse": m.mse, "psnr": m.psnr, "ssim": m.ssim,
-                "latent_rel_err": m.latent_rel_err, "seconds": m.seconds,
+    }
+
+    fn json(rows: &[Self]) -> (Value, Value) {
+        let images = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "image": r.image, "method": r.method, "width": r.width, "height": r.height,
+                    "prompt": r.prompt, "mse": r.q.mse, "psnr": r.q.psnr, "ssim": r.q.ssim,
+                    "latent_rel_err": r.latent_rel_err, "unet_evals": r.unet_evals, "seconds": r.seconds,
+                })
             })
-        })
-        .collect();
-    json!({ "settings": info, "mean": means, "images": rows })
+            .collect();
+        let means = means(rows)
+            .iter()
+            .map(|m| {
+                json!({
+                    "method": m.method, "mse": m.mse, "psnr": m.psnr, "ssim": m.ssim,
+                    "latent_rel_err": m.latent_rel_err, "seconds": m.seconds,
+                })
+            })
+            .collect();
+        (means, images)
+    }
+
+    fn markdown(s: &Value, rows: &[Self]) -> String {
+        let n = rows.iter().filter(|r| r.method == "vae").count();
+        format!(
+            "# Reconstruction: {n} images from {}\n\nModel `{}`, {} steps, strength {}, p = {}, guidance {}. \
+             MSE on pixels in [−1, 1], PSNR for a range of 2, SSIM (11×11 Gaussian window), \
+             latent error ‖z′ − z‖/‖z‖; means over images.\n\n{}",
+            s["images"].as_str().unwrap_or_default(),
+            s["model"].as_str().unwrap_or_default(),
+            s["steps"],
+            s["strength"],
+            s["mix"],
+            s["guidance"],
+            markdown_table(&means(rows))
+        )
+    }
 }
 
 fn markdown_table(means: &[Mean]) -> String {
@@ -317,21 +353,6 @@ fn markdown_table(means: &[Mean]) -> String {
         t += &format!("| {label} | {:.4} | {:.2} | {:.4} | {err} | {:.2} |\n", m.mse, m.psnr, m.ssim, m.seconds);
     }
     t
-}
-
-fn markdown(means: &[Mean], a: &EvalArgs, n: usize) -> String {
-    format!(
-        "# Reconstruction: {n} images from {}\n\nModel `{}`, {} steps, strength {}, p = {}, guidance {}. \
-         MSE on pixels in [−1, 1], PSNR for a range of 2, SSIM (11×11 Gaussian window), \
-         latent error ‖z′ − z‖/‖z‖; means over images.\n\n{}",
-        a.images.display(),
-        a.model.model,
-        a.steps,
-        a.strength,
-        a.mix,
-        a.guidance,
-        markdown_table(means)
-    )
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 pub mod bench;
 pub mod edit;
 pub mod eval;
+pub mod eval_edit;
 pub mod generate;
 pub mod invert;
 pub mod reconstruct;
+pub mod shard;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
@@ -106,6 +108,25 @@ pub struct PreviewArgs {
     /// approximation without the VAE; one tile per target).
     #[arg(long)]
     pub preview: Option<PathBuf>,
+}
+
+/// The sampler settings of `eval` and `eval-edit` (the others at their defaults), checked
+/// before any work.
+pub fn eval_settings(steps: usize, strength: f64, mix: f64, guidance: f64) -> Result<Settings> {
+    let settings = Settings { steps, strength, mix, guidance, ..Settings::default() };
+    settings.validate(&edict_pipeline::schedule::Schedule::default())?;
+    Ok(settings)
+}
+
+/// `list` without repeats, in order (`--methods edict,edict`).
+pub fn unique<T: PartialEq + Copy>(list: &[T]) -> Vec<T> {
+    let mut out = Vec::new();
+    for &x in list {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
 }
 
 /// Refuses to overwrite unless `--force`; checks the folder exists before any long work.

@@ -6,6 +6,7 @@ pub mod error;
 pub mod image_io;
 pub mod latents;
 pub mod metrics;
+pub mod pie_bench;
 pub mod pipeline;
 pub mod preview;
 pub mod prompt_edit;

@@ -26,35 +26,58 @@ pub fn compare(a: &Rgb, b: &Rgb) -> Result<Quality> {
     let n = (a.width * a.height * 3) as f64;
     let mse = ca.iter().zip(&cb).flat_map(|(x, y)| x.iter().zip(y)).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n;
     let psnr = 10.0 * (4.0 / mse).log10();
-    let ssim = ca.iter().zip(&cb).map(|(x, y)| ssim_channel(x, y, a.width, a.height)).sum::<f64>() / 3.0;
+    let ssim = ca.iter().zip(&cb).map(|(x, y)| ssim_channel(x, y, a.width, a.height, 2.0, Border::Valid)).sum::<f64>() / 3.0;
     Ok(Quality { mse, psnr, ssim })
 }
 
-/// Wang et al. (2004) SSIM: 11×11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03, range 2,
-/// averaged over the valid (unpadded) window positions.
-fn ssim_channel(x: &[f64], y: &[f64], w: usize, h: usize) -> f64 {
+/// Which window positions SSIM averages over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Border {
+    /// Windows inside the image only (Wang et al.'s MATLAB code, scikit-image; what the EDICT
+    /// paper's reconstruction numbers use).
+    Valid,
+    /// Every pixel, the image reflect-padded by the window radius (torch's `reflect`: the edge
+    /// pixel is not repeated): torchmetrics' `StructuralSimilarityIndexMeasure` since
+    /// Lightning-AI/torchmetrics#2721 (1.5, 2024), the one PIE-Bench's script calls today.
+    Reflect,
+}
+
+/// Wang et al. (2004) SSIM of one channel (`w × h`, row-major): 11×11 Gaussian window
+/// (σ = 1.5), K1 = 0.01, K2 = 0.03, for a data range of `range`, variances clamped at 0 (as
+/// torchmetrics), averaged over the positions `border` selects.
+pub fn ssim_channel(x: &[f64], y: &[f64], w: usize, h: usize, range: f64, border: Border) -> f64 {
     const R: usize = 5;
     let g: Vec<f64> = {
         let v: Vec<f64> = (0..=2 * R).map(|i| (-((i as f64 - R as f64).powi(2)) / (2.0 * 1.5 * 1.5)).exp()).collect();
         let s: f64 = v.iter().sum();
         v.into_iter().map(|e| e / s).collect()
     };
+    let c = ((0.01 * range).powi(2), (0.03 * range).powi(2));
     if w <= 2 * R || h <= 2 * R {
         // too small for the window: fall back to global statistics
-        return ssim_from(mean(x), mean(y), var(x, x), var(y, y), var(x, y));
+        return ssim_from(mean(x), mean(y), var(x, x), var(y, y), var(x, y), c);
     }
+    // output (ow × oh) position (i, j) sees input columns i − off … i − off + 2R (reflected)
+    let (ow, oh, off) = match border {
+        Border::Valid => (w - 2 * R, h - 2 * R, 0),
+        Border::Reflect => (w, h, R),
+    };
+    let at = |i: usize, n: usize| -> usize {
+        let i = i as isize - off as isize;
+        let n = n as isize;
+        (if i < 0 { -i } else if i >= n { 2 * (n - 1) - i } else { i }) as usize
+    };
     let blur = |img: &[f64]| -> Vec<f64> {
-        let (ow, oh) = (w - 2 * R, h - 2 * R);
         let mut rows = vec![0.0; ow * h];
         for yy in 0..h {
             for xx in 0..ow {
-                rows[yy * ow + xx] = (0..=2 * R).map(|k| g[k] * img[yy * w + xx + k]).sum();
+                rows[yy * ow + xx] = (0..=2 * R).map(|k| g[k] * img[yy * w + at(xx + k, w)]).sum();
             }
         }
         let mut out = vec![0.0; ow * oh];
         for yy in 0..oh {
             for xx in 0..ow {
-                out[yy * ow + xx] = (0..=2 * R).map(|k| g[k] * rows[(yy + k) * ow + xx]).sum();
+                out[yy * ow + xx] = (0..=2 * R).map(|k| g[k] * rows[at(yy + k, h) * ow + xx]).sum();
             }
         }
         out
@@ -63,13 +86,13 @@ fn ssim_channel(x: &[f64], y: &[f64], w: usize, h: usize) -> f64 {
     let (mx, my) = (blur(x), blur(y));
     let (sxx, syy, sxy) = (blur(&prod(x, x)), blur(&prod(y, y)), blur(&prod(x, y)));
     let vals: Vec<f64> = (0..mx.len())
-        .map(|i| ssim_from(mx[i], my[i], sxx[i] - mx[i] * mx[i], syy[i] - my[i] * my[i], sxy[i] - mx[i] * my[i]))
+        .map(|i| ssim_from(mx[i], my[i], sxx[i] - mx[i] * mx[i], syy[i] - my[i] * my[i], sxy[i] - mx[i] * my[i], c))
         .collect();
     mean(&vals)
 }
 
-fn ssim_from(mx: f64, my: f64, vx: f64, vy: f64, cxy: f64) -> f64 {
-    let (c1, c2) = ((0.01f64 * 2.0).powi(2), (0.03f64 * 2.0).powi(2));
+fn ssim_from(mx: f64, my: f64, vx: f64, vy: f64, cxy: f64, (c1, c2): (f64, f64)) -> f64 {
+    let (vx, vy) = (vx.max(0.0), vy.max(0.0));
     ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 }
 

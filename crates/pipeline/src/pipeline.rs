@@ -493,6 +493,21 @@ impl Editor {
     }
 }
 
+impl Editor {
+    /// Plain img2img (SDEdit), the edit baseline without inversion: `latent` noised to the first
+    /// timestep of the run `s` describes, `x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε` with seeded Gaussian ε
+    /// (diffusers' img2img), then denoised by DDIM under `prompt`.
+    pub async fn img2img(&mut self, latent: &Latent, prompt: &str, s: &Settings, seed: u64, obs: &mut dyn Observer) -> Result<Latent> {
+        let (steps, _) = s.validate(&self.schedule)?;
+        let at = self.schedule.alphas_cumprod[steps[0].t];
+        let mut rng = SplitMix(seed);
+        let noisy = latent.values.iter().map(|z| at.sqrt() * z + (1.0 - at).sqrt() * rng.normal()).collect();
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, Method::Ddim, "img2img", latent.shape, obs)?;
+        let values = ddim_denoise(vec![noisy], &steps, &mut eps).await?.remove(0);
+        Ok(Latent { values, shape: latent.shape })
+    }
+}
+
 /// Refuses an image size whose VAE activations cannot fit in `available` bytes (the CPU
 /// backend's free memory), rather than run for minutes and be killed by the OS.
 pub fn check_memory(vae: &VaeConfig, width: usize, height: usize, element_bytes: usize, available: u64) -> Result<()> {

@@ -588,3 +588,26 @@ mod tests {
         assert!(clip_score(&[0.0, 0.0], &[1.0, 0.0]).is_err());
     }
 }
+
+/// The files of a transformers `CLIPModel` folder (a hub snapshot of openai/clip-vit-large-patch14
+/// has them all) that [`load_folder`] reads.
+pub const FOLDER_FILES: [&str; 5] = ["config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt"];
+
+/// Loads a transformers `CLIPModel` folder ([`FOLDER_FILES`]; the weights only as safetensors)
+/// in f32: the model, its image processor and its tokenizer.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_folder(dir: &std::path::Path, device: &Device) -> Result<(ClipModel, ClipImageProcessor, crate::tokenizer::ClipTokenizer)> {
+    let text = |name: &str| -> Result<(String, String)> {
+        let path = dir.join(name);
+        let read = std::fs::read_to_string(&path).map_err(|source| SdError::Io { path: path.clone(), source })?;
+        Ok((read, path.display().to_string()))
+    };
+    let (config, path) = text("config.json")?;
+    let config = ClipModelConfig::from_json(&config, &path)?;
+    let (processor, path) = text("preprocessor_config.json")?;
+    let processor = ClipImageProcessor::from_json(&processor, &path)?;
+    let weights = crate::weights::WeightFile::open(&dir.join("model.safetensors"))?;
+    let vb = VarBuilder::from_files([weights], device, burn::tensor::DType::F32);
+    let model = ClipModel::load(&vb, &config)?;
+    Ok((model, processor, crate::tokenizer::ClipTokenizer::from_folder(dir)?))
+}

@@ -1,0 +1,275 @@
+//! PIE-Bench (Ju et al., *Direct Inversion*, ICLR 2024) as its own evaluation code computes it
+//! (cure-lab/PnPInversion `evaluation/evaluate.py`, `evaluation/matrics_calculator.py`): the
+//! `mapping_file.json` entries, the run-length-encoded edit masks, the background metrics of the
+//! unedited part and the CLIP scores of the whole edited image and of its edited part.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Device;
+use edict_sd::clip_model::{ClipImageProcessor, ClipModel, clip_score};
+use edict_sd::tokenizer::ClipTokenizer;
+use image::RgbImage;
+use serde::Deserialize;
+
+use crate::error::{PipelineError, Result};
+use crate::image_io::Rgb;
+use crate::metrics::{Border, ssim_channel};
+
+/// The side of PIE-Bench's images and masks.
+pub const SIDE: usize = 512;
+
+/// One `mapping_file.json` entry, its prompts without the brackets that mark edited words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    /// Relative to the benchmark's `annotation_images/` folder.
+    pub image_path: String,
+    pub source_prompt: String,
+    pub target_prompt: String,
+    pub editing_instruction: String,
+    pub editing_type_id: String,
+    pub blended_word: String,
+    /// Flat (start, length) pairs over the row-major 512×512 image.
+    pub mask: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawEntry {
+    image_path: String,
+    original_prompt: String,
+    editing_prompt: String,
+    #[serde(default)]
+    editing_instruction: String,
+    editing_type_id: String,
+    #[serde(default)]
+    blended_word: String,
+    mask: Vec<i64>,
+}
+
+/// The entries of a `mapping_file.json` (`{id: {image_path, original_prompt, …}}`), sorted by id.
+pub fn parse_mapping(text: &str) -> Result<Vec<Entry>> {
+    let raw: BTreeMap<String, RawEntry> =
+        serde_json::from_str(text).map_err(|e| PipelineError::Invalid(format!("not a PIE-Bench mapping file: {e}")))?;
+    raw.into_iter()
+        .map(|(id, r)| {
+            if !r.mask.len().is_multiple_of(2) {
+                return Err(PipelineError::Invalid(format!("entry {id}: the mask has an odd number of values ({}); it is (start, length) pairs", r.mask.len())));
+            }
+            Ok(Entry {
+                id,
+                image_path: r.image_path,
+                source_prompt: strip_brackets(&r.original_prompt),
+                target_prompt: strip_brackets(&r.editing_prompt),
+                editing_instruction: r.editing_instruction,
+                editing_type_id: r.editing_type_id,
+                blended_word: r.blended_word,
+                mask: r.mask,
+            })
+        })
+        .collect()
+}
+
+/// `evaluate.py`: `prompt.replace("[", "").replace("]", "")`.
+pub fn strip_brackets(prompt: &str) -> String {
+    prompt.replace(['[', ']'], "")
+}
+
+/// A 0/1 edit mask, row-major; 1 = edited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    pub side: usize,
+    pub data: Vec<u8>,
+}
+
+impl Mask {
+    /// `evaluate.py`'s `mask_decode` at 512×512: each (start, length) run set to 1, clipped at
+    /// the end of the image (a run starting past it sets nothing), then the four 1-pixel borders
+    /// set to 1 ("to avoid annotation errors in boundary").
+    pub fn decode(rle: &[i64]) -> Result<Self> {
+        if !rle.len().is_multiple_of(2) {
+            return Err(PipelineError::Invalid(format!("a mask has an odd number of values ({})", rle.len())));
+        }
+        let n = (SIDE * SIDE) as i64;
+        let mut data = vec![0u8; SIDE * SIDE];
+        for run in rle.chunks_exact(2) {
+            let (start, len) = (run[0], run[1].min(n - run[0]));
+            if start < 0 {
+                // numpy would index from the end; no PIE-Bench mask does this
+                return Err(PipelineError::Invalid(format!("a mask run starts at {start}")));
+            }
+            if len > 0 {
+                data[start as usize..(start + len) as usize].fill(1);
+            }
+        }
+        Ok(Self::with_borders(SIDE, data))
+    }
+
+    fn with_borders(side: usize, mut data: Vec<u8>) -> Self {
+        for i in 0..side {
+            for p in [i, (side - 1) * side + i, i * side, i * side + side - 1] {
+                data[p] = 1;
+            }
+        }
+        Self { side, data }
+    }
+
+    /// The mask at another side (for runs below the benchmark's 512): nearest pixel centres, the
+    /// borders set again as `mask_decode` does.
+    pub fn resized(&self, side: usize) -> Self {
+        if side == self.side {
+            return self.clone();
+        }
+        let src = |i: usize| ((i as f64 + 0.5) * self.side as f64 / side as f64) as usize;
+        let data = (0..side * side).map(|p| self.data[src(p / side) * self.side + src(p % side)]).collect();
+        Self::with_borders(side, data)
+    }
+
+    /// Pixels edited (the mask's sum).
+    pub fn edited(&self) -> usize {
+        self.data.iter().map(|&v| v as usize).sum()
+    }
+
+    /// Row-major (start, length) runs of the 1s, merged: a canonical form to compare masks by.
+    pub fn runs(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut start = None;
+        for (i, &v) in self.data.iter().chain([&0]).enumerate() {
+            match (v, start) {
+                (1, None) => start = Some(i),
+                (0, Some(s)) => {
+                    out.extend([s, i - s]);
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// The unedited part's PSNR (dB), MSE and SSIM; NaN where the mask leaves no unedited pixel
+/// (`evaluate.py` returns "nan").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Background {
+    pub psnr: f64,
+    pub mse: f64,
+    pub ssim: f64,
+}
+
+/// `calculate_{psnr,mse,ssim}(src, tgt, 1 − mask, 1 − mask)`: both images in [0, 1]
+/// (`u8 / 255`), multiplied by 1 − mask, compared over the whole image and all 3 channels with
+/// a data range of 1 — torchmetrics' `PeakSignalNoiseRatio(data_range=1.0)`,
+/// `MeanSquaredError()`, `StructuralSimilarityIndexMeasure(data_range=1.0)` (1.9.0: Gaussian
+/// window over the reflect-padded image, see [`Border::Reflect`]). Computed in f64; torchmetrics
+/// works in f32.
+pub fn background(source: &Rgb, edited: &Rgb, mask: &Mask) -> Result<Background> {
+    let (w, h) = (source.width, source.height);
+    if (edited.width, edited.height) != (w, h) || (mask.side, mask.side) != (w, h) {
+        return Err(PipelineError::Invalid(format!(
+            "background metrics need equal sizes: source {w}×{h}, edited {}×{}, mask {}²",
+            edited.width, edited.height, mask.side
+        )));
+    }
+    if mask.edited() == w * h {
+        return Ok(Background { psnr: f64::NAN, mse: f64::NAN, ssim: f64::NAN });
+    }
+    let planes = |img: &Rgb| -> [Vec<f64>; 3] {
+        std::array::from_fn(|c| (0..w * h).map(|i| img.data[i * 3 + c] as f64 / 255.0 * (1 - mask.data[i]) as f64).collect())
+    };
+    let (a, b) = (planes(source), planes(edited));
+    let n = (w * h * 3) as f64;
+    let mse = a.iter().zip(&b).flat_map(|(x, y)| x.iter().zip(y)).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n;
+    let ssim = a.iter().zip(&b).map(|(x, y)| ssim_channel(x, y, w, h, 1.0, Border::Reflect)).sum::<f64>() / 3.0;
+    Ok(Background { psnr: 10.0 * (1.0 / mse).log10(), mse, ssim })
+}
+
+/// `np.uint8(img * mask)`: the edited part, black elsewhere.
+pub fn masked(img: &Rgb, mask: &Mask) -> Rgb {
+    let data = img.data.iter().enumerate().map(|(i, &v)| v * mask.data[i / 3]).collect();
+    Rgb { data, ..img.clone() }
+}
+
+/// torchmetrics' `CLIPScore` as PIE-Bench calls it: one uint8 image and one prompt per call,
+/// `100 · max(cos, 0)` (see [`edict_sd::clip_model`]).
+pub struct ClipScorer {
+    pub model: ClipModel,
+    pub processor: ClipImageProcessor,
+    pub tokenizer: ClipTokenizer,
+    pub device: Device,
+}
+
+impl ClipScorer {
+    /// The projected text embedding of a prompt (tokenized as SD's CLIP tokenizer does: cut at
+    /// 77 tokens with `<|endoftext|>` kept; PIE-Bench's prompts are far shorter).
+    pub async fn text(&self, prompt: &str) -> Result<Vec<f32>> {
+        let ids = self.tokenizer.encode(prompt)?.ids;
+        Ok(edict_sd::backend::read(self.model.text_embeds(&ids)?).await?)
+    }
+
+    pub async fn score(&self, image: &Rgb, text: &[f32]) -> Result<f64> {
+        let img = RgbImage::from_raw(image.width as u32, image.height as u32, image.data.clone())
+            .ok_or_else(|| PipelineError::Image("pixel buffer does not match its size".into()))?;
+        let pixels = self.processor.pixel_values(&[img], &self.device)?;
+        let embed = edict_sd::backend::read(self.model.image_embeds(pixels)?).await?;
+        Ok(clip_score(&embed, text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_entries_are_sorted_and_stripped() {
+        let text = r#"{"2": {"image_path": "b.jpg", "original_prompt": "a [cat]", "editing_prompt": "a [dog] [ ]", "editing_type_id": "1", "mask": [0, 3]},
+                       "10": {"image_path": "a.jpg", "original_prompt": "x", "editing_prompt": "y", "editing_instruction": "i", "editing_type_id": "0", "blended_word": "x y", "mask": []}}"#;
+        let e = parse_mapping(text).unwrap();
+        assert_eq!((e[0].id.as_str(), e[1].id.as_str()), ("10", "2"));
+        assert_eq!((e[1].source_prompt.as_str(), e[1].target_prompt.as_str()), ("a cat", "a dog  "));
+        assert!(parse_mapping(r#"{"1": {"image_path": "a", "original_prompt": "", "editing_prompt": "", "editing_type_id": "0", "mask": [1]}}"#).unwrap_err().to_string().contains("odd"));
+        assert!(parse_mapping("[]").unwrap_err().to_string().contains("not a PIE-Bench mapping file"));
+    }
+
+    #[test]
+    fn masks_decode_clip_and_resize() {
+        let n = (SIDE * SIDE) as i64;
+        // a run clipped at the end, one past the end, an empty one
+        let m = Mask::decode(&[SIDE as i64 * 3 + 10, 5, n - SIDE as i64 - 2, 600, n + 5, 10, 7, 0]).unwrap();
+        let ones: Vec<usize> = (0..SIDE * SIDE).filter(|&i| m.data[i] == 1).collect();
+        let border = 4 * SIDE - 4;
+        assert_eq!(ones.len(), border + 5 + 1, "5 inside, 1 of the clipped run off the border");
+        assert!(ones.contains(&(SIDE * 3 + 12)) && ones.contains(&(SIDE * SIDE - SIDE - 2)));
+        assert_eq!(m.runs()[..4], [0, SIDE + 1, 2 * SIDE - 1, 2]);
+        assert!(Mask::decode(&[-1, 3]).is_err() && Mask::decode(&[1]).is_err());
+        // 512 → 4: pixel centres 64, 192, 320, 448; borders forced
+        let mut block = vec![0i64; 0];
+        for y in 150..250 {
+            block.extend([y * SIDE as i64 + 150, 100]);
+        }
+        let small = Mask::decode(&block).unwrap().resized(4);
+        assert_eq!(small.data, [1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1].map(|v: i32| v as u8));
+        let small = Mask::decode(&block).unwrap().resized(8);
+        // centres 32, 96, 160, 224, …: rows/columns 2 and 3 are inside 150..250
+        assert_eq!(small.data[2 * 8 + 2..2 * 8 + 5], [1, 1, 0]);
+    }
+
+    #[test]
+    fn background_of_known_images() {
+        let side = 16;
+        let mut mask = Mask::with_borders(side, vec![0; side * side]);
+        let img = |v: u8| Rgb { width: side, height: side, data: vec![v; side * side * 3] };
+        // the 14×14 inside differs by 10 levels; the (edited) borders are ignored
+        let (a, mut b) = (img(100), img(110));
+        b.data.iter_mut().enumerate().filter(|(i, _)| mask.data[i / 3] == 1).for_each(|(_, v)| *v = 0);
+        let q = background(&a, &b, &mask).unwrap();
+        let mse = (10.0f64 / 255.0).powi(2) * 196.0 / 256.0;
+        assert!((q.mse - mse).abs() < 1e-15 && (q.psnr - 10.0 * (1.0 / mse).log10()).abs() < 1e-9);
+        assert!(q.ssim < 1.0 && q.ssim > 0.5);
+        assert!((background(&a, &a, &mask).unwrap().ssim - 1.0).abs() < 1e-12);
+        mask.data.fill(1);
+        assert!(background(&a, &b, &mask).unwrap().psnr.is_nan());
+        assert!(background(&a, &img(0), &Mask::with_borders(8, vec![0; 64])).is_err());
+        let m = masked(&img(110), &Mask::with_borders(side, vec![0; side * side]));
+        assert_eq!((m.data[0], m.data[(side + 1) * 3]), (110, 0));
+    }
+}
