@@ -102,7 +102,45 @@ pub struct ClipEncoderLayer {
     pub quick_gelu: bool,
 }
 
+/// The shape of a CLIP tower's encoder layers.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub eps: f64,
+    pub quick_gelu: bool,
+    /// Text: each token sees only earlier ones; vision: every patch sees every other.
+    pub causal: bool,
+}
+
 impl ClipEncoderLayer {
+    pub fn load(vb: &VarBuilder, s: &LayerShape) -> Result<Self> {
+        let d = s.hidden;
+        let a = vb.pp("self_attn");
+        // SD 2.x single files keep OpenCLIP's fused q/k/v projection
+        let [q_proj, k_proj, v_proj] = if a.contains("in_proj.weight") {
+            fused_qkv(&a.pp("in_proj"), d)?
+        } else {
+            [linear(&a.pp("q_proj"), d, d, true)?, linear(&a.pp("k_proj"), d, d, true)?, linear(&a.pp("v_proj"), d, d, true)?]
+        };
+        Ok(Self {
+            layer_norm1: layer_norm(&vb.pp("layer_norm1"), d, s.eps)?,
+            self_attn: ClipAttention {
+                q_proj,
+                k_proj,
+                v_proj,
+                out_proj: linear(&a.pp("out_proj"), d, d, true)?,
+                heads: s.heads,
+                causal: s.causal,
+            },
+            layer_norm2: layer_norm(&vb.pp("layer_norm2"), d, s.eps)?,
+            fc1: linear(&vb.pp("mlp.fc1"), d, s.intermediate, true)?,
+            fc2: linear(&vb.pp("mlp.fc2"), s.intermediate, d, true)?,
+            quick_gelu: s.quick_gelu,
+        })
+    }
+
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.self_attn.forward(self.layer_norm1.forward(x.clone())) + x;
         let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
@@ -148,32 +186,16 @@ impl ClipTextModel {
         let vb = vb.pp("text_model");
         let d = c.hidden_size;
         let eps = c.layer_norm_eps;
+        let shape = LayerShape {
+            hidden: d,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            eps,
+            quick_gelu: c.hidden_act == "quick_gelu",
+            causal: true,
+        };
         let layers = (0..c.num_hidden_layers)
-            .map(|i| {
-                let l = vb.pp("encoder.layers").pp(i);
-                let a = l.pp("self_attn");
-                // SD 2.x single files keep OpenCLIP's fused q/k/v projection
-                let [q_proj, k_proj, v_proj] = if a.contains("in_proj.weight") {
-                    fused_qkv(&a.pp("in_proj"), d)?
-                } else {
-                    [linear(&a.pp("q_proj"), d, d, true)?, linear(&a.pp("k_proj"), d, d, true)?, linear(&a.pp("v_proj"), d, d, true)?]
-                };
-                Ok(ClipEncoderLayer {
-                    layer_norm1: layer_norm(&l.pp("layer_norm1"), d, eps)?,
-                    self_attn: ClipAttention {
-                        q_proj,
-                        k_proj,
-                        v_proj,
-                        out_proj: linear(&a.pp("out_proj"), d, d, true)?,
-                        heads: c.num_attention_heads,
-                        causal: true,
-                    },
-                    layer_norm2: layer_norm(&l.pp("layer_norm2"), d, eps)?,
-                    fc1: linear(&l.pp("mlp.fc1"), d, c.intermediate_size, true)?,
-                    fc2: linear(&l.pp("mlp.fc2"), c.intermediate_size, d, true)?,
-                    quick_gelu: c.hidden_act == "quick_gelu",
-                })
-            })
+            .map(|i| ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), &shape))
             .collect::<Result<_>>()?;
         Ok(Self {
             token_embedding: vb.pp("embeddings.token_embedding").host_f32("weight", &[c.vocab_size, d])?,

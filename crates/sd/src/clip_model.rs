@@ -13,7 +13,7 @@ use image::RgbImage;
 use image::imageops::{self, FilterType};
 use serde::Deserialize;
 
-use crate::clip::{ClipAttention, ClipConfig, ClipEncoderLayer, ClipTextModel};
+use crate::clip::{ClipConfig, ClipEncoderLayer, ClipTextModel, LayerShape};
 use crate::error::parse_config;
 use crate::nn::{embedding, layer_norm, linear};
 use crate::weights::VarBuilder;
@@ -175,8 +175,16 @@ impl ClipVisionTransformer {
     pub fn load(vb: &VarBuilder, c: &ClipVisionConfig) -> Result<Self> {
         let (d, p, eps) = (c.hidden_size, c.patch_size, c.layer_norm_eps);
         let e = vb.pp("embeddings");
+        let shape = LayerShape {
+            hidden: d,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            eps,
+            quick_gelu: c.hidden_act == "quick_gelu",
+            causal: false,
+        };
         let layers = (0..c.num_hidden_layers)
-            .map(|i| vision_layer(&vb.pp("encoder.layers").pp(i), c))
+            .map(|i| ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), &shape))
             .collect::<Result<_>>()?;
         Ok(Self {
             embeddings: ClipVisionEmbeddings {
@@ -221,27 +229,6 @@ impl ClipVisionTransformer {
         }
         Ok(self.post_layernorm.forward(x.narrow(1, 0, 1).reshape([n, d])))
     }
-}
-
-/// The vision tower's `CLIPEncoderLayer`: the text tower's layer, every patch seeing every other.
-fn vision_layer(vb: &VarBuilder, c: &ClipVisionConfig) -> Result<ClipEncoderLayer> {
-    let (d, eps) = (c.hidden_size, c.layer_norm_eps);
-    let a = vb.pp("self_attn");
-    Ok(ClipEncoderLayer {
-        layer_norm1: layer_norm(&vb.pp("layer_norm1"), d, eps)?,
-        self_attn: ClipAttention {
-            q_proj: linear(&a.pp("q_proj"), d, d, true)?,
-            k_proj: linear(&a.pp("k_proj"), d, d, true)?,
-            v_proj: linear(&a.pp("v_proj"), d, d, true)?,
-            out_proj: linear(&a.pp("out_proj"), d, d, true)?,
-            heads: c.num_attention_heads,
-            causal: false,
-        },
-        layer_norm2: layer_norm(&vb.pp("layer_norm2"), d, eps)?,
-        fc1: linear(&vb.pp("mlp.fc1"), d, c.intermediate_size, true)?,
-        fc2: linear(&vb.pp("mlp.fc2"), c.intermediate_size, d, true)?,
-        quick_gelu: c.hidden_act == "quick_gelu",
-    })
 }
 
 /// transformers `CLIPModel`: both towers and their bias-free projections into the shared
