@@ -64,7 +64,7 @@ for b in $BACKENDS; do
     say "$tag: edict bench --size $size"
     if timeout "$RUN_TIMEOUT" "$EDICT" bench --model "$MODEL" --backend "$b" --precision "$p" --size "$size" \
         --iters 1 --steps 4 --strength 0.5 --json >"$OUT/bench-$tag.json" 2>"$OUT/bench-$tag.err"; then
-      jq -r '"   load \(.load_s*10|round/10) s, UNet \(.unet_batch2_s*100|round/100) s per batch-2 call, VAE encode \(.vae_encode_s*100|round/100) s, decode \(.vae_decode_s*100|round/100) s, edit \(.edit_s*10|round/10) s, peak RSS \(.peak_rss_mib|round) MiB"' "$OUT/bench-$tag.json" >&2
+      jq -r '"   load \(.load_s*10|round/10) s, UNet \(.unet_batch2_s*100|round/100) s per batch-2 call, VAE encode \(.vae_encode_s*100|round/100) s, decode \(.vae_decode_s*100|round/100) s, edit \(.edit_s*10|round/10) s, peak RSS \(.peak_rss_mib|round) MiB, largest GPU buffer \(.largest_buffer_mib|round) MiB"' "$OUT/bench-$tag.json" >&2
       bench="$(jq -r '[.load_s, .unet_batch2_s, .vae_encode_s, .vae_decode_s, .edit_s, .peak_rss_mib/1024] | map(. * 100 | round / 100 | tostring) | join(" | ")' "$OUT/bench-$tag.json")"
     else
       rc=$?

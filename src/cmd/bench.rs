@@ -132,6 +132,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     };
 
     let peak = peak_rss_mib();
+    let footprint = c.footprint(precision, size, size);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let report = json!({
         "model": model_name,
         "backend": backend.to_string(),
@@ -151,6 +153,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "edit_steps": a.steps,
         "edit_strength": a.strength,
         "peak_rss_mib": peak,
+        // from the configs: weights on the device, and the largest single buffer (a weight, or an
+        // activation cut to edict_sd::nn::MAX_BUFFER_ELEMENTS)
+        "device_weights_mib": mib(footprint.weight_bytes),
+        "largest_buffer_mib": mib(footprint.largest_buffer_bytes),
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -163,6 +169,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some((s, calls)) = edit {
         println!("EDICT edit  {s:.2} s ({} steps, strength {}, {calls} UNet calls, encode and decode included)", a.steps, a.strength);
     }
+    println!(
+        "buffers     {:.0} MiB of weights on the device, the largest buffer {:.1} MiB (from the configs)",
+        mib(footprint.weight_bytes),
+        mib(footprint.largest_buffer_bytes)
+    );
     match peak {
         Some(m) => println!("peak memory {m:.0} MiB resident on the host (VmHWM; GPU memory is not included)"),
         None => println!("peak memory unknown on this platform (read from /proc/self/status on Linux)"),
