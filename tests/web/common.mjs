@@ -127,6 +127,15 @@ export async function launch(tmp, flags, viewport = { width: 1280, height: 800 }
   return { ctx, page: ctx.pages()[0] || (await ctx.newPage()) };
 }
 
+/** Picks `photo` and fills the source prompt, the first target (when given) and the settings. */
+export async function fillForm(page, photo, { source, target = null, steps, strength, size }) {
+  await page.setInputFiles('#image-input', photo);
+  await page.fill('#source', source);
+  if (target != null) await page.fill('#targets .target >> nth=0', target);
+  await page.click('#settings > summary');
+  for (const [id, v] of [['steps', steps], ['strength', strength], ['width', size], ['height', size]]) await page.fill(`#${id}`, `${v}`);
+}
+
 /** Waits until the page's `data-state` is one of `states`; resolves to it. */
 export const waitState = (page, states, timeout, polling = 250) =>
   page.waitForFunction((s) => s.includes(document.body.dataset.state), states, { timeout, polling })

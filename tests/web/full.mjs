@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, launch, makePng, readLatents, relErr, serve, waitState } from './common.mjs';
+import { ROOT, fillForm, launch, makePng, readLatents, relErr, serve, waitState } from './common.mjs';
 
 const SOURCE = 'a photo of a cat', TARGET = 'a photo of a dog';
 const STEPS = Number(process.env.EDICT_FULL_STEPS || 4), STRENGTH = 0.5, SIZE = 64;
@@ -144,11 +144,7 @@ async function browser(base, photo, tmp) {
     check(results.web_wasm_after_load_gib <= LIMIT_GIB,
       `wasm memory after loading: ${results.web_wasm_after_load_gib.toFixed(3)} GiB (<= ${LIMIT_GIB} GiB)`);
 
-    await page.setInputFiles('#image-input', photo);
-    await page.fill('#source', SOURCE);
-    await page.fill('#targets .target >> nth=0', TARGET);
-    await page.click('#settings > summary');
-    for (const [id, v] of [['steps', STEPS], ['strength', STRENGTH], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
+    await fillForm(page, photo, { source: SOURCE, target: TARGET, steps: STEPS, strength: STRENGTH, size: SIZE });
     t = Date.now();
     await page.click('#edit');
     const done = await waitLogged(page, ['done', 'failed', 'cancelled'], TIMEOUT_MS, 'stage');

@@ -34,7 +34,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, launch, makePng, readLatents, relErr, sendRanged, serve, waitState } from './common.mjs';
+import { ROOT, fillForm, launch, makePng, readLatents, relErr, sendRanged, serve, waitState } from './common.mjs';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'edict-web-test-'));
 const SOURCE = 'a photo of a cat';
@@ -176,11 +176,7 @@ async function testEdit(base) {
     check(/GPU memory in f32: [\d.]+ GB of weights \([\d.]+ M values\).*largest buffer is \d+ MiB; this adapter allows \d+ MiB/s.test(needs),
       `the page says what the model needs: "${needs.slice(0, 160)}…"`);
 
-    await page.setInputFiles('#image-input', photo);
-    await page.fill('#source', SOURCE);
-    await page.fill('#targets .target >> nth=0', TARGET);
-    await page.click('#settings > summary');
-    for (const [id, v] of [['steps', STEPS], ['strength', STRENGTH], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
+    await fillForm(page, photo, { source: SOURCE, target: TARGET, steps: STEPS, strength: STRENGTH, size: SIZE });
     t = Date.now();
     await page.click('#edit');
     const done = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
@@ -525,10 +521,7 @@ async function testSd2(base) {
     check(loaded === 'model-loaded' && /without caching/.test(note),
       `tiny SD 2.x model loads from URLs with a failing cache: "${await page.textContent('#model-status')}", note "${note.slice(0, 90)}…"`);
     if (loaded !== 'model-loaded') return;
-    await page.setInputFiles('#image-input', photo);
-    await page.fill('#source', SOURCE);
-    await page.click('#settings > summary');
-    for (const [id, v] of [['steps', 4], ['strength', 0.5], ['width', SIZE], ['height', SIZE]]) await page.fill(`#${id}`, `${v}`);
+    await fillForm(page, photo, { source: SOURCE, steps: 4, strength: 0.5, size: SIZE });
     const t = Date.now();
     await page.click('#reconstruct');
     const rec = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);

@@ -114,6 +114,13 @@ pub struct LayerShape {
     pub causal: bool,
 }
 
+impl LayerShape {
+    /// From a tower's config fields; `hidden_act` "quick_gelu" (OpenAI's CLIP) or "gelu" (OpenCLIP).
+    pub fn new(hidden: usize, intermediate: usize, heads: usize, eps: f64, hidden_act: &str, causal: bool) -> Self {
+        Self { hidden, intermediate, heads, eps, quick_gelu: hidden_act == "quick_gelu", causal }
+    }
+}
+
 impl ClipEncoderLayer {
     pub fn load(vb: &VarBuilder, s: &LayerShape) -> Result<Self> {
         let d = s.hidden;
@@ -186,14 +193,7 @@ impl ClipTextModel {
         let vb = vb.pp("text_model");
         let d = c.hidden_size;
         let eps = c.layer_norm_eps;
-        let shape = LayerShape {
-            hidden: d,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            eps,
-            quick_gelu: c.hidden_act == "quick_gelu",
-            causal: true,
-        };
+        let shape = LayerShape::new(d, c.intermediate_size, c.num_attention_heads, eps, &c.hidden_act, true);
         let layers = (0..c.num_hidden_layers)
             .map(|i| ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), &shape))
             .collect::<Result<_>>()?;

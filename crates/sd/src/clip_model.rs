@@ -175,14 +175,7 @@ impl ClipVisionTransformer {
     pub fn load(vb: &VarBuilder, c: &ClipVisionConfig) -> Result<Self> {
         let (d, p, eps) = (c.hidden_size, c.patch_size, c.layer_norm_eps);
         let e = vb.pp("embeddings");
-        let shape = LayerShape {
-            hidden: d,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            eps,
-            quick_gelu: c.hidden_act == "quick_gelu",
-            causal: false,
-        };
+        let shape = LayerShape::new(d, c.intermediate_size, c.num_attention_heads, eps, &c.hidden_act, false);
         let layers = (0..c.num_hidden_layers)
             .map(|i| ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), &shape))
             .collect::<Result<_>>()?;
