@@ -58,6 +58,9 @@ SD15_VAE = dict(
 
 
 def ours(args):
+    if args.ours:
+        with open(args.ours) as f:
+            return json.load(f)
     cmd = [args.edict, "bench", "--json", "--backend", args.backend, "--precision", args.precision,
            "--size", str(args.size), "--iters", str(args.iters)]
     cmd += ["--model", args.model] if args.model else ["--config", args.config]
@@ -75,7 +78,8 @@ def networks(args, dtype):
         vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", torch_dtype=dtype)
     elif args.config == "sd15":
         torch.manual_seed(0)
-        unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
+        with torch.device(args.device):  # initialised where they run: seconds, not a minute, on a GPU
+            unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
     else:
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(args.config, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(args.config, subfolder="vae"))
@@ -110,7 +114,9 @@ def peer(args):
         encode_s = timed(args, lambda: vae.encode(img).latent_dist.mean)
         decode_s = timed(args, lambda: vae.decode(z).sample)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return dict(unet_batch2_s=unet_s, vae_encode_s=encode_s, vae_decode_s=decode_s, peak_rss_mib=peak)
+    on = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    return dict(unet_batch2_s=unet_s, vae_encode_s=encode_s, vae_decode_s=decode_s, peak_rss_mib=peak,
+                torch=torch.__version__, diffusers=__import__("diffusers").__version__, device=on)
 
 
 def main():
@@ -126,15 +132,21 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, help="CPU threads on both sides (torch.set_num_threads, "
                    "RAYON_NUM_THREADS for ours); default: each library's own (all cores)")
+    p.add_argument("--ours", metavar="FILE", help="our numbers from an earlier `edict bench --json` "
+                   "(same model, size and precision) instead of running --edict")
+    p.add_argument("--peer-only", action="store_true", help="time diffusers alone; print its JSON")
     p.add_argument("--edit", action="store_true", help="also time our full EDICT edit (no peer for it)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--strength", type=float, default=0.8)
     args = p.parse_args()
-    if not os.path.isfile(args.edict):
+    if not (args.ours or args.peer_only) and not os.path.isfile(args.edict):
         sys.exit(f"{args.edict}: no edict binary; build it (cargo build --release) or pass --edict PATH")
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.peer_only:
+        print(json.dumps({"peer": peer(args)}))
+        return
     a = ours(args)
     b = peer(args)
     threads = torch.get_num_threads()

@@ -132,6 +132,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     };
 
     let peak = peak_rss_mib();
+    let adapter = match backend {
+        Backend::Wgpu => Some(edict_sd::backend::adapter_report()?),
+        Backend::Cpu => None,
+    };
     let footprint = c.footprint(precision, size, size);
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let report = json!({
@@ -140,6 +144,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "precision": precision.to_string(),
         // the CPU kernels' threads (RAYON_NUM_THREADS, else every core); none on a GPU
         "threads": (backend == Backend::Cpu).then(rayon::current_num_threads),
+        "adapter": adapter.as_ref().map(|r| json!({
+            "name": r.adapter, "api": r.api, "driver": r.driver, "compiler": r.compiler,
+            "shader_f16": r.shader_f16, "subgroups": r.subgroups,
+            "cooperative_matrix_configs": r.cooperative_matrix_configs, "max_binding": r.max_binding,
+        })),
+        // compile-time kernel selection: autotune+fusion (`gpu-tuned`), SPIR-V (`vulkan`)
+        "features": { "gpu_tuned": cfg!(feature = "gpu-tuned"), "vulkan": cfg!(feature = "vulkan") },
         "size": size,
         "unet_input": latent,
         "iters": a.iters,
@@ -164,6 +175,22 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let threads = report["threads"].as_u64().map(|n| format!(", {n} threads")).unwrap_or_default();
     println!("model       {model_name} on {backend} ({precision}{threads}), {size}×{size} pixels, load {load_s:.1}s");
+    if let Some(r) = &adapter {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        println!(
+            "adapter     {} ({}, {}), compiler {}, shader-f16 {}, subgroups {}, cooperative matrices {}, \
+             largest binding {:.0} MiB, autotune+fusion {}",
+            r.adapter,
+            r.api,
+            r.driver,
+            r.compiler,
+            yes(r.shader_f16),
+            yes(r.subgroups),
+            r.cooperative_matrix_configs,
+            mib(r.max_binding),
+            yes(cfg!(feature = "gpu-tuned"))
+        );
+    }
     println!("UNet        {:.3} s per batch-2 call {latent:?} = {:.3} evaluations/s", unet, 1.0 / unet);
     println!("VAE         encode {encode:.3} s, decode {decode:.3} s");
     if let Some((s, calls)) = edit {

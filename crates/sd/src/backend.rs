@@ -43,20 +43,67 @@ pub fn device(backend: Backend) -> Result<Device> {
         #[cfg(feature = "cpu")]
         Backend::Cpu => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            static WGPU: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
-            WGPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
-                .clone()
-                .map_err(|e| {
-                    SdError::Device(format!(
-                        "no usable GPU adapter through wgpu ({e}); install a Vulkan/Metal/DX12 driver \
-                         (Mesa's lavapipe works without a GPU) or use --backend cpu"
-                    ))
-                })
-        }
+        Backend::Wgpu => wgpu_device().map(|(device, _)| device.clone()),
         #[allow(unreachable_patterns)]
         other => Err(SdError::Device(format!("this build has no `{other}` backend"))),
     }
+}
+
+/// What the wgpu device runs on, for `edict bench` and error reports: the adapter, its graphics
+/// API and driver, the shader compiler cubecl picked for it, and the features the fast kernels
+/// depend on.
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+#[derive(Debug, Clone)]
+pub struct AdapterReport {
+    pub adapter: String,
+    pub api: String,
+    pub driver: String,
+    /// `wgpu<wgsl>`, `wgpu<spirv>` (built with `vulkan`) or `wgpu<msl>` (built with `metal`)
+    pub compiler: &'static str,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    /// cooperative-matrix (tensor-core) shapes the compiler can use; 0 on WGSL
+    pub cooperative_matrix_configs: usize,
+    /// the largest storage buffer binding, in bytes
+    pub max_binding: u64,
+}
+
+/// The wgpu device's report; initialises the device like `device(Backend::Wgpu)`.
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+pub fn adapter_report() -> Result<AdapterReport> {
+    wgpu_device().map(|(_, report)| report.clone())
+}
+
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+fn wgpu_device() -> Result<&'static (Device, AdapterReport)> {
+    use cubecl_runtime::runtime::Runtime;
+    use cubecl_wgpu::{WgpuBackend, WgpuDevice, WgpuDeviceKind, WgpuRuntime, wgpu};
+    static WGPU: std::sync::OnceLock<std::result::Result<(Device, AdapterReport), String>> = std::sync::OnceLock::new();
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+        let info = setup.adapter.get_info();
+        let features = setup.adapter.features();
+        // the device `wgpu_options()` initialises by default
+        let client = <WgpuRuntime as Runtime>::client(&WgpuDevice::new(WgpuDeviceKind::DefaultDevice).on(WgpuBackend::Auto));
+        let report = AdapterReport {
+            adapter: info.name,
+            api: format!("{:?}", info.backend),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            compiler: client.name(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix_configs: client.features().matmul.cmma.len(),
+            max_binding: setup.device.limits().max_storage_buffer_binding_size,
+        };
+        Ok((device, report))
+    })
+    .as_ref()
+    .map_err(|e| {
+        SdError::Device(format!(
+            "no usable GPU adapter through wgpu ({e}); install a Vulkan/Metal/DX12 driver \
+             (Mesa's lavapipe works without a GPU) or use --backend cpu"
+        ))
+    })
 }
 
 /// Reads a tensor's values back to the host as f32. Device failures surface here, at the sync
