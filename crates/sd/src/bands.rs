@@ -8,12 +8,14 @@
 //! steps run band by band. A tensor that fits in one band runs the plain layers, so small
 //! images compute exactly as before.
 
-use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
-use burn::tensor::module::{conv2d, interpolate};
+use burn::tensor::module::interpolate;
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
+
+use crate::nn::{conv2d_with, conv_forward, conv_padding};
 
 /// A `[b, c, h, w]` tensor as consecutive row bands (dimension 2).
 #[derive(Debug, Clone)]
@@ -125,7 +127,7 @@ impl Bands {
     /// halo included, with the conv's vertical padding applied only at the tensor's edges.
     pub fn conv(self, conv: &Conv2d) -> Self {
         let [b, c_in, h, w] = self.dims();
-        let ((top, bottom), (left, right)) = conv_padding(conv);
+        let [(top, bottom), (left, right)] = conv_padding(conv);
         let [k, kw] = conv.kernel_size;
         let [s, sw] = conv.stride;
         let c_out = conv.weight.dims()[0];
@@ -134,7 +136,7 @@ impl Bands {
         let fits_out = b * c_out * h_out * w_out <= self.limit;
         if self.parts.len() == 1 && fits_out {
             let limit = self.limit;
-            return Self { parts: vec![conv.forward(self.join())], limit };
+            return Self { parts: vec![conv_forward(conv, self.join())], limit };
         }
         // an output band of `rows` rows reads (rows − 1)·s + k input rows
         let out_rows = rows_within(self.limit, b * c_out * w_out);
@@ -152,7 +154,7 @@ impl Bands {
                 let (r0, r1) = (want0.max(0) as usize, (want1 as usize).min(h));
                 let pad = ((r0 as isize - want0) as usize, (want1 - r1 as isize) as usize);
                 let options = ConvOptions::new_with_padding([s, sw], [pad, (left, right)], conv.dilation, conv.groups);
-                conv2d(self.rows(r0, r1), weight.clone(), bias.clone(), options)
+                conv2d_with(self.rows(r0, r1), weight.clone(), bias.clone(), options)
             })
             .collect();
         Self { parts, limit: self.limit }
@@ -204,14 +206,4 @@ impl Bands {
 /// Rows of `row_elements` each that fit in `limit` elements (at least one).
 fn rows_within(limit: usize, row_elements: usize) -> usize {
     (limit / row_elements.max(1)).max(1)
-}
-
-/// `((top, bottom), (left, right))` padding of `conv`.
-fn conv_padding(conv: &Conv2d) -> ((usize, usize), (usize, usize)) {
-    match conv.padding {
-        PaddingConfig2d::Explicit(t, l, b, r) => ((t, b), (l, r)),
-        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
-        // `crate::nn::conv2d` builds every conv with explicit padding
-        PaddingConfig2d::Same => unreachable!("SD's convolutions have explicit padding"),
-    }
 }

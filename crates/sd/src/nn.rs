@@ -9,6 +9,8 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{
     Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d,
 };
+use burn::tensor::Tensor;
+use burn::tensor::ops::ConvOptions;
 
 use crate::Result;
 use crate::weights::VarBuilder;
@@ -103,6 +105,36 @@ pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
         groups: 1,
         padding: PaddingConfig2d::Explicit(padding, padding, padding, padding),
     })
+}
+
+/// `conv` applied to `x` (see [`conv2d_with`]).
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let options = ConvOptions::new_with_padding(conv.stride, conv_padding(conv), conv.dilation, conv.groups);
+    conv2d_with(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options)
+}
+
+/// Burn's functional `conv2d`, except on the CPU backend, where SD's 3×3 and 1×1 stride-1
+/// convolutions run as GEMMs on the NCHW tensor ([`crate::cpu_conv`]; flex's own conv copies the
+/// input to channels-last and builds im2col tiles on every call).
+pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    if options.dilation == [1, 1] && options.groups == 1 {
+        let [(top, bottom), (left, right)] = options.padding;
+        if let Some(y) = crate::cpu_conv::conv2d(&x, &weight, bias.as_ref(), options.stride, [top, bottom, left, right]) {
+            return y;
+        }
+    }
+    burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+/// `[(top, bottom), (left, right)]` padding of `conv`.
+pub fn conv_padding(conv: &Conv2d) -> [(usize, usize); 2] {
+    match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        // `conv2d` above builds every conv with explicit padding
+        PaddingConfig2d::Same => unreachable!("SD's convolutions have explicit padding"),
+    }
 }
 
 pub fn group_norm(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<GroupNorm> {
