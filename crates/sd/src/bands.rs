@@ -15,7 +15,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
-use crate::nn::{conv2d_with, conv_forward, conv_padding};
+use crate::nn::{conv2d_with, conv_forward, conv_padding, group_norm_silu};
 
 /// A `[b, c, h, w]` tensor as consecutive row bands (dimension 2).
 #[derive(Debug, Clone)]
@@ -163,7 +163,7 @@ impl Bands {
     /// GroupNorm (statistics over all bands, in f32 for f16 input like Burn's), then SiLU.
     pub fn group_norm_silu(self, gn: &GroupNorm) -> Self {
         if self.parts.len() == 1 {
-            return self.map(1, |x| silu(gn.forward(x)));
+            return self.map(1, |x| group_norm_silu(gn, x));
         }
         let [_, c, h, w] = self.dims();
         let g = gn.num_groups;

@@ -11,7 +11,7 @@ pub mod bands;
 pub mod clip;
 pub mod clip_model;
 #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-pub mod cpu_conv;
+pub mod cpu_kernels;
 pub mod embeddings;
 pub mod error;
 pub mod model;

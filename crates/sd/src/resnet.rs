@@ -4,13 +4,12 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::Result;
 use crate::bands::Bands;
-use crate::nn::{ConvSpec, conv2d, group_norm, linear, linear_params, norm_params};
+use crate::nn::{ConvSpec, conv2d, group_norm, group_norm_silu, linear, linear_params, norm_params};
 use crate::weights::VarBuilder;
 
 /// GroupNorm, SiLU, 3×3 conv, plus the projected time embedding (UNet only), twice; a 1×1
@@ -68,11 +67,11 @@ impl ResnetBlock2D {
 
     /// `temb` is the already-activated time embedding `silu(emb)`, `[b, temb_channels]`.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(group_norm_silu(&self.norm1, x.clone()));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             h = h + proj.forward(t.clone()).unsqueeze_dims::<4>(&[2, 3]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(group_norm_silu(&self.norm2, h));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
