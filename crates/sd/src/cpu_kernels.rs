@@ -23,32 +23,27 @@ thread_local! {
 }
 
 /// `x` `[b, c_in, h, w]` convolved with `weight` `[c_out, c_in, k, k]` (k = 1 or 3, stride 1),
-/// plus `bias`, with `pad` = `[top, bottom, left, right]` zero rows/columns; `None` where this
+/// plus `bias`, with `pad` = `[top, bottom, left, right]` zero rows/columns; `Err(x)` where this
 /// path does not apply (another backend, f16, another kernel or stride), and the caller uses
-/// Burn's conv.
-pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride: [usize; 2], pad: [usize; 4]) -> Option<Tensor<4>> {
+/// Burn's conv. `x` is taken by value: a tensor nothing else holds is read without a copy.
+pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride: [usize; 2], pad: [usize; 4]) -> Result<Tensor<4>, Tensor<4>> {
     let [c_out, c_in, k, kw] = weight.dims();
     let device = x.device();
-    if stride != [1, 1] || k != kw || !(k == 1 || k == 3) || x.dtype() != DType::F32 || device != Device::flex() {
-        return None;
+    let all_f32 = x.dtype() == DType::F32 && weight.dtype() == DType::F32 && bias.is_none_or(|b| b.dtype() == DType::F32);
+    if stride != [1, 1] || k != kw || !(k == 1 || k == 3) || !all_f32 || device != Device::flex() {
+        return Err(x);
     }
     let [b, _, h, w] = x.dims();
     let [top, bottom, left, right] = pad;
     let (hp, wp) = (h + top + bottom, w + left + right);
     if hp < k || wp < k {
-        return None;
+        return Err(x);
     }
     let (h_out, w_out) = (hp - k + 1, wp - k + 1);
 
-    let input = x.clone().into_data();
-    let input = input.as_slice::<f32>().ok()?;
-    let weight = weight.clone().into_data();
-    let weight = weight.as_slice::<f32>().ok()?;
+    let (input, weight) = (x.into_data(), weight.clone().into_data());
     let bias = bias.map(|b| b.clone().into_data());
-    let bias = match &bias {
-        Some(b) => Some(b.as_slice::<f32>().ok()?),
-        None => None,
-    };
+    let (input, weight, bias) = (f32s(&input), f32s(&weight), bias.as_ref().map(f32s));
 
     let plane = hp * wp;
     // outputs over the padded width; the last valid one is (h_out − 1)·wp + w_out − 1
@@ -108,24 +103,24 @@ pub fn conv2d(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, strid
             }
         }
     });
-    Some(Tensor::from_data(TensorData::new(out, [b, c_out, h_out, w_out]), &device))
+    Ok(Tensor::from_data(TensorData::new(out, [b, c_out, h_out, w_out]), &device))
 }
 
 /// `silu(gn(x))` in one pass per group, the groups split over threads (flex runs GroupNorm as a
 /// chain of single-threaded element-wise ops and SiLU as a scalar `exp` per value). Each
 /// group's statistics are summed in f64 in a fixed order, so the result does not depend on the
 /// thread count.
-pub fn group_norm_silu(x: &Tensor<4>, gn: &GroupNorm) -> Option<Tensor<4>> {
+pub fn group_norm_silu(x: Tensor<4>, gn: &GroupNorm) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
-    if x.dtype() != DType::F32 || device != Device::flex() || !gn.affine {
-        return None;
+    let (Some(gamma), Some(beta)) = (&gn.gamma, &gn.beta) else { return Err(x) };
+    let (gamma, beta) = (gamma.val(), beta.val());
+    if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 || device != Device::flex() {
+        return Err(x);
     }
     let [b, c, h, w] = x.dims();
     let g = gn.num_groups;
-    let (gamma, beta) = (gn.gamma.as_ref()?.val().into_data(), gn.beta.as_ref()?.val().into_data());
-    let (gamma, beta) = (gamma.as_slice::<f32>().ok()?, beta.as_slice::<f32>().ok()?);
-    let input = x.clone().into_data();
-    let input = input.as_slice::<f32>().ok()?;
+    let (input, gamma, beta) = (x.into_data(), gamma.into_data(), beta.into_data());
+    let (input, gamma, beta) = (f32s(&input), f32s(&gamma), f32s(&beta));
     let per_group = c / g * h * w;
     let mut out = vec![0f32; b * c * h * w];
     out.par_chunks_mut(per_group).zip(input.par_chunks(per_group)).enumerate().for_each(|(i, (out, x))| {
@@ -143,7 +138,7 @@ pub fn group_norm_silu(x: &Tensor<4>, gn: &GroupNorm) -> Option<Tensor<4>> {
             }
         }
     });
-    Some(Tensor::from_data(TensorData::new(out, [b, c, h, w]), &device))
+    Ok(Tensor::from_data(TensorData::new(out, [b, c, h, w]), &device))
 }
 
 /// `Σ f(x)` in f64 over 8 interleaved lanes added up at the end: vectorisable (one running sum
@@ -158,6 +153,11 @@ fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
         }
     }
     lanes.iter().sum::<f64>() + rest.iter().map(|&v| f(v as f64)).sum::<f64>()
+}
+
+/// The values of an f32 tensor's data (its dtype checked by the caller).
+fn f32s(d: &TensorData) -> &[f32] {
+    d.as_slice::<f32>().expect("dtype checked before reading")
 }
 
 #[cfg(test)]
@@ -180,7 +180,7 @@ mod tests {
             let x = tensor([2, 5, 7, 6], 1);
             let w = tensor([4, 5, k, k], 2);
             let b = tensor([4], 3);
-            let ours = conv2d(&x, &w, Some(&b), [1, 1], pad).expect("applies to a stride-1 f32 conv on flex");
+            let ours = conv2d(x.clone(), &w, Some(&b), [1, 1], pad).expect("applies to a stride-1 f32 conv on flex");
             let options = ConvOptions::new_with_padding([1, 1], [(pad[0], pad[1]), (pad[2], pad[3])], [1, 1], 1);
             let want = burn_conv2d(x, w, Some(b), options);
             assert_eq!(ours.dims(), want.dims(), "k {k}, pad {pad:?}");
@@ -189,7 +189,7 @@ mod tests {
             assert!(err < 1e-5, "k {k}, pad {pad:?}: max abs difference {err}");
         }
         // strided convs are left to Burn
-        assert!(conv2d(&tensor([1, 2, 4, 4], 1), &tensor([2, 2, 3, 3], 2), None, [2, 2], [0, 1, 0, 1]).is_none());
+        assert!(conv2d(tensor([1, 2, 4, 4], 1), &tensor([2, 2, 3, 3], 2), None, [2, 2], [0, 1, 0, 1]).is_err());
     }
 
     /// Against Burn's GroupNorm followed by SiLU.
@@ -201,7 +201,7 @@ mod tests {
         let mut gn = GroupNormConfig::new(4, 8).with_epsilon(1e-6).init(&Device::flex());
         gn.gamma = Some(Param::from_tensor(tensor([8], 5)));
         gn.beta = Some(Param::from_tensor(tensor([8], 6)));
-        let ours = group_norm_silu(&x, &gn).expect("applies to f32 on flex");
+        let ours = group_norm_silu(x.clone(), &gn).expect("applies to f32 on flex");
         let want = burn::tensor::activation::silu(gn.forward(x));
         let (a, e) = (ours.into_data().try_to_vec::<f32>().unwrap(), want.into_data().try_to_vec::<f32>().unwrap());
         let err = a.iter().zip(&e).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max);

@@ -118,21 +118,25 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// input to channels-last and builds im2col tiles on every call).
 pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-    if options.dilation == [1, 1] && options.groups == 1 {
+    let x = if options.dilation == [1, 1] && options.groups == 1 {
         let [(top, bottom), (left, right)] = options.padding;
-        if let Some(y) = crate::cpu_kernels::conv2d(&x, &weight, bias.as_ref(), options.stride, [top, bottom, left, right]) {
-            return y;
+        match crate::cpu_kernels::conv2d(x, &weight, bias.as_ref(), options.stride, [top, bottom, left, right]) {
+            Ok(y) => return y,
+            Err(back) => back,
         }
-    }
+    } else {
+        x
+    };
     burn::tensor::module::conv2d(x, weight, bias, options)
 }
 
 /// `silu(gn(x))`: one fused pass on the CPU backend ([`crate::cpu_kernels`]), Burn's ops elsewhere.
 pub fn group_norm_silu(gn: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-    if let Some(y) = crate::cpu_kernels::group_norm_silu(&x, gn) {
-        return y;
-    }
+    let x = match crate::cpu_kernels::group_norm_silu(x, gn) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
     burn::tensor::activation::silu(gn.forward(x))
 }
 
