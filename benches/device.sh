@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
         --per-run) per_run=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         *=*) builds+=("$1"); shift ;;
-        *) echo "device.sh: unknown argument $1 (expected --size, --iters, --budget, --out or NAME=BINARY)" >&2; exit 2 ;;
+        *) echo "device.sh: unknown argument $1 (expected --size, --iters, --budget, --per-run, --out or NAME=BINARY)" >&2; exit 2 ;;
     esac
 done
 [ ${#builds[@]} -gt 0 ] || { echo "device.sh: name at least one build as NAME=BINARY" >&2; exit 2; }
@@ -100,6 +100,6 @@ for prec, p in sorted(peer.items()):
 for f in sorted(glob.glob(os.path.join(out, "*-f*.json")))[:1]:
     a = json.load(open(f)).get("adapter")
     if a:
-        print(f"\nadapter: {a['name']} ({a['api']}, {a['driver']}); shader-f16 {a['shader_f16']}, subgroups {a['subgroups']}, "
+        print(f"\nadapter: {a['adapter']} ({a['api']}, {a['driver']}); shader-f16 {a['shader_f16']}, subgroups {a['subgroups']}, "
               f"cooperative-matrix configs {a['cooperative_matrix_configs']}, largest binding {a['max_binding'] / 2**20:.0f} MiB")
 EOF

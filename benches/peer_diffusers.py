@@ -58,9 +58,6 @@ SD15_VAE = dict(
 
 
 def ours(args):
-    if args.ours:
-        with open(args.ours) as f:
-            return json.load(f)
     cmd = [args.edict, "bench", "--json", "--backend", args.backend, "--precision", args.precision,
            "--size", str(args.size), "--iters", str(args.iters)]
     cmd += ["--model", args.model] if args.model else ["--config", args.config]
@@ -132,14 +129,12 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, help="CPU threads on both sides (torch.set_num_threads, "
                    "RAYON_NUM_THREADS for ours); default: each library's own (all cores)")
-    p.add_argument("--ours", metavar="FILE", help="our numbers from an earlier `edict bench --json` "
-                   "(same model, size and precision) instead of running --edict")
     p.add_argument("--peer-only", action="store_true", help="time diffusers alone; print its JSON")
     p.add_argument("--edit", action="store_true", help="also time our full EDICT edit (no peer for it)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--strength", type=float, default=0.8)
     args = p.parse_args()
-    if not (args.ours or args.peer_only) and not os.path.isfile(args.edict):
+    if not args.peer_only and not os.path.isfile(args.edict):
         sys.exit(f"{args.edict}: no edict binary; build it (cargo build --release) or pass --edict PATH")
 
     if args.threads:

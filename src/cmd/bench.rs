@@ -146,11 +146,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "precision": precision.to_string(),
         // the CPU kernels' threads (RAYON_NUM_THREADS, else every core); none on a GPU
         "threads": (backend == Backend::Cpu).then(rayon::current_num_threads),
-        "adapter": adapter.as_ref().map(|r| json!({
-            "name": r.adapter, "api": r.api, "driver": r.driver, "compiler": r.compiler,
-            "shader_f16": r.shader_f16, "subgroups": r.subgroups,
-            "cooperative_matrix_configs": r.cooperative_matrix_configs, "max_binding": r.max_binding,
-        })),
+        "adapter": adapter,
         // compile-time kernel selection: autotune+fusion (`gpu-tuned`), SPIR-V (`vulkan`)
         "features": { "gpu_tuned": cfg!(feature = "gpu-tuned"), "vulkan": cfg!(feature = "vulkan") },
         "size": size,

@@ -49,11 +49,11 @@ pub fn device(backend: Backend) -> Result<Device> {
     }
 }
 
-/// What the wgpu device runs on, for `edict bench` and error reports: the adapter, its graphics
+/// What the wgpu device runs on, as `edict bench` reports it: the adapter, its graphics
 /// API and driver, the shader compiler cubecl picked for it, and the features the fast kernels
 /// depend on.
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AdapterReport {
     pub adapter: String,
     pub api: String,

@@ -1,5 +1,6 @@
 //! Kernels for the CPU backend where flex's generic ones cost SD the most: convolutions and
-//! GroupNorm+SiLU. Each returns `None` where it does not apply, and the caller uses Burn's op.
+//! GroupNorm+SiLU. Each takes its input by value and hands it back as `Err` where it does not
+//! apply (another backend or dtype), and the caller uses Burn's op.
 //!
 //! **Convolutions.** SD's 3×3 and 1×1 convolutions as a few large GEMMs over the NCHW tensor
 //! itself: no im2col buffer and no channels-last copy, which flex's conv builds on every call.
@@ -112,9 +113,12 @@ pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride
 /// thread count.
 pub fn group_norm_silu(x: Tensor<4>, gn: &GroupNorm) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
+    if x.dtype() != DType::F32 || device != Device::flex() {
+        return Err(x);
+    }
     let (Some(gamma), Some(beta)) = (&gn.gamma, &gn.beta) else { return Err(x) };
     let (gamma, beta) = (gamma.val(), beta.val());
-    if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 || device != Device::flex() {
+    if gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
         return Err(x);
     }
     let [b, c, h, w] = x.dims();
