@@ -13,12 +13,11 @@
 //! sum over `c_in`, so every value is summed in the same order whatever the thread count.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use burn::backend::Flex;
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::nn::GroupNorm;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use burn_std::Bytes;
 use rayon::prelude::*;
 
@@ -47,10 +46,17 @@ pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride
     let (h_out, w_out) = (hp - k + 1, wp - k + 1);
 
     let (input, bias) = (host(x), bias.map(|b| host(b.clone())));
-    let weight = host(weight.clone());
-    let relaid = (k > 1).then(|| tap_major(&weight, k * k));
     let (input, bias) = (f32s(&input), bias.as_ref().map(f32s));
-    let weight = relaid.as_deref().unwrap_or_else(|| f32s(&weight));
+    let shape = weight.dims();
+    let weight = weight.clone().try_into_primitive::<Flex>().expect("device checked to be flex before reading");
+    let relaid;
+    let weight = match tap_major_in_place(&weight, shape) {
+        Some(w) => w,
+        None => {
+            relaid = relay_taps(f32s(&host_of(weight)), k * k);
+            &relaid
+        }
+    };
 
     let plane = hp * wp;
     // outputs over the padded width; the last valid one is (h_out − 1)·wp + w_out − 1
@@ -113,39 +119,38 @@ pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride
     Ok(Tensor::from_data(TensorData::new(out, [b, c_out, h_out, w_out]), &device))
 }
 
-/// Conv weights re-laid tap-major, `[k·k, c_out, c_in]`, kept while their parameter lives. In
-/// the checkpoint's `[c_out, c_in, k, k]` the taps are innermost and gemm packs each tap's
-/// `[c_out, c_in]` slice with stride-9 scalar reads (5% of the VAE's time at 128²). Entries
-/// are keyed by the parameter's storage: the `Weak` keeps that allocation's address from being
-/// reused while its entry exists, and an entry whose parameter was dropped goes at the next call.
-static TAP_MAJOR: Mutex<Vec<(Weak<Bytes>, Arc<[f32]>)>> = Mutex::new(Vec::new());
+/// A conv weight `[c_out, c_in, k, k]` from its checkpoint values, stored tap-major
+/// (`[k·k, c_out, c_in]` in memory) behind a strided view of the checkpoint's shape: what
+/// [`conv2d`] reads in place (gemm packs the checkpoint layout, taps innermost, with stride-9
+/// scalar reads), and still an ordinary tensor to Burn's ops, which honour strides.
+pub fn tap_major_weight(values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+    let [c_out, c_in, kh, kw] = shape;
+    let relaid = relay_taps(&values, kh * kw);
+    let strides = vec![c_in as isize, 1, (kw * c_out * c_in) as isize, (c_out * c_in) as isize];
+    let layout = Layout::new(Shape::from(shape.to_vec()), strides, 0);
+    Tensor::from_primitive::<Flex>(FlexTensor::new(Bytes::from_elems(relaid), layout, DType::F32))
+}
 
-/// `weight` (contiguous `[c_out, c_in, k, k]`, `taps` = k·k > 1) as `[k·k, c_out, c_in]`.
-fn tap_major(weight: &FlexTensor, taps: usize) -> Arc<[f32]> {
-    let values = f32s(weight);
-    let relaid = || -> Arc<[f32]> {
-        let plane = values.len() / taps;
-        let mut t = vec![0f32; values.len()];
-        for (r, w) in values.chunks_exact(taps).enumerate() {
-            for (tap, &v) in w.iter().enumerate() {
-                t[tap * plane + r] = v;
-            }
+/// `[c_out, c_in, taps]` values as `[taps, c_out, c_in]`.
+fn relay_taps(values: &[f32], taps: usize) -> Vec<f32> {
+    let plane = values.len() / taps;
+    let mut t = vec![0f32; values.len()];
+    for (r, w) in values.chunks_exact(taps).enumerate() {
+        for (tap, &v) in w.iter().enumerate() {
+            t[tap * plane + r] = v;
         }
-        t.into()
-    };
-    // only a tensor that is its whole buffer identifies it (views share a buffer)
-    if weight.bytes().len() != std::mem::size_of_val(values) {
-        return relaid();
     }
-    let key = weight.data_arc();
-    let mut cache = TAP_MAJOR.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.retain(|(owner, _)| owner.strong_count() > 0);
-    if let Some((_, t)) = cache.iter().find(|(owner, _)| owner.as_ptr() == Arc::as_ptr(&key)) {
-        return t.clone();
-    }
-    let t = relaid();
-    cache.push((Arc::downgrade(&key), t.clone()));
     t
+}
+
+/// The tap-major values of `w` `[c_out, c_in, kh, kw]` where its storage already holds them: a
+/// weight made by [`tap_major_weight`], or any contiguous 1×1 weight.
+fn tap_major_in_place(w: &FlexTensor, [c_out, c_in, kh, kw]: [usize; 4]) -> Option<&[f32]> {
+    let l = w.layout();
+    let tap_strides = [c_in as isize, 1, (kw * c_out * c_in) as isize, (c_out * c_in) as isize];
+    let laid_out = l.start_offset() == 0 && (l.strides() == tap_strides || kh * kw == 1 && l.is_contiguous());
+    let n = c_out * c_in * kh * kw;
+    (w.dtype() == DType::F32 && laid_out && w.bytes().len() >= 4 * n).then(|| &w.storage::<f32>()[..n])
 }
 
 /// `silu(gn(x))` in one pass per group, the groups split over threads (flex runs GroupNorm as a
@@ -204,7 +209,11 @@ fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 /// and activations the caller still holds are read where they are. Only a strided view is
 /// copied, into a contiguous tensor.
 fn host<const D: usize>(t: Tensor<D>) -> FlexTensor {
-    let t = t.try_into_primitive::<Flex>().expect("device checked to be flex before reading");
+    host_of(t.try_into_primitive::<Flex>().expect("device checked to be flex before reading"))
+}
+
+/// `t` itself where it is contiguous, else a contiguous copy.
+fn host_of(t: FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
 }
 
@@ -229,17 +238,20 @@ mod tests {
     /// Against Burn's own conv (im2col), for every padding the VAE's bands use.
     #[test]
     fn equals_burns_convolution() {
-        for (i, (k, pad)) in [(3, [1, 1, 1, 1]), (3, [0, 1, 1, 1]), (3, [1, 0, 1, 1]), (3, [0, 0, 1, 1]), (1, [0, 0, 0, 0])].into_iter().enumerate() {
+        for (k, pad) in [(3, [1, 1, 1, 1]), (3, [0, 1, 1, 1]), (3, [1, 0, 1, 1]), (3, [0, 0, 1, 1]), (1, [0, 0, 0, 0])] {
             let x = tensor([2, 5, 7, 6], 1);
-            // other weights each time, so a re-laid copy kept for the wrong tensor would show
-            let w = tensor([4, 5, k, k], 2 + i);
+            let w = tensor([4, 5, k, k], 2);
             let b = tensor([4], 3);
-            let first = conv2d(x.clone(), &w, Some(&b), [1, 1], pad).expect("applies to a stride-1 f32 conv on flex");
-            // the second call reads the re-laid weights kept from the first
             let ours = conv2d(x.clone(), &w, Some(&b), [1, 1], pad).expect("applies to a stride-1 f32 conv on flex");
-            assert_eq!(first.into_data(), ours.clone().into_data(), "k {k}, pad {pad:?}: repeated call differs");
+            // the same weight stored tap-major, as the models hold it: read in place by ours,
+            // through its strides by Burn's
+            let relaid = tap_major_weight(w.clone().into_data().try_to_vec::<f32>().unwrap(), [4, 5, k, k]);
+            let in_place = conv2d(x.clone(), &relaid, Some(&b), [1, 1], pad).expect("applies to a stride-1 f32 conv on flex");
+            assert_eq!(in_place.into_data(), ours.clone().into_data(), "k {k}, pad {pad:?}: tap-major weight differs");
             let options = ConvOptions::new_with_padding([1, 1], [(pad[0], pad[1]), (pad[2], pad[3])], [1, 1], 1);
+            let burns = burn_conv2d(x.clone(), relaid, Some(b.clone()), options.clone());
             let want = burn_conv2d(x, w, Some(b), options);
+            assert_eq!(burns.into_data(), want.clone().into_data(), "k {k}, pad {pad:?}: Burn's conv reads the tap-major weight differently");
             assert_eq!(ours.dims(), want.dims(), "k {k}, pad {pad:?}");
             let (a, e) = (ours.into_data().try_to_vec::<f32>().unwrap(), want.into_data().try_to_vec::<f32>().unwrap());
             let err = a.iter().zip(&e).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max);

@@ -96,8 +96,17 @@ impl ConvSpec {
 /// The conv `s` describes, from `weight` `[c_out, c_in, k, k]` and `bias` `[c_out]`.
 pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
     let ConvSpec { c_in, c_out, kernel, stride, padding } = s;
+    let shape = [c_out, c_in, kernel, kernel];
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    let weight = if stride == 1 && kernel > 1 && vb.device() == &burn::tensor::Device::flex() && vb.dtype() == burn::tensor::DType::F32 {
+        crate::cpu_kernels::tap_major_weight(vb.host_f32("weight", &shape)?, shape)
+    } else {
+        vb.get("weight", shape)?
+    };
+    #[cfg(not(all(feature = "cpu", not(target_arch = "wasm32"))))]
+    let weight = vb.get("weight", shape)?;
     Ok(Conv2d {
-        weight: Param::from_tensor(vb.get("weight", [c_out, c_in, kernel, kernel])?),
+        weight: Param::from_tensor(weight),
         bias: Some(Param::from_tensor(vb.get("bias", [c_out])?)),
         stride: [stride, stride],
         kernel_size: [kernel, kernel],

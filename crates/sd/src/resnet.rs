@@ -9,7 +9,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::Result;
 use crate::bands::Bands;
-use crate::nn::{ConvSpec, conv2d, group_norm, group_norm_silu, linear, linear_params, norm_params};
+use crate::nn::{ConvSpec, conv_forward, conv2d, group_norm, group_norm_silu, linear, linear_params, norm_params};
 use crate::weights::VarBuilder;
 
 /// GroupNorm, SiLU, 3×3 conv, plus the projected time embedding (UNet only), twice; a 1×1
@@ -67,13 +67,13 @@ impl ResnetBlock2D {
 
     /// `temb` is the already-activated time embedding `silu(emb)`, `[b, temb_channels]`.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(group_norm_silu(&self.norm1, x.clone()));
+        let mut h = conv_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             h = h + proj.forward(t.clone()).unsqueeze_dims::<4>(&[2, 3]);
         }
-        let h = self.conv2.forward(group_norm_silu(&self.norm2, h));
+        let h = conv_forward(&self.conv2, group_norm_silu(&self.norm2, h));
         let skip = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
+            Some(c) => conv_forward(c, x),
             None => x,
         };
         skip + h
@@ -107,7 +107,7 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        conv_forward(&self.conv, x)
     }
 
     pub fn forward_bands(&self, x: Bands) -> Bands {
@@ -135,7 +135,7 @@ impl Upsample2D {
             x,
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
         );
-        self.conv.forward(up)
+        conv_forward(&self.conv, up)
     }
 
     /// 2× upsampling and the conv on banded activations (the VAE decoder's).

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::attention::TransformerConfig;
 use crate::attention_control::AttentionControl;
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::nn::{ConvSpec, conv2d, group_norm, group_norm_silu, linear_params, norm_params};
+use crate::nn::{ConvSpec, conv_forward, conv2d, group_norm, group_norm_silu, linear_params, norm_params};
 use crate::unet_2d_blocks::{
     BlockKind, BlockSettings, DownBlock, DownBlockConfig, MidBlockCrossAttn, UpBlock, UpBlockConfig, mid_block_cross_attn_parameters,
 };
@@ -314,7 +314,7 @@ impl UNet2DConditionModel {
         .repeat_dim(0, b);
         let temb = silu(self.time_embedding.forward(t));
 
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv_forward(&self.conv_in, x);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(h, &temb, context, ctl);
@@ -325,6 +325,6 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             h = block.forward(h, &mut skips, &temb, context, ctl);
         }
-        self.conv_out.forward(group_norm_silu(&self.conv_norm_out, h))
+        conv_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, h))
     }
 }

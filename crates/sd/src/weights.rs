@@ -227,6 +227,11 @@ impl VarBuilder {
         &self.store.device
     }
 
+    /// The dtype tensors are created in.
+    pub fn dtype(&self) -> DType {
+        self.store.dtype
+    }
+
     fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
