@@ -8,9 +8,10 @@
 //! `Σ_(dy, dx) W[:, :, dy, dx] · P[:, (y + dy)·wp + x + dx]`: for each of the 9 taps the whole
 //! output is one `[c_out, c_in] × [c_in, h·wp]` product whose right-hand side is the padded
 //! input shifted by `dy·wp + dx` (the two columns per row past the image are computed and
-//! dropped). The gemm crate (the one flex uses) packs both operands itself, so the weights are
-//! read in their checkpoint layout through strides. Its threads split the output, never the
-//! sum over `c_in`, so every value is summed in the same order whatever the thread count.
+//! dropped). Each tap's `[c_out, c_in]` matrix is contiguous in the tap-major weights the models
+//! load ([`tap_major_weight`]); the gemm crate (the one flex uses) reads the padded input in
+//! place. Its threads split the output, never the sum over `c_in`, so every value is summed in
+//! the same order whatever the thread count.
 
 use std::cell::RefCell;
 
@@ -47,10 +48,9 @@ pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, stride
 
     let (input, bias) = (host(x), bias.map(|b| host(b.clone())));
     let (input, bias) = (f32s(&input), bias.as_ref().map(f32s));
-    let shape = weight.dims();
     let weight = weight.clone().try_into_primitive::<Flex>().expect("device checked to be flex before reading");
     let relaid;
-    let weight = match tap_major_in_place(&weight, shape) {
+    let weight = match tap_major_in_place(&weight, [c_out, c_in, k, kw]) {
         Some(w) => w,
         None => {
             relaid = relay_taps(f32s(&host_of(weight)), k * k);

@@ -98,7 +98,8 @@ pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
     let ConvSpec { c_in, c_out, kernel, stride, padding } = s;
     let shape = [c_out, c_in, kernel, kernel];
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-    let weight = if stride == 1 && kernel > 1 && vb.device() == &burn::tensor::Device::flex() && vb.dtype() == burn::tensor::DType::F32 {
+    // 3×3 stride-1 weights tap-major on the CPU backend, the layout its GEMM conv reads in place
+    let weight = if stride == 1 && kernel == 3 && vb.device() == &burn::tensor::Device::flex() && vb.dtype() == burn::tensor::DType::F32 {
         crate::cpu_kernels::tap_major_weight(vb.host_f32("weight", &shape)?, shape)
     } else {
         vb.get("weight", shape)?
