@@ -14,6 +14,7 @@ pub mod clip_model;
 pub mod cpu_kernels;
 pub mod embeddings;
 pub mod error;
+pub mod gpu_kernels;
 pub mod model;
 pub mod nn;
 pub mod resnet;

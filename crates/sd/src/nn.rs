@@ -123,9 +123,10 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv2d_with(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options)
 }
 
-/// Burn's functional `conv2d`, except on the CPU backend, where SD's 3×3 and 1×1 stride-1
-/// convolutions run as GEMMs on the NCHW tensor ([`crate::cpu_kernels`]; flex's own conv copies the
-/// input to channels-last and builds im2col tiles on every call).
+/// Burn's functional `conv2d`, except for SD's 3×3 and 1×1 stride-1 convolutions in f32: on the
+/// CPU backend GEMMs on the NCHW tensor ([`crate::cpu_kernels`]; flex's own conv copies the input
+/// to channels-last and builds im2col tiles on every call), on the GPU backends im2col + matmul
+/// ([`crate::gpu_kernels`]; Burn's conv there is untiled).
 pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     let x = if options.dilation == [1, 1] && options.groups == 1 {
@@ -136,6 +137,10 @@ pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opt
         }
     } else {
         x
+    };
+    let x = match crate::gpu_kernels::conv2d(x, &weight, bias.as_ref(), &options) {
+        Ok(y) => return y,
+        Err(back) => back,
     };
     burn::tensor::module::conv2d(x, weight, bias, options)
 }
