@@ -144,6 +144,24 @@ fn unet_is_bit_identical_across_calls() {
     }
 }
 
+/// `edict bench`'s breakdown: a recorded call computes the same bits as a plain one, every kind
+/// of step is seen, and the kinds add up to no more than the call.
+#[test]
+fn recorded_unet_call_is_unchanged_and_sees_every_kind() {
+    let r = reference("unet.safetensors");
+    for (backend, device) in devices() {
+        let sd = load(&device, Precision::F32);
+        let plain = unet_case(&sd, &r, &device, false, 981).0;
+        let (recorded, parts) = edict_sd::profile::record(&device, || unet_case(&sd, &r, &device, false, 981).0).unwrap();
+        assert_eq!(recorded, plain, "{backend}: recording changed the UNet's output");
+        use edict_sd::profile::Kind;
+        for kind in [Kind::Conv, Kind::Attention, Kind::Matmul, Kind::Norm] {
+            assert!(parts.kinds.get(&kind).is_some_and(|s| *s > 0.0), "{backend}: no time for {kind:?}: {parts:?}");
+        }
+        assert!(parts.kinds.values().sum::<f64>() <= parts.total, "{backend}: kinds exceed the call: {parts:?}");
+    }
+}
+
 /// The CPU backend's threaded kernels (rayon) split work by thread count: the bits must not
 /// depend on it, or an inversion made on one machine would not reproduce on another.
 #[test]

@@ -113,6 +113,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let out = ed.model.unet.forward(x.clone(), 500.0, &context);
         sync(out)
     })?;
+    // one more call with the device synced around every instrumented step, to see where it goes
+    let (out, parts) = edict_sd::profile::record(&ed.device, || ed.model.unet.forward(x.clone(), 500.0, &context))?;
+    sync(out)?;
     let encode = timed(a.iters, || {
         let (mean, logvar) = ed.model.vae.encode(image.clone());
         sync(mean)?;
@@ -155,6 +158,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "load_s": load_s,
         "unet_batch2_s": unet,
         "unet_evals_per_s": 1.0 / unet,
+        // seconds per kind of step in one call synced around each step, and that call's time
+        "unet_parts_s": parts.kinds.iter().map(|(k, s)| (k.name(), *s)).chain([("other", parts.other()), ("total", parts.total)])
+            .map(|(k, s)| (k.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "vae_encode_s": encode,
         "vae_decode_s": decode,
         "edit_s": edit.map(|e| e.0),
@@ -190,6 +196,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     println!("UNet        {:.3} s per batch-2 call {latent:?} = {:.3} evaluations/s", unet, 1.0 / unet);
+    let share = |s: f64| format!("{s:.3} s ({:.0}%)", 100.0 * s / parts.total);
+    let kinds: Vec<String> = parts.kinds.iter().map(|(k, s)| format!("{} {}", k.name(), share(*s))).collect();
+    println!(
+        "UNet parts  {}, other {} of one {:.3} s call synced around each step",
+        kinds.join(", "),
+        share(parts.other()),
+        parts.total
+    );
     println!("VAE         encode {encode:.3} s, decode {decode:.3} s");
     if let Some((s, calls)) = edit {
         println!("EDICT edit  {s:.2} s ({} steps, strength {}, {calls} UNet calls, encode and decode included)", a.steps, a.strength);

@@ -10,6 +10,7 @@ use burn::tensor::{Bool, DType, Tensor};
 
 use crate::Result;
 use crate::attention_control::AttentionControl;
+use crate::profile::{Kind, step};
 use crate::nn::{MAX_BUFFER_ELEMENTS, group_norm, layer_norm, linear, linear_params, norm_params};
 use crate::weights::VarBuilder;
 
@@ -122,11 +123,12 @@ pub fn project_attend(
     how: Attend,
     steer: Option<Steer>,
 ) -> Tensor<3> {
+    let device = x.device();
     let ctx = context.unwrap_or_else(|| x.clone());
-    let q = split_heads(q.forward(x), how.heads);
-    let k = split_heads(k.forward(ctx.clone()), how.heads);
-    let v = split_heads(v.forward(ctx), how.heads);
-    out.forward(merge_heads(scaled_dot_product(q, k, v, how.causal, how.upcast, steer)))
+    let [q, k, v] = step(Kind::Matmul, &device, || [q.forward(x), k.forward(ctx.clone()), v.forward(ctx)]);
+    let [q, k, v] = [q, k, v].map(|t| split_heads(t, how.heads));
+    let o = step(Kind::Attention, &device, || scaled_dot_product(q, k, v, how.causal, how.upcast, steer));
+    step(Kind::Matmul, &device, || out.forward(merge_heads(o)))
 }
 
 /// diffusers `Attention`: `to_q`, `to_k`, `to_v` (no bias in the UNet, bias in the VAE) and
@@ -188,6 +190,11 @@ impl FeedForward {
     /// fits; else token chunks whose length depends only on the row's shape, so that a row's
     /// result never depends on the batch (see [`MAX_ROW_SCORE_ELEMENTS`]).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let device = x.device();
+        step(Kind::Matmul, &device, || self.forward_pieces(x))
+    }
+
+    fn forward_pieces(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, _] = x.dims();
         let wide = self.proj.weight.dims()[1];
         let tokens = (MAX_BUFFER_ELEMENTS / wide).clamp(1, n.max(1));
@@ -235,9 +242,11 @@ impl BasicTransformerBlock {
     }
 
     pub fn forward(&self, x: Tensor<3>, context: Tensor<3>, ctl: &AttentionControl) -> Tensor<3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None, ctl) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context), ctl) + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        let device = x.device();
+        let norm = |ln: &LayerNorm, x: Tensor<3>| step(Kind::Norm, &device, || ln.forward(x));
+        let x = self.attn1.forward(norm(&self.norm1, x.clone()), None, ctl) + x;
+        let x = self.attn2.forward(norm(&self.norm2, x.clone()), Some(context), ctl) + x;
+        self.ff.forward(norm(&self.norm3, x.clone())) + x
     }
 }
 
@@ -299,7 +308,8 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let tokens = self.norm.forward(x).reshape([b, c, h * w]).swap_dims(1, 2);
+        let device = x.device();
+        let tokens = step(Kind::Norm, &device, || self.norm.forward(x)).reshape([b, c, h * w]).swap_dims(1, 2);
         let mut t = self.proj_in.forward(tokens);
         for block in &self.transformer_blocks {
             t = block.forward(t, context.clone(), ctl);
@@ -332,11 +342,8 @@ impl VaeAttention {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let t = self
-            .group_norm
-            .forward(x.clone())
-            .reshape([b, c, h * w])
-            .swap_dims(1, 2);
+        let device = x.device();
+        let t = step(Kind::Norm, &device, || self.group_norm.forward(x.clone())).reshape([b, c, h * w]).swap_dims(1, 2);
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
         let o = project_attend(p, t, None, Attend { heads: 1, ..Attend::default() }, None);
         o.swap_dims(1, 2).reshape([b, c, h, w]) + x

@@ -17,6 +17,7 @@ pub mod error;
 pub mod gpu_kernels;
 pub mod model;
 pub mod nn;
+pub mod profile;
 pub mod resnet;
 pub mod scheduler;
 pub mod single_file;

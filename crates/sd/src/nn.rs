@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
 use crate::Result;
+use crate::profile::{Kind, step};
 use crate::weights::VarBuilder;
 
 /// Most elements of any one activation buffer: 2^24 = 64 MiB in f32, half of WebGPU's
@@ -128,6 +129,11 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// to channels-last and builds im2col tiles on every call), on the GPU backends im2col + matmul
 /// ([`crate::gpu_kernels`]; Burn's conv there is untiled).
 pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
+    let device = x.device();
+    step(Kind::Conv, &device, || conv2d_any(x, weight, bias, options))
+}
+
+fn conv2d_any(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     let x = if options.dilation == [1, 1] && options.groups == 1 {
         let [(top, bottom), (left, right)] = options.padding;
@@ -147,6 +153,11 @@ pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, opt
 
 /// `silu(gn(x))`: one fused pass on the CPU backend ([`crate::cpu_kernels`]), Burn's ops elsewhere.
 pub fn group_norm_silu(gn: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    step(Kind::Norm, &device, || group_norm_silu_any(gn, x))
+}
+
+fn group_norm_silu_any(gn: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     let x = match crate::cpu_kernels::group_norm_silu(x, gn) {
         Ok(y) => return y,
