@@ -1,12 +1,12 @@
 //! Micro-benchmarks of the network pieces on small shapes, so regressions show:
 //! `cargo bench --bench networks` (add `-- cpu` or `-- wgpu` to run one backend).
 //!
-//! Every timed call ends with a reduction read back to the host, so queued GPU work is counted;
+//! Every timed call ends by reading a value back to the host, so queued GPU work is counted;
 //! each benchmark runs once untimed first (kernel compilation, autotuning).
 
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{GroupNormConfig, PaddingConfig2d};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor};
 use divan::Bencher;
 use edict_sd::attention::scaled_dot_product;
 use edict_sd::backend::{Backend, device};
@@ -26,8 +26,10 @@ fn normal<const D: usize>(shape: [usize; D], dev: &Device) -> Tensor<D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), dev)
 }
 
-fn read<const D: usize>(t: Tensor<D>) -> TensorData {
-    t.sum().into_data()
+/// The first value on the host: waits for the queued work (`into_data` alone does not, its bytes
+/// are read lazily), without a whole-tensor reduction.
+fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.flatten::<1>(0, D - 1).slice([0..1]).into_data().try_to_vec::<f32>().expect("f32 output")
 }
 
 /// Self-attention at SD's 16×16 level: batch 2 (guidance), 8 heads, 256 tokens of width 40.
@@ -40,17 +42,40 @@ fn attention(bencher: Bencher, backend: Backend) {
     bencher.bench_local(run);
 }
 
-/// 3×3 convolution, 128 → 128 channels on 16×16, batch 2.
+/// 3×3 convolution, 128 → 128 channels on 16×16, batch 2, as the networks run it
+/// (`edict_sd::nn::conv_forward`: the CPU kernels, or im2col + matmul on wgpu) ...
 #[divan::bench(args = BACKENDS)]
 fn conv3x3(bencher: Bencher, backend: Backend) {
-    let dev = dev(backend);
-    let conv = Conv2dConfig::new([128, 128], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init(&dev);
-    let x = normal([2, 128, 16, 16], &dev);
+    let (conv, x) = conv_case(backend);
+    let run = || read(edict_sd::nn::conv_forward(&conv, x.clone()));
+    run();
+    bencher.bench_local(run);
+}
+
+/// ... and as Burn's own conv2d runs it, the baseline.
+#[divan::bench(args = BACKENDS)]
+fn conv3x3_burn(bencher: Bencher, backend: Backend) {
+    let (conv, x) = conv_case(backend);
     let run = || read(conv.forward(x.clone()));
     run();
     bencher.bench_local(run);
+}
+
+fn conv_case(backend: Backend) -> (burn::nn::conv::Conv2d, Tensor<4>) {
+    let dev = dev(backend);
+    #[allow(unused_mut)]
+    let mut conv = Conv2dConfig::new([128, 128], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&dev);
+    // the layout the models load 3×3 weights in on the CPU backend (Burn's conv reads it too)
+    #[cfg(feature = "cpu")]
+    if backend == Backend::Cpu {
+        let w = conv.weight.val();
+        let shape = w.dims();
+        let values = w.into_data().try_to_vec::<f32>().expect("f32 weight");
+        conv.weight = burn::module::Param::from_tensor(edict_sd::cpu_kernels::tap_major_weight(values, shape));
+    }
+    (conv, normal([2, 128, 16, 16], &dev))
 }
 
 /// GroupNorm, 32 groups over 320 channels on 16×16, batch 2.
