@@ -99,9 +99,21 @@ fn round_trips_are_bit_exact_on_wgpu() {
 /// Inverts, saves the latents file, and has a fresh process (this test binary again) load it
 /// and denoise with the source prompt: the latent comes back bit for bit.
 #[test]
-fn latents_file_round_trips_exactly_across_processes() {
+fn latents_file_round_trips_exactly_across_processes_on_cpu() {
+    across_processes(Backend::Cpu, "latents_file_round_trips_exactly_across_processes_on_cpu");
+}
+
+/// On wgpu with `gpu-tuned` the child runs the kernels the parent's autotune chose, read back
+/// from the kernel cache.
+#[test]
+fn latents_file_round_trips_exactly_across_processes_on_wgpu() {
+    across_processes(Backend::Wgpu, "latents_file_round_trips_exactly_across_processes_on_wgpu");
+}
+
+/// `test` is the calling test's name: the child is that test again, with the file's path set.
+fn across_processes(backend: Backend, test: &str) {
     const CHILD: &str = "EDICT_TEST_LATENTS_FILE";
-    let device = Device::flex();
+    let device = edict_sd::backend::device(backend).unwrap();
     let mut ed = editor(&device);
     let origin = Origin::of("tiny-sd", &ed.model);
     if let Ok(path) = std::env::var(CHILD) {
@@ -117,12 +129,12 @@ fn latents_file_round_trips_exactly_across_processes() {
     let z = photo_latent(&mut ed, "coffee.png", 128);
     let s = Case { steps: 10, strength: 0.7, guidance: 4.0 }.settings();
     let inv = pollster::block_on(ed.invert(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
-    let dir = std::env::temp_dir().join(format!("edict-exactness-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("edict-exactness-{backend}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("coffee.safetensors");
     std::fs::write(&path, latents::to_bytes(&inv, &origin).unwrap()).unwrap();
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "latents_file_round_trips_exactly_across_processes", "--nocapture"])
+        .args(["--exact", test, "--nocapture"])
         .env(CHILD, &path)
         .output()
         .unwrap();
@@ -138,5 +150,5 @@ fn latents_file_round_trips_exactly_across_processes() {
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(back == z.values, "round trip through the file: {:e}", edict_pipeline::sampler::relative_error(&back, &z.values));
+    assert!(back == z.values, "{backend}: round trip through the file: {:e}", edict_pipeline::sampler::relative_error(&back, &z.values));
 }
