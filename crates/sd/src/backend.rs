@@ -75,11 +75,31 @@ pub fn adapter_report() -> Result<AdapterReport> {
 }
 
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+/// Where a `gpu-tuned` build keeps its autotune decisions: `EDICT_KERNEL_CACHE`, else
+/// `$XDG_CACHE_HOME/edict/kernels`, else `~/.cache/edict/kernels`.
+#[cfg(feature = "gpu-tuned")]
+pub fn kernel_cache_dir() -> std::path::PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    var("EDICT_KERNEL_CACHE").unwrap_or_else(|| {
+        let cache = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).unwrap_or_else(std::env::temp_dir);
+        cache.join("edict").join("kernels")
+    })
+}
+
 fn wgpu_device() -> Result<&'static (Device, AdapterReport)> {
     use cubecl_runtime::runtime::Runtime;
     use cubecl_wgpu::{WgpuBackend, WgpuDevice, WgpuDeviceKind, WgpuRuntime, wgpu};
     static WGPU: std::sync::OnceLock<std::result::Result<(Device, AdapterReport), String>> = std::sync::OnceLock::new();
     WGPU.get_or_init(|| {
+        // autotune decisions on disk, read back by later processes (cubecl would otherwise keep
+        // them under the nearest Cargo workspace's target/). Loading cubecl's configuration sets
+        // its own root, so it is loaded first.
+        #[cfg(feature = "gpu-tuned")]
+        {
+            use cubecl_environment::config::RuntimeConfig;
+            let _ = cubecl_runtime::config::CubeClRuntimeConfig::get();
+            cubecl_environment::environment::set_root(kernel_cache_dir());
+        }
         let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
         let info = setup.adapter.get_info();
         let features = setup.adapter.features();
