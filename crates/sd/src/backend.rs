@@ -74,10 +74,9 @@ pub fn adapter_report() -> Result<AdapterReport> {
     wgpu_device().map(|(_, report)| report.clone())
 }
 
-#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 /// Where a `gpu-tuned` build keeps its autotune decisions: `EDICT_KERNEL_CACHE`, else
 /// `$XDG_CACHE_HOME/edict/kernels`, else `~/.cache/edict/kernels`.
-#[cfg(feature = "gpu-tuned")]
+#[cfg(all(feature = "gpu-tuned", not(target_arch = "wasm32")))]
 pub fn kernel_cache_dir() -> std::path::PathBuf {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     var("EDICT_KERNEL_CACHE").unwrap_or_else(|| {
@@ -86,6 +85,7 @@ pub fn kernel_cache_dir() -> std::path::PathBuf {
     })
 }
 
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 fn wgpu_device() -> Result<&'static (Device, AdapterReport)> {
     use cubecl_runtime::runtime::Runtime;
     use cubecl_wgpu::{WgpuBackend, WgpuDevice, WgpuDeviceKind, WgpuRuntime, wgpu};
