@@ -4,8 +4,7 @@
 //! Every timed call ends by reading a value back to the host, so queued GPU work is counted;
 //! each benchmark runs once untimed first (kernel compilation, autotuning).
 
-use burn::nn::conv::Conv2dConfig;
-use burn::nn::{GroupNormConfig, PaddingConfig2d};
+use burn::nn::GroupNormConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use divan::Bencher;
 use edict_sd::attention::scaled_dot_product;
@@ -61,20 +60,11 @@ fn conv3x3_burn(bencher: Bencher, backend: Backend) {
     bencher.bench_local(run);
 }
 
+/// The conv as the models load it (`edict_sd::nn::conv2d`: tap-major weights on the CPU backend).
 fn conv_case(backend: Backend) -> (burn::nn::conv::Conv2d, Tensor<4>) {
     let dev = dev(backend);
-    #[allow(unused_mut)]
-    let mut conv = Conv2dConfig::new([128, 128], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init(&dev);
-    // the layout the models load 3×3 weights in on the CPU backend (Burn's conv reads it too)
-    #[cfg(feature = "cpu")]
-    if backend == Backend::Cpu {
-        let w = conv.weight.val();
-        let shape = w.dims();
-        let values = w.into_data().try_to_vec::<f32>().expect("f32 weight");
-        conv.weight = burn::module::Param::from_tensor(edict_sd::cpu_kernels::tap_major_weight(values, shape));
-    }
+    let vb = edict_sd::weights::VarBuilder::random(0, &dev, burn::tensor::DType::F32);
+    let conv = edict_sd::nn::conv2d(&vb, edict_sd::nn::ConvSpec::k3(128, 128)).expect("random weights");
     (conv, normal([2, 128, 16, 16], &dev))
 }
 
