@@ -152,3 +152,26 @@ fn across_processes(backend: Backend, test: &str) {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(back == z.values, "{backend}: round trip through the file: {:e}", edict_pipeline::sampler::relative_error(&back, &z.values));
 }
+
+/// The warm-up pass (on by default where autotune picks kernels) runs each call shape once before
+/// the calls whose results are kept, and changes no bit of them.
+#[test]
+fn warm_up_runs_each_call_shape_once_and_changes_no_bit() {
+    for (backend, device) in devices() {
+        let mut cold = editor(&device);
+        assert_eq!(cold.warm_up, cfg!(feature = "gpu-tuned") && backend == Backend::Wgpu, "{backend}");
+        cold.warm_up = false;
+        let mut warm = editor(&device);
+        warm.warm_up = true;
+        let z = photo_latent(&mut cold, "chelsea.png", 64);
+        // batch 2 (guidance), then batch 1 (guidance 1), then batch 2 again
+        for guidance in [3.0, 1.0, 7.5] {
+            let s = Case { steps: 4, strength: 1.0, guidance }.settings();
+            let a = pollster::block_on(cold.reconstruct(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+            let b = pollster::block_on(warm.reconstruct(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+            assert!(a.latent.values == b.latent.values, "{backend}, guidance {guidance}: the warm-up changed the result");
+        }
+        assert_eq!((cold.warm_up_calls, warm.warm_up_calls), (0, 2), "{backend}");
+        assert_eq!(cold.unet_calls, warm.unet_calls, "{backend}: warm-up calls are not counted as the edit's");
+    }
+}

@@ -175,9 +175,22 @@ pub struct Editor {
     pub schedule: Schedule,
     /// The last [`EMBEDDING_CACHE`] prompts' embeddings, least recently used first.
     embeddings: Vec<(String, Tensor<3>)>,
-    /// UNet calls made so far (each a batch of 2 under guidance).
+    /// UNet calls made so far (each a batch of 2 under guidance), warm-up calls not counted.
     pub unet_calls: usize,
+    /// Run each new UNet call shape once, discarded, before the first call whose result is kept:
+    /// every kernel that shape needs is then compiled and, where kernels are picked by timing
+    /// (`gpu-tuned` on wgpu, [`edict_sd::backend::tunes_kernels`]), tuned, so no kept result comes
+    /// from a kernel chosen part-way through an edit. On by default exactly there.
+    pub warm_up: bool,
+    /// The call shapes warmed so far: batch shape and the attention controls' kind.
+    warmed: Vec<WarmShape>,
+    /// Warm-up calls made so far.
+    pub warm_up_calls: usize,
 }
+
+/// What decides a UNet call's kernels: the batch shape, and which attention controls run
+/// (they add operations to the graph).
+type WarmShape = ([usize; 4], Option<[bool; 3]>);
 
 async fn read_f64<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
     Ok(edict_sd::backend::read(t).await?.into_iter().map(f64::from).collect())
@@ -189,9 +202,12 @@ impl Editor {
         Self {
             schedule: Schedule::scaled_linear(sc.beta_start, sc.beta_end),
             model,
+            warm_up: edict_sd::backend::tunes_kernels(&device),
             device,
             embeddings: Vec::new(),
             unet_calls: 0,
+            warmed: Vec::new(),
+            warm_up_calls: 0,
         }
     }
 
@@ -579,12 +595,19 @@ impl NoisePredictor for Guided<'_> {
         let [_, c, h, w] = self.shape;
         let x: Vec<f32> = latents.iter().flat_map(|l| std::iter::repeat_n(l, unit)).flatten().map(|&v| v as f32).collect();
         let x = self.editor.upload(x, [k * unit, c, h, w]);
-        let unet = &self.editor.model.unet;
-        let out = match &self.steering {
-            None => unet.forward(x, t as f64, &self.context),
-            Some(s) => unet.forward_steered(x, t as f64, &self.context, &s.at(t, unit)),
+        let control = self.steering.as_ref().map(|s| s.at(t, unit));
+        let call = |editor: &Editor, x: Tensor<4>| match &control {
+            None => editor.model.unet.forward(x, t as f64, &self.context),
+            Some(ctl) => editor.model.unet.forward_steered(x, t as f64, &self.context, ctl),
         };
-        let v = read_f64(out).await?;
+        let shape: WarmShape = (x.dims(), control.as_ref().map(|c| [c.inject_self, c.inject_tokens.is_some(), c.weights.is_some()]));
+        if self.editor.warm_up && !self.editor.warmed.contains(&shape) {
+            // the same call, its result read (so the device has run it) and dropped
+            read_f64(call(self.editor, x.clone())).await?;
+            self.editor.warmed.push(shape);
+            self.editor.warm_up_calls += 1;
+        }
+        let v = read_f64(call(self.editor, x)).await?;
         self.editor.unet_calls += 1;
         self.done += 1;
         let progress = Progress {

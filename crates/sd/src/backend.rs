@@ -49,6 +49,17 @@ pub fn device(backend: Backend) -> Result<Device> {
     }
 }
 
+/// Whether kernels on `device` are picked by timing candidates (autotune: a `gpu-tuned` build on
+/// wgpu). The pipeline then runs each new UNet shape once before the calls it keeps, so that no
+/// kept result comes from a kernel chosen part-way (see `Editor::warm_up`).
+pub fn tunes_kernels(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "cpu")]
+    let gpu = *device != burn::tensor::Device::flex();
+    #[cfg(not(feature = "cpu"))]
+    let gpu = { let _ = device; true };
+    cfg!(feature = "gpu-tuned") && gpu
+}
+
 /// What the wgpu device runs on, as `edict bench` reports it: the adapter, its graphics
 /// API and driver, the shader compiler cubecl picked for it, and the features the fast kernels
 /// depend on.
