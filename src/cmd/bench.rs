@@ -140,6 +140,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Backend::Wgpu => Some(edict_sd::backend::adapter_report()?),
         Backend::Cpu => None,
     };
+    let tuned = tune_decisions(backend)?;
     let footprint = c.footprint(precision, size, size);
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let report = json!({
@@ -151,6 +152,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "adapter": adapter,
         // compile-time kernel selection: autotune+fusion (`gpu-tuned`), SPIR-V (`vulkan`)
         "features": { "gpu_tuned": cfg!(feature = "gpu-tuned"), "vulkan": cfg!(feature = "vulkan") },
+        // the kernel cache's autotune decisions (gpu-tuned on wgpu; this run's and earlier ones')
+        "autotune": tuned.as_ref().map(|(all, _)| all),
         "size": size,
         "unet_input": latent,
         "iters": a.iters,
@@ -194,6 +197,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             yes(cfg!(feature = "gpu-tuned"))
         );
     }
+    for line in tuned.iter().flat_map(|(_, lines)| lines) {
+        println!("autotune    {line}");
+    }
     println!("UNet        {:.3} s per batch-2 call {latent:?} = {:.3} evaluations/s", unet, 1.0 / unet);
     let share = |s: f64| format!("{s:.3} s ({:.0}%)", 100.0 * s / parts.total);
     let kinds: Vec<String> = parts.kinds.iter().map(|(k, s)| format!("{} {}", k.name(), share(*s))).collect();
@@ -217,6 +223,45 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         None => println!("peak memory unknown on this platform (read from /proc/self/status on Linux)"),
     }
     Ok(())
+}
+
+/// With autotune compiled in and on wgpu: every decision in the kernel cache (JSON), and one line
+/// per tuned operation with how often each kernel won.
+#[cfg(feature = "gpu-tuned")]
+fn tune_decisions(backend: Backend) -> Result<Option<(serde_json::Value, Vec<String>)>> {
+    if backend != Backend::Wgpu {
+        return Ok(None);
+    }
+    let all = edict_sd::backend::tune_decisions()?;
+    let mut ops: Vec<(&str, Vec<(&str, usize)>)> = Vec::new();
+    for d in &all {
+        let i = ops.iter().position(|(op, _)| *op == d.op).unwrap_or_else(|| {
+            ops.push((&d.op, Vec::new()));
+            ops.len() - 1
+        });
+        let wins = &mut ops[i].1;
+        match wins.iter_mut().find(|(w, _)| *w == d.winner) {
+            Some((_, n)) => *n += 1,
+            None => wins.push((&d.winner, 1)),
+        }
+    }
+    let mut lines: Vec<String> = ops
+        .into_iter()
+        .map(|(op, mut wins)| {
+            wins.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let keys: usize = wins.iter().map(|w| w.1).sum();
+            let wins: Vec<String> = wins.iter().map(|(w, n)| format!("{w} ×{n}")).collect();
+            format!("{op}: {keys} keys, {}", wins.join(", "))
+        })
+        .collect();
+    lines.sort();
+    lines.insert(0, format!("{} decisions in {} (this run's and earlier ones')", all.len(), edict_sd::backend::kernel_cache_dir().display()));
+    Ok(Some((serde_json::to_value(&all)?, lines)))
+}
+
+#[cfg(not(feature = "gpu-tuned"))]
+fn tune_decisions(_: Backend) -> Result<Option<(serde_json::Value, Vec<String>)>> {
+    Ok(None)
 }
 
 /// Median seconds of `iters` runs of `f`, after one untimed warm-up (kernel compilation,

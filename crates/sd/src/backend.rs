@@ -96,6 +96,48 @@ pub fn kernel_cache_dir() -> std::path::PathBuf {
     })
 }
 
+/// One autotune decision in the kernel cache: the candidate that runs for one operation's key.
+#[cfg(all(feature = "gpu-tuned", not(target_arch = "wasm32")))]
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TuneDecision {
+    /// the tuned operation as cubecl names its table, e.g. `burn_cubecl-kernel-matmul-tune-base`
+    pub op: String,
+    /// what the decision is keyed on (shapes, dtypes, layouts), as cubecl stores it
+    pub key: serde_json::Value,
+    pub winner: String,
+    /// the winner's median time when it was tuned
+    pub median_s: Option<f64>,
+}
+
+/// The autotune decisions the kernel cache holds for the wgpu device's shader compiler, from
+/// this process and earlier ones; initialises the device like `device(Backend::Wgpu)`.
+#[cfg(all(feature = "gpu-tuned", not(target_arch = "wasm32")))]
+pub fn tune_decisions() -> Result<Vec<TuneDecision>> {
+    use cubecl_environment::persistence::{namespaces, open};
+    use cubecl_runtime::tune::{PersistentCacheKey, PersistentCacheValue};
+    let compiler = wgpu_device()?.1.compiler;
+    let mut decisions = Vec::new();
+    // tables are named autotune/<cubecl version>/<device id, ending in the compiler>/<op>
+    for table in namespaces().into_iter().filter(|n| n.starts_with("autotune/")) {
+        let Some((device, op)) = table.rsplit_once('/') else { continue };
+        if !device.ends_with(compiler) {
+            continue;
+        }
+        open(&table).scan(&mut |key, value| {
+            let key = ciborium::from_reader::<PersistentCacheKey<ciborium::Value>, _>(key);
+            let Ok(value) = ciborium::from_reader::<PersistentCacheValue, _>(value) else { return };
+            let winner = value.results.iter().filter_map(|r| r.outcome.as_ref().ok()).find(|o| o.index == value.fastest_index);
+            decisions.push(TuneDecision {
+                op: op.to_string(),
+                key: key.ok().and_then(|k| serde_json::to_value(k.key).ok()).unwrap_or_default(),
+                winner: winner.map_or_else(|| format!("candidate {}", value.fastest_index), |o| o.name.clone()),
+                median_s: winner.map(|o| o.computation.median.as_secs_f64()),
+            });
+        });
+    }
+    Ok(decisions)
+}
+
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 fn wgpu_device() -> Result<&'static (Device, AdapterReport)> {
     use cubecl_runtime::runtime::Runtime;
