@@ -124,10 +124,10 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv2d_with(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options)
 }
 
-/// Burn's functional `conv2d`, except for SD's 3×3 and 1×1 stride-1 convolutions in f32: on the
-/// CPU backend GEMMs on the NCHW tensor ([`crate::cpu_kernels`]; flex's own conv copies the input
-/// to channels-last and builds im2col tiles on every call), on the GPU backends im2col + matmul
-/// ([`crate::gpu_kernels`]; Burn's conv there is untiled).
+/// Burn's functional `conv2d`, except for SD's 3×3 and 1×1 stride-1 convolutions: on the CPU
+/// backend in f32 GEMMs on the NCHW tensor ([`crate::cpu_kernels`]; flex's own conv copies the
+/// input to channels-last and builds im2col tiles on every call), on the GPU backends in f32 and
+/// f16 im2col + matmul ([`crate::gpu_kernels`]; Burn's conv there is untiled).
 pub fn conv2d_with(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
     let device = x.device();
     step(Kind::Conv, &device, || conv2d_any(x, weight, bias, options))
