@@ -6,6 +6,7 @@
 #   ./build.sh serve      serve www/ on http://127.0.0.1:${PORT:-8000}/
 #   ./build.sh test-web   browser test: headless Chromium edits through the page, checked against the CLI
 #   ./build.sh test-full [MODEL_DIR]  full-size SD 1.5 checks (slow; not part of test): scripts/test-full.sh
+#   ./build.sh test-tuned the exactness checks built with gpu-tuned (autotune, fusion; slow; not part of test)
 set -euo pipefail
 cd "$(dirname "$0")"
 # Build outputs live outside the checkout, so fresh clones on this machine (CI) reuse them.
@@ -65,11 +66,16 @@ case "${1:-}" in
     exec python3 -m http.server "${PORT:-8000}" --bind 127.0.0.1 --directory www ;;
   test-web)
     test_web ;;
+  test-tuned)
+    # release: autotune times its candidates, and unoptimised Burn makes that crawl. A kernel
+    # cache of its own, so that the first process tunes and the child processes read it back.
+    export EDICT_KERNEL_CACHE="${EDICT_KERNEL_CACHE:-$CARGO_TARGET_DIR/tuned-kernels}"
+    cargo test --release --locked --features gpu-tuned --test exactness --test networks -- --test-threads 1 ;;
   test-full)
     shift
     cargo build --release --locked
     web # www/pkg current, and tests/web's npm pieces
     scripts/test-full.sh "$@" ;;
   *)
-    sed -n '2,8p' "$0"; exit 2 ;;
+    sed -n '2,9p' "$0"; exit 2 ;;
 esac
