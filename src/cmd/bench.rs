@@ -126,13 +126,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let edit = if a.no_edit {
         None
     } else {
-        let calls = ed.unet_calls;
+        let (calls, warm_ups) = (ed.unet_calls, ed.warm_up_calls);
         let t = Instant::now();
         let z = pollster::block_on(ed.encode(pixels, size, size, None))?;
         let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings, Method::Edict, &mut Quiet))?;
         let pair = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet))?;
         pollster::block_on(ed.decode(&edict_pipeline::pipeline::Latent { values: pair.x_f64(), shape: z.shape }))?;
-        Some((t.elapsed().as_secs_f64(), ed.unet_calls - calls))
+        Some((t.elapsed().as_secs_f64(), ed.unet_calls - calls, ed.warm_up_calls - warm_ups))
     };
 
     let peak = peak_rss_mib();
@@ -167,6 +167,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "vae_decode_s": decode,
         "edit_s": edit.map(|e| e.0),
         "edit_unet_calls": edit.map(|e| e.1),
+        // the pipeline's warm-up calls within the edit (gpu-tuned on wgpu: one per call shape)
+        "edit_warm_up_calls": edit.map(|e| e.2),
         "edit_steps": a.steps,
         "edit_strength": a.strength,
         "peak_rss_mib": peak,
@@ -210,8 +212,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         parts.total
     );
     println!("VAE         encode {encode:.3} s, decode {decode:.3} s");
-    if let Some((s, calls)) = edit {
-        println!("EDICT edit  {s:.2} s ({} steps, strength {}, {calls} UNet calls, encode and decode included)", a.steps, a.strength);
+    if let Some((s, calls, warm_ups)) = edit {
+        let warm_ups = if warm_ups > 0 { format!(" + {warm_ups} warm-up") } else { String::new() };
+        println!("EDICT edit  {s:.2} s ({} steps, strength {}, {calls}{warm_ups} UNet calls, encode and decode included)", a.steps, a.strength);
     }
     println!(
         "buffers     {:.0} MiB of weights on the device, the largest buffer {:.1} MiB (from the configs)",
