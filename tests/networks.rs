@@ -144,6 +144,22 @@ fn unet_is_bit_identical_across_calls() {
     }
 }
 
+/// With autotune compiled in, the kernel cache holds a UNet call's decisions, each readable with
+/// its key, winner and time (what `edict bench` lists).
+#[cfg(feature = "gpu-tuned")]
+#[test]
+fn tune_decisions_are_readable() {
+    let r = reference("unet.safetensors");
+    let device = edict_sd::backend::device(edict_sd::backend::Backend::Wgpu).unwrap();
+    unet_case(&load(&device, Precision::F32), &r, &device, false, 981);
+    let all = edict_sd::backend::tune_decisions().unwrap();
+    let matmuls: Vec<_> = all.iter().filter(|d| d.op.contains("matmul")).collect();
+    assert!(!matmuls.is_empty(), "no matmul decisions among {} decisions", all.len());
+    for d in matmuls {
+        assert!(d.key.is_object() && d.median_s.is_some() && !d.winner.starts_with("candidate "), "{d:?}");
+    }
+}
+
 /// `edict bench`'s breakdown: a recorded call computes the same bits as a plain one, every kind
 /// of step is seen, and the kinds add up to no more than the call.
 #[test]
