@@ -140,7 +140,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Backend::Wgpu => Some(edict_sd::backend::adapter_report()?),
         Backend::Cpu => None,
     };
-    let tuned = tune_decisions(backend)?;
+    let tuned = autotune_report(backend)?;
     let footprint = c.footprint(precision, size, size);
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let report = json!({
@@ -231,39 +231,34 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 /// With autotune compiled in and on wgpu: every decision in the kernel cache (JSON), and one line
 /// per tuned operation with how often each kernel won.
 #[cfg(feature = "gpu-tuned")]
-fn tune_decisions(backend: Backend) -> Result<Option<(serde_json::Value, Vec<String>)>> {
+fn autotune_report(backend: Backend) -> Result<Option<(serde_json::Value, Vec<String>)>> {
+    use std::collections::BTreeMap;
     if backend != Backend::Wgpu {
         return Ok(None);
     }
     let all = edict_sd::backend::tune_decisions()?;
-    let mut ops: Vec<(&str, Vec<(&str, usize)>)> = Vec::new();
+    // per operation, how many keys each kernel won
+    let mut ops: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
     for d in &all {
-        let i = ops.iter().position(|(op, _)| *op == d.op).unwrap_or_else(|| {
-            ops.push((&d.op, Vec::new()));
-            ops.len() - 1
-        });
-        let wins = &mut ops[i].1;
-        match wins.iter_mut().find(|(w, _)| *w == d.winner) {
-            Some((_, n)) => *n += 1,
-            None => wins.push((&d.winner, 1)),
-        }
+        *ops.entry(&d.op).or_default().entry(&d.winner).or_default() += 1;
     }
     let mut lines: Vec<String> = ops
         .into_iter()
-        .map(|(op, mut wins)| {
-            wins.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            let keys: usize = wins.iter().map(|w| w.1).sum();
+        .map(|(op, wins)| {
+            let keys: usize = wins.values().sum();
+            let mut wins: Vec<(&str, usize)> = wins.into_iter().collect();
+            // most wins first; a stable sort keeps ties in name order
+            wins.sort_by(|a, b| b.1.cmp(&a.1));
             let wins: Vec<String> = wins.iter().map(|(w, n)| format!("{w} ×{n}")).collect();
             format!("{op}: {keys} keys, {}", wins.join(", "))
         })
         .collect();
-    lines.sort();
     lines.insert(0, format!("{} decisions in {} (this run's and earlier ones')", all.len(), edict_sd::backend::kernel_cache_dir().display()));
     Ok(Some((serde_json::to_value(&all)?, lines)))
 }
 
 #[cfg(not(feature = "gpu-tuned"))]
-fn tune_decisions(_: Backend) -> Result<Option<(serde_json::Value, Vec<String>)>> {
+fn autotune_report(_: Backend) -> Result<Option<(serde_json::Value, Vec<String>)>> {
     Ok(None)
 }
 

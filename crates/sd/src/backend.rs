@@ -53,11 +53,18 @@ pub fn device(backend: Backend) -> Result<Device> {
 /// wgpu). The pipeline then runs each new UNet shape once before the calls it keeps, so that no
 /// kept result comes from a kernel chosen part-way (see `Editor::warm_up`).
 pub fn tunes_kernels(device: &burn::tensor::Device) -> bool {
+    cfg!(feature = "gpu-tuned") && !is_cpu(device)
+}
+
+/// Whether `device` is the CPU backend's (flex); every other device is a GPU backend's.
+pub fn is_cpu(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "cpu")]
-    let gpu = *device != burn::tensor::Device::flex();
+    return *device == burn::tensor::Device::flex();
     #[cfg(not(feature = "cpu"))]
-    let gpu = { let _ = device; true };
-    cfg!(feature = "gpu-tuned") && gpu
+    {
+        let _ = device;
+        false
+    }
 }
 
 /// What the wgpu device runs on, as `edict bench` reports it: the adapter, its graphics

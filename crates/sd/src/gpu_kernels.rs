@@ -34,10 +34,7 @@ fn conv2d_in_chunks(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, 
     let [(top, bottom), (left, right)] = options.padding;
     let (hp, wp) = (h + top + bottom, w + left + right);
     let plain = options.stride == [1, 1] && options.dilation == [1, 1] && options.groups == 1;
-    #[cfg(feature = "cpu")]
-    let cpu = x.device() == burn::tensor::Device::flex();
-    #[cfg(not(feature = "cpu"))]
-    let cpu = false;
+    let cpu = crate::backend::is_cpu(&x.device());
     let float = matches!(x.dtype(), DType::F32 | DType::F16) && weight.dtype() == x.dtype();
     if !plain || cpu || k != kw || !(k == 1 || k == 3) || !float || hp < k || wp < k {
         return Err(x);
