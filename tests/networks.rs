@@ -219,6 +219,42 @@ fn unet_in_f16_is_close() {
     }
 }
 
+/// Attention in f16 at an SD-like shape that runs in two query chunks (SD 1.5's head size, 1024
+/// tokens: a 64² image's first level) against a float64 computation of the formula on the same
+/// f16 inputs, and bit-identical when repeated. In a `gpu-tuned` build on wgpu this is Burn's
+/// fused op with autotune (`fuses_attention`); elsewhere the matmul + softmax kernels.
+#[test]
+fn attention_in_f16_matches_the_formula() {
+    use burn::tensor::DType;
+    use edict_sd::attention::{fuses_attention, scaled_dot_product};
+    let (b, h, n, d) = (2, 8, 1024, 40);
+    // multiples of 1/64 in [-1.5, 1.5]: exact in f16
+    let noise = |seed: usize| -> Vec<f64> { (0..b * h * n * d).map(|i| ((i * seed + i / 7) % 193) as f64 / 64.0 - 1.5).collect() };
+    let (q, k, v) = (noise(31), noise(57), noise(89));
+    for (backend, device) in devices() {
+        let fused = fuses_attention(&device, DType::F16, false, false, false);
+        assert_eq!(fused, cfg!(feature = "gpu-tuned") && backend == edict_sd::backend::Backend::Wgpu);
+        let f16 = |x: &[f64]| upload(x, [b, h, n, d], &device).cast(DType::F16);
+        let run = || host(scaled_dot_product(f16(&q), f16(&k), f16(&v), false, false, None));
+        let out = run();
+        assert!(out == run(), "{backend}: f16 attention (fused: {fused}) not bit-identical when repeated");
+        let (mut err, mut scale): (f64, f64) = (0.0, 0.0);
+        // rows in both chunks of a few (batch, head) pairs
+        for (bi, hi) in [(0, 0), (1, 5)] {
+            let base = (bi * h + hi) * n * d;
+            for row in [0, 300, 511, 512, 1023] {
+                let want = attention_row(&q, &k, &v, base, row, n, d);
+                err = err.max(max_abs_diff(&out[base + row * d..][..d], &want));
+                scale = scale.max(max_abs(&want));
+            }
+        }
+        eprintln!("{backend} attention in f16 (fused: {fused}): max abs error {err:e}, scale {scale:.3}");
+        // f16 rounds scores of up to 6 by ~3e-3 (unfused) and probabilities by 2^-11 relative:
+        // a few 1e-5 on these averages of values within ±1.5; a wrong chunk or scale is ~1e-2
+        assert!(err <= 1e-4, "{backend}: f16 attention (fused: {fused}) max abs error {err:e}");
+    }
+}
+
 /// SD 1.5's text encoder in f32 runs on an adapter with WebGPU's default limits (lavapipe has
 /// them: 128 MiB per storage buffer): its 145 MiB token table stays on the host.
 #[test]

@@ -71,6 +71,17 @@ pub fn max_abs(a: &[f64]) -> f64 {
     a.iter().map(|x| x.abs()).fold(0.0, f64::max)
 }
 
+/// One query row of `softmax(q kᵀ / √d) v` in float64, for the (batch, head) whose values start
+/// at `base` in row-major `[…, n, d]` q, k and v.
+pub fn attention_row(q: &[f64], k: &[f64], v: &[f64], base: usize, row: usize, n: usize, d: usize) -> Vec<f64> {
+    let qr = &q[base + row * d..][..d];
+    let scores: Vec<f64> = (0..n).map(|j| (0..d).map(|c| qr[c] * k[base + j * d + c]).sum::<f64>() / (d as f64).sqrt()).collect();
+    let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+    let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+    let z: f64 = w.iter().sum();
+    (0..d).map(|c| (0..n).map(|j| w[j] * v[base + j * d + c]).sum::<f64>() / z).collect()
+}
+
 /// A model loaded in f16 against a reference file's `out_t981` for `sample` and
 /// `encoder_hidden_states`, inputs cast to f16: (max abs error, output scale).
 pub fn unet_f16_error(sd: &StableDiffusion, r: &HashMap<String, Ref>, device: &Device) -> (f64, f64) {

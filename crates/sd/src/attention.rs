@@ -4,6 +4,8 @@
 use burn::module::Module;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use std::ops::Range;
 
 use burn::tensor::{Bool, DType, Tensor};
@@ -44,10 +46,25 @@ pub struct Steer<'a> {
     pub apply: &'a dyn Fn(Tensor<4>, Range<usize>) -> Tensor<4>,
 }
 
+/// Whether attention runs as Burn's fused attention op (flash kernels, picked per device by
+/// autotune) rather than as separate matmul and softmax kernels: only where kernels are tuned
+/// (`gpu-tuned` on a GPU; its decisions are persisted and warmed up like every other op's), only
+/// in f16, and not for causal attention (CLIP's: chunks would need the mask's offset), `upcast`
+/// (autotune may pick Burn's unfused candidate, whose scores stay in f16) or when the
+/// probabilities must be seen (`steer`). Not in f32 either: on GPUs with cooperative matrices the
+/// fastest flash kernel multiplies f16 tiles whatever the inputs are. In f16 the flash kernels
+/// accumulate scores and softmax statistics in f32 and use no atomics, so repeats stay
+/// bit-identical.
+pub fn fuses_attention(device: &burn::tensor::Device, dtype: DType, causal: bool, upcast: bool, steered: bool) -> bool {
+    crate::backend::tunes_kernels(device) && dtype == DType::F16 && !(causal || upcast || steered)
+}
+
 /// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks whose length
 /// depends only on one row's shape (see [`MAX_ROW_SCORE_ELEMENTS`]) and in groups of batch rows
 /// small enough that no score buffer exceeds [`MAX_SCORE_ELEMENTS`]. `causal` hides later keys
-/// (CLIP). Plain matmul + softmax kernels: deterministic, and identical natively and in browsers.
+/// (CLIP). Plain matmul + softmax kernels: deterministic, and identical natively and in browsers;
+/// or, where [`fuses_attention`], Burn's fused op on the same chunks (they keep the scores its
+/// autotune benchmarks its unfused candidate with within the same budget).
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -60,12 +77,9 @@ pub fn scaled_dot_product(
     let n_k = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
     let dtype = q.dtype();
+    let fused = fuses_attention(&q.device(), dtype, causal, upcast, steer.is_some());
     let up = upcast && dtype == DType::F16;
-    let (q, kt) = if up {
-        (q.cast(DType::F32), k.cast(DType::F32).swap_dims(2, 3))
-    } else {
-        (q, k.swap_dims(2, 3))
-    };
+    let (q, k) = if up { (q.cast(DType::F32), k.cast(DType::F32)) } else { (q, k) };
     let chunk = (MAX_ROW_SCORE_ELEMENTS / (h * n_k).max(1)).clamp(1, n_q.max(1));
     let unit = steer.map_or(1, |s| s.unit);
     let units = b / unit;
@@ -75,24 +89,29 @@ pub fn scaled_dot_product(
     while u0 < units {
         let g = per_kernel.min(units - u0);
         let rows = |t: &Tensor<4>| if g == units { t.clone() } else { t.clone().narrow(0, u0 * unit, g * unit) };
-        let (qg, ktg, vg) = (rows(&q), rows(&kt), rows(&v));
+        let (qg, kg, vg) = (rows(&q), rows(&k), rows(&v));
         let mut outs = Vec::with_capacity(n_q.div_ceil(chunk));
         let mut start = 0;
         while start < n_q {
             let len = chunk.min(n_q - start);
             let qc = if len == n_q { qg.clone() } else { qg.clone().narrow(2, start, len) };
-            let mut scores = qc.matmul(ktg.clone()).mul_scalar(scale);
-            if causal {
-                // true where key j lies after query start+i
-                let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
-                scores = scores.mask_fill(mask.unsqueeze::<4>().expand([g * unit, h, len, n_k]), f32::NEG_INFINITY);
-            }
-            let mut probs = softmax(scores, 3);
-            if let Some(s) = steer {
-                probs = (s.apply)(probs, u0..u0 + g);
-            }
-            let probs = if up { probs.cast(dtype) } else { probs };
-            outs.push(probs.matmul(vg.clone()));
+            outs.push(if fused {
+                // default scale 1/√d, no mask: causal attention is never fused
+                attention(qc, kg.clone(), vg.clone(), None, None, AttentionModuleOptions::default())
+            } else {
+                let mut scores = qc.matmul(kg.clone().swap_dims(2, 3)).mul_scalar(scale);
+                if causal {
+                    // true where key j lies after query start+i
+                    let mask = Tensor::<2, Bool>::tril_mask([len, n_k], start as i64, &scores.device());
+                    scores = scores.mask_fill(mask.unsqueeze::<4>().expand([g * unit, h, len, n_k]), f32::NEG_INFINITY);
+                }
+                let mut probs = softmax(scores, 3);
+                if let Some(s) = steer {
+                    probs = (s.apply)(probs, u0..u0 + g);
+                }
+                let probs = if up { probs.cast(dtype) } else { probs };
+                probs.matmul(vg.clone())
+            });
             start += len;
         }
         groups.push(Tensor::cat(outs, 2));
