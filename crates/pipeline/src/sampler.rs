@@ -271,7 +271,6 @@ mod tests {
         (0..64).map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0).collect()
     }
 
-
     fn run<F: std::future::Future>(f: F) -> F::Output {
         pollster::block_on(f)
     }
