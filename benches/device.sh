@@ -100,6 +100,6 @@ for prec, p in sorted(peer.items()):
 for f in sorted(glob.glob(os.path.join(out, "*-f*.json")))[:1]:
     a = json.load(open(f)).get("adapter")
     if a:
-        print(f"\nadapter: {a['adapter']} ({a['api']}, {a['driver']}); shader-f16 {a['shader_f16']}, subgroups {a['subgroups']}, "
+        print(f"\nadapter: {a['adapter']} ({a.get('kind', '?')}, {a['api']}, {a['driver']}); shader-f16 {a['shader_f16']}, subgroups {a['subgroups']}, "
               f"cooperative-matrix configs {a['cooperative_matrix_configs']}, largest binding {a['max_binding'] / 2**20:.0f} MiB")
 EOF

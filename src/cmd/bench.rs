@@ -186,9 +186,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(r) = &adapter {
         let yes = |b: bool| if b { "yes" } else { "no" };
         println!(
-            "adapter     {} ({}, {}), compiler {}, shader-f16 {}, subgroups {}, cooperative matrices {}, \
+            "adapter     {} ({}, {}, {}), compiler {}, shader-f16 {}, subgroups {}, cooperative matrices {}, \
              largest binding {:.0} MiB, autotune+fusion {}",
             r.adapter,
+            r.kind,
             r.api,
             r.driver,
             r.compiler,

@@ -74,6 +74,9 @@ pub fn is_cpu(device: &burn::tensor::Device) -> bool {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AdapterReport {
     pub adapter: String,
+    /// wgpu's device type: `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` (a software
+    /// driver such as lavapipe or SwiftShader) or `Other`
+    pub kind: String,
     pub api: String,
     pub driver: String,
     /// `wgpu<wgsl>`, `wgpu<spirv>` (built with `vulkan`) or `wgpu<msl>` (built with `metal`)
@@ -160,13 +163,19 @@ fn wgpu_device() -> Result<&'static (Device, AdapterReport)> {
             let _ = cubecl_runtime::config::CubeClRuntimeConfig::get();
             cubecl_environment::environment::set_root(kernel_cache_dir());
         }
-        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| {
+            format!(
+                "no usable GPU adapter through wgpu ({e}); install a Vulkan/Metal/DX12 driver \
+                 (Mesa's lavapipe works without a GPU) or use --backend cpu"
+            )
+        })?;
         let info = setup.adapter.get_info();
         let features = setup.adapter.features();
         // the device `wgpu_options()` initialises by default
         let client = <WgpuRuntime as Runtime>::client(&WgpuDevice::new(WgpuDeviceKind::DefaultDevice).on(WgpuBackend::Auto));
         let report = AdapterReport {
             adapter: info.name,
+            kind: format!("{:?}", info.device_type),
             api: format!("{:?}", info.backend),
             driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             compiler: client.name(),
@@ -175,15 +184,28 @@ fn wgpu_device() -> Result<&'static (Device, AdapterReport)> {
             cooperative_matrix_configs: client.features().matmul.cmma.len(),
             max_binding: setup.device.limits().max_storage_buffer_binding_size,
         };
+        check_compiler(&report)?;
         Ok((device, report))
     })
     .as_ref()
-    .map_err(|e| {
-        SdError::Device(format!(
-            "no usable GPU adapter through wgpu ({e}); install a Vulkan/Metal/DX12 driver \
-             (Mesa's lavapipe works without a GPU) or use --backend cpu"
-        ))
-    })
+    .map_err(|e| SdError::Device(e.clone()))
+}
+
+/// SPIR-V (a `vulkan` build) is refused on software Vulkan drivers: Mesa's lavapipe 22.3 crashes
+/// (a segfault, which no error handling can catch) compiling cubecl's SPIR-V matmul, and cubecl
+/// offers no way to ask for WGSL on a Vulkan adapter once SPIR-V is compiled in. A CPU driver
+/// loses nothing by it: SPIR-V is there for cooperative matrices, which such drivers lack.
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+fn check_compiler(report: &AdapterReport) -> std::result::Result<(), String> {
+    if report.compiler == "wgpu<spirv>" && report.kind == "Cpu" {
+        return Err(format!(
+            "the wgpu adapter is `{}` ({}), a software Vulkan driver, and this build compiles SPIR-V \
+             (cargo feature `vulkan`), which crashes Mesa's lavapipe; use a build without `vulkan` \
+             (it compiles WGSL) or --backend cpu",
+            report.adapter, report.driver
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a tensor's values back to the host as f32. Device failures surface here, at the sync
@@ -246,6 +268,27 @@ fn causes(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+    #[test]
+    fn spirv_is_refused_on_software_drivers_only() {
+        use cubecl_wgpu::wgpu::DeviceType;
+        let report = |kind: DeviceType, compiler| AdapterReport {
+            adapter: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+            kind: format!("{kind:?}"),
+            api: "Vulkan".into(),
+            driver: "llvmpipe Mesa 22.3.6".into(),
+            compiler,
+            shader_f16: false,
+            subgroups: true,
+            cooperative_matrix_configs: 0,
+            max_binding: 1 << 27,
+        };
+        let refused = check_compiler(&report(DeviceType::Cpu, "wgpu<spirv>")).unwrap_err();
+        assert!(refused.contains("`llvmpipe (LLVM 15.0.6, 256 bits)`") && refused.contains("build without `vulkan`"), "{refused}");
+        assert!(check_compiler(&report(DeviceType::Cpu, "wgpu<wgsl>")).is_ok());
+        assert!(check_compiler(&report(DeviceType::DiscreteGpu, "wgpu<spirv>")).is_ok());
+    }
 
     #[test]
     fn device_failures_are_named() {
