@@ -150,8 +150,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         // the CPU kernels' threads (RAYON_NUM_THREADS, else every core); none on a GPU
         "threads": (backend == Backend::Cpu).then(rayon::current_num_threads),
         "adapter": adapter,
-        // compile-time kernel selection: autotune+fusion (`gpu-tuned`), SPIR-V (`vulkan`)
-        "features": { "gpu_tuned": cfg!(feature = "gpu-tuned"), "vulkan": cfg!(feature = "vulkan") },
+        // compile-time kernel selection: autotune+fusion (`gpu-tuned`), SPIR-V (`vulkan`), MSL (`metal`)
+        "features": { "gpu_tuned": cfg!(feature = "gpu-tuned"), "vulkan": cfg!(feature = "vulkan"), "metal": cfg!(feature = "metal") },
         // the kernel cache's autotune decisions (gpu-tuned on wgpu; this run's and earlier ones')
         "autotune": tuned.as_ref().map(|(all, _)| all),
         "size": size,
