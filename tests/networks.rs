@@ -81,7 +81,7 @@ fn unet_matches_diffusers() {
             let (ours, want) = unet_case(&sd, &r, &device, wide, t);
             let err = max_abs_diff(&ours, &want);
             let scale = max_abs(&want);
-            eprintln!("{backend} unet t={t} wide={wide}: max abs error {err:e}");
+            eprintln!("{backend} unet t={t} wide={wide}: max abs error {err:e}, scale {scale:.3}");
             assert!(err <= 1e-4 * scale, "{backend} t={t} wide={wide}: max abs error {err:e} (scale {scale})");
         }
     }
@@ -214,7 +214,7 @@ fn unet_in_f16_is_close() {
     for (backend, device) in devices() {
         let sd = load(&device, Precision::F16);
         let (err, scale) = unet_f16_error(&sd, &r, &device);
-        eprintln!("{backend} unet f16: max abs error {err:e}");
+        eprintln!("{backend} unet f16: max abs error {err:e}, scale {scale:.3}");
         assert!(err <= 2e-2 * scale, "{backend}: f16 max abs error {err:e}");
     }
 }
