@@ -70,7 +70,7 @@ case "${1:-}" in
     # release: autotune times its candidates, and unoptimised Burn makes that crawl. A kernel
     # cache of its own, so that the first process tunes and the child processes read it back.
     export EDICT_KERNEL_CACHE="${EDICT_KERNEL_CACHE:-$CARGO_TARGET_DIR/tuned-kernels}"
-    cargo test --release --locked --features gpu-tuned --test exactness --test networks -- --test-threads 1 ;;
+    cargo test --release --locked --features gpu-tuned --test it -- exactness:: networks:: --test-threads 1 ;;
   test-full)
     shift
     cargo build --release --locked

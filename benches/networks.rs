@@ -7,9 +7,11 @@
 use burn::nn::GroupNormConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use divan::Bencher;
-use edict_sd::attention::scaled_dot_product;
-use edict_sd::backend::{Backend, device};
-use edict_sd::model::{ModelFiles, Precision, StableDiffusion};
+use edict_sd::models::attention::scaled_dot_product;
+use edict_sd::device::backend::{Backend, device};
+use edict_sd::checkpoint::files::ModelFiles;
+use edict_sd::config::Precision;
+use edict_sd::model::StableDiffusion;
 
 const BACKENDS: [Backend; 2] = [Backend::Cpu, Backend::Wgpu];
 
@@ -42,11 +44,11 @@ fn attention(bencher: Bencher, backend: Backend) {
 }
 
 /// 3×3 convolution, 128 → 128 channels on 16×16, batch 2, as the networks run it
-/// (`edict_sd::nn::conv_forward`: the CPU kernels, or im2col + matmul on wgpu) ...
+/// (`edict_sd::layers::nn::conv_forward`: the CPU kernels, or im2col + matmul on wgpu) ...
 #[divan::bench(args = BACKENDS)]
 fn conv3x3(bencher: Bencher, backend: Backend) {
     let (conv, x) = conv_case(backend);
-    let run = || read(edict_sd::nn::conv_forward(&conv, x.clone()));
+    let run = || read(edict_sd::layers::nn::conv_forward(&conv, x.clone()));
     run();
     bencher.bench_local(run);
 }
@@ -60,11 +62,11 @@ fn conv3x3_burn(bencher: Bencher, backend: Backend) {
     bencher.bench_local(run);
 }
 
-/// The conv as the models load it (`edict_sd::nn::conv2d`: tap-major weights on the CPU backend).
+/// The conv as the models load it (`edict_sd::layers::nn::conv2d`: tap-major weights on the CPU backend).
 fn conv_case(backend: Backend) -> (burn::nn::conv::Conv2d, Tensor<4>) {
     let dev = dev(backend);
-    let vb = edict_sd::weights::VarBuilder::random(0, &dev, burn::tensor::DType::F32);
-    let conv = edict_sd::nn::conv2d(&vb, edict_sd::nn::ConvSpec::k3(128, 128)).expect("random weights");
+    let vb = edict_sd::checkpoint::weights::VarBuilder::random(0, &dev, burn::tensor::DType::F32);
+    let conv = edict_sd::layers::nn::conv2d(&vb, edict_sd::layers::nn::ConvSpec::k3(128, 128)).expect("random weights");
     (conv, normal([2, 128, 16, 16], &dev))
 }
 

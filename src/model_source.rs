@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use edict_sd::clip_model;
-use edict_sd::model::{ModelFiles, Precision, weight_candidates};
+use edict_sd::models::clip_score;
+use edict_sd::checkpoint::files::{ModelFiles, weight_candidates};
+use edict_sd::config::Precision;
 
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 

@@ -7,9 +7,9 @@
 use std::rc::Rc;
 
 use burn::tensor::{DType, Device};
-use edict_sd::clip::{ClipConfig, ClipTextModel};
-use edict_sd::single_file::{Layout, Part, is_single_file, map_key, map_legacy_vae_key};
-use edict_sd::weights::{Bytes, VarBuilder, WeightFile};
+use edict_sd::models::clip_text::{ClipConfig, ClipTextModel};
+use edict_sd::checkpoint::single_file::{Layout, Part, is_single_file, map_key, map_legacy_vae_key};
+use edict_sd::checkpoint::weights::{Bytes, VarBuilder, WeightFile};
 use libfuzzer_sys::fuzz_target;
 use safetensors::SafeTensors;
 

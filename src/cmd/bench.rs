@@ -7,8 +7,9 @@ use anyhow::{Result, bail};
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use clap::Args;
 use edict_pipeline::pipeline::{Editor, Method, Quiet, Settings};
-use edict_sd::backend::{Backend, device};
-use edict_sd::model::{Precision, SdConfigs, StableDiffusion, folder_configs};
+use edict_sd::device::backend::{Backend, device};
+use edict_sd::config::{Precision, SdConfigs, folder_configs};
+use edict_sd::model::StableDiffusion;
 use serde_json::json;
 
 use super::{ModelArgs, open};
@@ -114,7 +115,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         sync(out)
     })?;
     // one more call with the device synced around every instrumented step, to see where it goes
-    let (_, parts) = edict_sd::profile::record(&ed.device, || ed.model.unet.forward(x.clone(), 500.0, &context))?;
+    let (_, parts) = edict_sd::device::profile::record(&ed.device, || ed.model.unet.forward(x.clone(), 500.0, &context))?;
     let encode = timed(a.iters, || {
         let (mean, logvar) = ed.model.vae.encode(image.clone());
         sync(mean)?;
@@ -137,7 +138,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
     let peak = peak_rss_mib();
     let adapter = match backend {
-        Backend::Wgpu => Some(edict_sd::backend::adapter_report()?),
+        Backend::Wgpu => Some(edict_sd::device::backend::adapter_report()?),
         Backend::Cpu => None,
     };
     let tuned = autotune_report(backend)?;
@@ -173,7 +174,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "edit_strength": a.strength,
         "peak_rss_mib": peak,
         // from the configs: weights on the device, and the largest single buffer (a weight, or an
-        // activation cut to edict_sd::nn::MAX_BUFFER_ELEMENTS)
+        // activation cut to edict_sd::layers::MAX_BUFFER_ELEMENTS)
         "device_weights_mib": mib(footprint.weight_bytes),
         "largest_buffer_mib": mib(footprint.largest_buffer_bytes),
     });
@@ -237,7 +238,7 @@ fn autotune_report(backend: Backend) -> Result<Option<(serde_json::Value, Vec<St
     if backend != Backend::Wgpu {
         return Ok(None);
     }
-    let all = edict_sd::backend::tune_decisions()?;
+    let all = edict_sd::device::backend::tune_decisions()?;
     // per operation, how many keys each kernel won
     let mut ops: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
     for d in &all {
@@ -254,7 +255,7 @@ fn autotune_report(backend: Backend) -> Result<Option<(serde_json::Value, Vec<St
             format!("{op}: {keys} keys, {}", wins.join(", "))
         })
         .collect();
-    lines.insert(0, format!("{} decisions in {} (this run's and earlier ones')", all.len(), edict_sd::backend::kernel_cache_dir().display()));
+    lines.insert(0, format!("{} decisions in {} (this run's and earlier ones')", all.len(), edict_sd::device::backend::kernel_cache_dir().display()));
     Ok(Some((serde_json::to_value(&all)?, lines)))
 }
 
@@ -281,7 +282,7 @@ fn timed(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 /// Waits for the queued work behind `t` by reading its first value back; device failures
 /// become errors.
 fn sync(t: Tensor<4>) -> Result<()> {
-    pollster::block_on(edict_sd::backend::read(t.slice([0..1, 0..1, 0..1, 0..1])))?;
+    pollster::block_on(edict_sd::device::backend::read(t.slice([0..1, 0..1, 0..1, 0..1])))?;
     Ok(())
 }
 

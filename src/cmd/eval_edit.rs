@@ -14,7 +14,7 @@ use edict_pipeline::image_io::{self, Rgb, Size};
 use edict_pipeline::pie_bench::{self, Background, ClipScorer, Entry, Mask};
 use edict_pipeline::pipeline::{Latent, Method};
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
-use edict_sd::clip_model;
+use edict_sd::models::clip_score;
 use serde_json::{Value, json};
 
 use super::shard::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};

@@ -19,8 +19,9 @@ use clap::Args;
 use edict_pipeline::image_io::{self, Size};
 use edict_pipeline::latents;
 use edict_pipeline::pipeline::{self, Editor, Latent, Settings};
-use edict_sd::backend::{Backend, device};
-use edict_sd::model::{Precision, StableDiffusion};
+use edict_sd::device::backend::{Backend, device};
+use edict_sd::config::Precision;
+use edict_sd::model::StableDiffusion;
 use edict_sd::scheduler::Prediction;
 
 use crate::model_source;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, DeviceKind};
-use edict_sd::model::{Precision, SdConfigs};
+use edict_sd::config::{Precision, SdConfigs};
 use wasm_bindgen::prelude::*;
 
 pub use model::ModelBuilder;
@@ -43,7 +43,7 @@ pub(crate) fn js_err(e: impl std::fmt::Display) -> JsError {
 /// them for `precision` ("f16" or "f32"): the page fetches or picks by this one rule.
 #[wasm_bindgen(js_name = weightCandidates)]
 pub fn weight_candidates(component: &str, precision: &str) -> Result<Vec<String>, JsError> {
-    Ok(edict_sd::model::weight_candidates(component, precision.parse().map_err(js_err)?))
+    Ok(edict_sd::checkpoint::files::weight_candidates(component, precision.parse().map_err(js_err)?))
 }
 
 /// The WebGPU device burn runs on, with what the page needs to know about it.

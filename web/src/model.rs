@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 
 use edict_pipeline::pipeline::Editor;
 use edict_sd::SdError;
-use edict_sd::model::{ModelAssembly, ModelFiles, Precision, SdConfigs, StableDiffusion, WeightSource, select_weight_file};
-use edict_sd::single_file::Part;
+use edict_sd::checkpoint::files::{ModelFiles, WeightSource, select_weight_file};
+use edict_sd::config::{Precision, SdConfigs};
+use edict_sd::model::{ModelAssembly, StableDiffusion};
+use edict_sd::checkpoint::single_file::Part;
 use edict_sd::tokenizer::ClipTokenizer;
-use edict_sd::weights::{Bytes, WeightFile, is_pickle_name, looks_like_pickle};
+use edict_sd::checkpoint::weights::{Bytes, WeightFile, is_pickle_name, looks_like_pickle};
 use wasm_bindgen::prelude::*;
 
 use crate::session::Session;

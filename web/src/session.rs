@@ -10,7 +10,7 @@ use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Prog
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_pipeline::{PipelineError, latents, metrics};
 use edict_sd::SdError;
-use edict_sd::model::Precision;
+use edict_sd::config::Precision;
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};

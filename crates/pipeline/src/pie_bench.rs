@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;
-use edict_sd::clip_model::{ClipImageProcessor, ClipModel, clip_score};
+use edict_sd::models::clip_score::{ClipImageProcessor, ClipModel, clip_score};
 use edict_sd::tokenizer::ClipTokenizer;
 use image::RgbImage;
 use serde::Deserialize;
@@ -190,7 +190,7 @@ pub fn masked(img: &Rgb, mask: &Mask) -> Rgb {
 }
 
 /// torchmetrics' `CLIPScore` as PIE-Bench calls it: one uint8 image and one prompt per call,
-/// `100 · max(cos, 0)` (see [`edict_sd::clip_model`]).
+/// `100 · max(cos, 0)` (see [`edict_sd::models::clip_score`]).
 pub struct ClipScorer {
     pub model: ClipModel,
     pub processor: ClipImageProcessor,
@@ -203,14 +203,14 @@ impl ClipScorer {
     /// 77 tokens with `<|endoftext|>` kept; PIE-Bench's prompts are far shorter).
     pub async fn text(&self, prompt: &str) -> Result<Vec<f32>> {
         let ids = self.tokenizer.encode(prompt)?.ids;
-        Ok(edict_sd::backend::read(self.model.text_embeds(&ids)?).await?)
+        Ok(edict_sd::device::backend::read(self.model.text_embeds(&ids)?).await?)
     }
 
     pub async fn score(&self, image: &Rgb, text: &[f32]) -> Result<f64> {
         let img = RgbImage::from_raw(image.width as u32, image.height as u32, image.data.clone())
             .ok_or_else(|| PipelineError::Image("pixel buffer does not match its size".into()))?;
         let pixels = self.processor.pixel_values(&[img], &self.device)?;
-        let embed = edict_sd::backend::read(self.model.image_embeds(pixels)?).await?;
+        let embed = edict_sd::device::backend::read(self.model.image_embeds(pixels)?).await?;
         Ok(clip_score(&embed, text)?)
     }
 }

@@ -3,10 +3,10 @@
 //! GPU results; native code blocks on it with `pollster`.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
-use edict_sd::attention_control::AttentionControl;
+use edict_sd::models::attention_control::AttentionControl;
 use edict_sd::model::StableDiffusion;
 use edict_sd::scheduler::Prediction;
-use edict_sd::vae::VaeConfig;
+use edict_sd::models::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
 pub use crate::image_io::Rgb;
@@ -179,7 +179,7 @@ pub struct Editor {
     pub unet_calls: usize,
     /// Run each new UNet call shape once, discarded, before the first call whose result is kept:
     /// every kernel that shape needs is then compiled and, where kernels are picked by timing
-    /// (`gpu-tuned` on wgpu, [`edict_sd::backend::tunes_kernels`]), tuned, so no kept result comes
+    /// (`gpu-tuned` on wgpu, [`edict_sd::device::backend::tunes_kernels`]), tuned, so no kept result comes
     /// from a kernel chosen part-way through an edit. On by default exactly there.
     pub warm_up: bool,
     /// The call shapes warmed so far: batch shape and the attention controls' kind.
@@ -193,7 +193,7 @@ pub struct Editor {
 type WarmShape = ([usize; 4], Option<[bool; 3]>);
 
 async fn read_f64<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
-    Ok(edict_sd::backend::read(t).await?.into_iter().map(f64::from).collect())
+    Ok(edict_sd::device::backend::read(t).await?.into_iter().map(f64::from).collect())
 }
 
 impl Editor {
@@ -202,7 +202,7 @@ impl Editor {
         Self {
             schedule: Schedule::scaled_linear(sc.beta_start, sc.beta_end),
             model,
-            warm_up: edict_sd::backend::tunes_kernels(&device),
+            warm_up: edict_sd::device::backend::tunes_kernels(&device),
             device,
             embeddings: Vec::new(),
             unet_calls: 0,

@@ -1,0 +1,248 @@
+//! What a Stable Diffusion model is, before any weight is read: the three networks' and the
+//! scheduler's configs (from a folder's `config.json` files or a preset), what they need on a
+//! device, the checks that they fit together, and the precision the networks run in.
+
+use burn::tensor::DType;
+
+use crate::checkpoint::single_file::{Layout, is_sd2};
+use crate::checkpoint::weights::WeightFile;
+use crate::layers::MAX_BUFFER_ELEMENTS;
+use crate::models::clip_text::ClipConfig;
+use crate::models::unet_2d::{PerBlock, UNetConfig};
+use crate::models::vae::VaeConfig;
+use crate::scheduler::{Prediction, SchedulerConfig};
+use crate::tokenizer::ClipTokenizer;
+use crate::{Result, SdError};
+
+/// What a model needs on a device ([`SdConfigs::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Values kept on the host: the text encoder's token table.
+    pub host_parameters: u64,
+    /// Values of the three networks on the device.
+    pub device_parameters: u64,
+    /// Their bytes in the chosen precision.
+    pub weight_bytes: u64,
+    /// The largest single buffer, a weight or an activation (activations are cut to
+    /// [`MAX_BUFFER_ELEMENTS`]): what the adapter's `maxStorageBufferBindingSize` must allow.
+    pub largest_buffer_bytes: u64,
+    /// A lower bound on the activations the VAE holds at once at this size
+    /// ([`VaeConfig::activation_bytes`]).
+    pub activation_bytes: u64,
+}
+
+/// Numeric precision of the networks on the device. The sampler stays in f64 on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    /// Bytes per network value on the device.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = SdError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => Err(SdError::Invalid(format!("precision `{s}`: expected f32 or f16"))),
+        }
+    }
+}
+
+/// The three networks' configs and the scheduler's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdConfigs {
+    pub clip: ClipConfig,
+    pub unet: UNetConfig,
+    pub vae: VaeConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+impl SdConfigs {
+    /// SD v1.5, the configs single-file checkpoints are read with by default.
+    pub fn sd15() -> Self {
+        Self {
+            clip: ClipConfig::sd15(),
+            unet: UNetConfig::sd15(),
+            vae: VaeConfig::sd15(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+
+    /// SD 2.1 (768², v-prediction), the configs SD 2.x single-file checkpoints are read with by
+    /// default: OpenCLIP ViT-H's text tower (23 of its 24 layers), 64-wide attention heads,
+    /// linear projections, upcast attention.
+    pub fn sd21() -> Self {
+        let sd15 = Self::sd15();
+        Self {
+            clip: ClipConfig {
+                hidden_size: 1024,
+                intermediate_size: 4096,
+                num_hidden_layers: 23,
+                num_attention_heads: 16,
+                hidden_act: "gelu".into(),
+                ..sd15.clip
+            },
+            unet: UNetConfig {
+                attention_head_dim: PerBlock::Each(vec![5, 10, 20, 20]),
+                cross_attention_dim: 1024,
+                use_linear_projection: true,
+                upcast_attention: true,
+                sample_size: 96,
+                ..sd15.unet
+            },
+            vae: sd15.vae,
+            scheduler: SchedulerConfig {
+                prediction: Prediction::V,
+                ..SchedulerConfig::default()
+            },
+        }
+    }
+
+    /// What a single-file checkpoint is read with when no configs are given: SD 2.1's when its
+    /// text encoder is OpenCLIP's, else SD 1.5's; the embedded CLIP vocabulary, padded as
+    /// that family pads.
+    pub fn for_single_file(file: &WeightFile) -> Result<(Self, ClipTokenizer)> {
+        Ok(if is_sd2(file.keys()) {
+            (Self::sd21(), ClipTokenizer::embedded()?.with_pad("!")?)
+        } else {
+            (Self::sd15(), ClipTokenizer::embedded()?)
+        })
+    }
+
+    /// The configs of a diffusers folder named `folder`, each file read through `read` (a path
+    /// relative to the folder; `None` when absent), so folders on disk and files handed over
+    /// by a browser follow one rule. The scheduler config is optional (SD's defaults).
+    pub fn from_folder_files(read: impl Fn(&str) -> Result<Option<String>>, folder: &str) -> Result<Self> {
+        let required = |component: &str| -> Result<(String, String)> {
+            let path = format!("{component}/config.json");
+            let text = read(&path)?.ok_or_else(|| {
+                SdError::config(folder, format!("not a complete diffusers model folder: `{component}/` is missing"))
+            })?;
+            Ok((text, format!("{folder}/{path}")))
+        };
+        let (t, p) = required("text_encoder")?;
+        let clip = ClipConfig::from_json(&t, &p)?;
+        let (t, p) = required("unet")?;
+        let unet = UNetConfig::from_json(&t, &p)?;
+        let (t, p) = required("vae")?;
+        let vae = VaeConfig::from_json(&t, &p)?;
+        let sched = "scheduler/scheduler_config.json";
+        let scheduler = match read(sched)? {
+            Some(t) => SchedulerConfig::from_json(&t, &format!("{folder}/{sched}"))?,
+            None => SchedulerConfig::default(),
+        };
+        Ok(Self { clip, unet, vae, scheduler })
+    }
+
+    /// The long side images get by default: the UNet's native size (`sample_size` latents times
+    /// the VAE's downscale: 512 for SD 1.x and 2.x-base, 768 for SD 2.x), and at least 512.
+    pub fn default_long_side(&self) -> u32 {
+        ((self.unet.sample_size * self.vae.downscale()) as u32).max(512)
+    }
+
+    /// What running these networks on a `width`×`height` image takes on a device, from the
+    /// configs alone (before any weight is read).
+    pub fn footprint(&self, precision: Precision, width: usize, height: usize) -> Footprint {
+        let bytes = precision.element_bytes() as u64;
+        let (clip_host, clip) = self.clip.parameters();
+        let device_parameters = clip + self.unet.parameters() + self.vae.parameters();
+        let c = &self.clip;
+        let largest_weight = [
+            c.hidden_size * c.intermediate_size,
+            c.max_position_embeddings * c.hidden_size,
+            self.unet.largest_weight(),
+            self.vae.largest_weight(),
+        ];
+        // the widest full-resolution VAE activation and the UNet's first-level feed-forward
+        // projection (batch 2), as cut to MAX_BUFFER_ELEMENTS
+        let down = self.vae.downscale().max(1);
+        let tokens = (width / down) * (height / down);
+        let c0 = self.unet.block_out_channels.first().copied().unwrap_or(0);
+        let widest_vae = self.vae.block_out_channels.iter().take(2).copied().max().unwrap_or(0);
+        let activation = (widest_vae * width * height).max(2 * tokens * 8 * c0).min(MAX_BUFFER_ELEMENTS);
+        let largest = largest_weight.into_iter().max().unwrap_or(0).max(activation);
+        Footprint {
+            host_parameters: clip_host,
+            device_parameters,
+            weight_bytes: device_parameters * bytes,
+            largest_buffer_bytes: largest as u64 * bytes,
+            activation_bytes: self.vae.activation_bytes(width, height, bytes as usize),
+        }
+    }
+
+    /// Refuses networks that cannot work together, before any weight is read: a UNet whose
+    /// input is not the VAE's latent (inpainting, instruct-pix2pix) or whose cross-attention
+    /// width is not the text encoder's.
+    pub fn check(&self) -> Result<()> {
+        let (u, l) = (&self.unet, self.vae.latent_channels);
+        if u.in_channels != l || u.out_channels != l {
+            let kind = match u.in_channels {
+                9 => " (an inpainting UNet: it also takes a mask and a masked image)",
+                8 => " (an instruct-pix2pix UNet: it also takes the image's latent)",
+                _ => "",
+            };
+            return Err(SdError::Invalid(format!(
+                "the UNet takes {} and gives {} channels, but the VAE's latents have {l}{kind}; \
+                 only text-to-image UNets can be inverted",
+                u.in_channels, u.out_channels
+            )));
+        }
+        if u.cross_attention_dim != self.clip.hidden_size {
+            return Err(SdError::Invalid(format!(
+                "the UNet attends to {}-wide text embeddings, but the text encoder gives {}: they come \
+                 from different models",
+                u.cross_attention_dim, self.clip.hidden_size
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn layout(&self) -> Layout {
+        Layout {
+            unet_layers_per_block: self.unet.layers_per_block,
+            vae_blocks: self.vae.block_out_channels.len(),
+            text_layers: self.clip.num_hidden_layers,
+        }
+    }
+}
+
+/// Reads the configs of a diffusers folder on disk.
+#[cfg(not(target_arch = "wasm32"))]
+/// Reads the configs of a diffusers folder.
+pub fn folder_configs(dir: &std::path::Path) -> Result<SdConfigs> {
+    let read = |rel: &str| {
+        let path = dir.join(rel);
+        crate::checkpoint::weights::read_optional(&path)?
+            .map(|b| String::from_utf8(b).map_err(|e| SdError::config(&path.display().to_string(), e.to_string())))
+            .transpose()
+    };
+    SdConfigs::from_folder_files(read, &dir.display().to_string())
+}

@@ -1,0 +1,11 @@
+//! The networks, one file per diffusers (or transformers) module.
+
+pub mod attention;
+pub mod attention_control;
+pub mod clip_score;
+pub mod clip_text;
+pub mod embeddings;
+pub mod resnet;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;

@@ -1,0 +1,330 @@
+//! diffusers `UNet2DConditionModel` for SD 1.x and 2.x.
+
+use burn::module::Module;
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
+use burn::tensor::activation::silu;
+use serde::Deserialize;
+
+use crate::models::attention::TransformerConfig;
+use crate::models::attention_control::AttentionControl;
+use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
+use crate::layers::nn::{ConvSpec, conv_forward, conv2d, group_norm, group_norm_silu, linear_params, norm_params};
+use crate::models::unet_2d_blocks::{
+    BlockKind, BlockSettings, DownBlock, DownBlockConfig, MidBlockCrossAttn, UpBlock, UpBlockConfig, mid_block_cross_attn_parameters,
+};
+use crate::checkpoint::weights::VarBuilder;
+use crate::error::parse_config;
+use crate::{Result, SdError};
+
+/// An int or a per-block list in diffusers configs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn expand(&self, n: usize) -> Option<Vec<usize>> {
+        match self {
+            PerBlock::One(v) => Some(vec![*v; n]),
+            PerBlock::Each(v) if v.len() == n => Some(v.clone()),
+            PerBlock::Each(_) => None,
+        }
+    }
+}
+
+/// `unet/config.json`: the fields an SD1.x/2.x UNet needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct UNetConfig {
+    #[serde(default = "four")]
+    pub in_channels: usize,
+    #[serde(default = "four")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[serde(default = "two")]
+    pub layers_per_block: usize,
+    /// In SD configs this is the number of heads, not their width (a diffusers naming quirk).
+    #[serde(default = "eight")]
+    pub attention_head_dim: PerBlock,
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    pub cross_attention_dim: usize,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: usize,
+    #[serde(default = "norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    /// Attention scores and softmax in f32 when the networks run in f16 (SD 2.1).
+    #[serde(default)]
+    pub upcast_attention: bool,
+    #[serde(default = "one")]
+    pub transformer_layers_per_block: usize,
+    #[serde(default = "sixty_four")]
+    pub sample_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn four() -> usize {
+    4
+}
+fn eight() -> PerBlock {
+    PerBlock::One(8)
+}
+fn thirty_two() -> usize {
+    32
+}
+fn sixty_four() -> usize {
+    64
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+impl UNetConfig {
+    /// SD v1.5's UNet.
+    pub fn sd15() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            down_block_types: s(&["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
+            up_block_types: s(&["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+            layers_per_block: 2,
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            cross_attention_dim: 768,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            use_linear_projection: false,
+            upcast_attention: false,
+            transformer_layers_per_block: 1,
+            sample_size: 64,
+        }
+    }
+
+    pub fn from_json(text: &str, path: &str) -> Result<Self> {
+        let c: Self = parse_config(text, path)?;
+        c.validate().map_err(|reason| SdError::config(path, reason))?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(format!(
+                "{n} block_out_channels but {} down and {} up block types",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        for t in &self.down_block_types {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
+                return Err(format!("unsupported down block type `{t}`"));
+            }
+        }
+        for t in &self.up_block_types {
+            if !matches!(t.as_str(), "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(format!("unsupported up block type `{t}`"));
+            }
+        }
+        let heads = self.heads().ok_or("attention heads list does not match the block count")?;
+        for (&c, &h) in self.block_out_channels.iter().zip(&heads) {
+            if h == 0 || c % h != 0 {
+                return Err(format!("{c} channels cannot split into {h} heads"));
+            }
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+                return Err(format!("{c} channels cannot split into {} groups", self.norm_num_groups));
+            }
+        }
+        if self.layers_per_block == 0 {
+            return Err("layers_per_block must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The blocks' shapes (of a validated config).
+    fn blocks(&self) -> Blocks {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let heads = self.heads().unwrap_or_default();
+        let settings = BlockSettings {
+            temb_channels: ch[0] * 4,
+            groups: self.norm_num_groups,
+            eps: self.norm_eps,
+            transformer: TransformerConfig {
+                layers: self.transformer_layers_per_block,
+                context_dim: self.cross_attention_dim,
+                groups: self.norm_num_groups,
+                upcast: self.upcast_attention,
+            },
+        };
+        let down = (self.down_block_types.iter().enumerate())
+            .map(|(i, kind)| DownBlockConfig {
+                c_in: ch[i.saturating_sub(1)],
+                c_out: ch[i],
+                layers: self.layers_per_block,
+                kind: block_kind(kind, "CrossAttnDownBlock2D", heads[i]),
+                add_downsample: i + 1 < n,
+            })
+            .collect();
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let up = (self.up_block_types.iter().enumerate())
+            .map(|(i, kind)| UpBlockConfig {
+                c_in: rev[(i + 1).min(n - 1)],
+                c_prev: rev[i.saturating_sub(1)],
+                c_out: rev[i],
+                layers: self.layers_per_block + 1,
+                kind: block_kind(kind, "CrossAttnUpBlock2D", heads[n - 1 - i]),
+                add_upsample: i + 1 < n,
+            })
+            .collect();
+        Blocks { settings, down, up }
+    }
+
+    /// Parameters of the UNet [`UNet2DConditionModel::load`] builds (0 for an invalid config).
+    pub fn parameters(&self) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let Blocks { settings: s, down, up } = self.blocks();
+        let (c0, c_last) = (self.block_out_channels[0], *self.block_out_channels.last().unwrap_or(&0));
+        ConvSpec::k3(self.in_channels, c0).parameters()
+            + linear_params(c0, 4 * c0, true)
+            + linear_params(4 * c0, 4 * c0, true)
+            + down.iter().map(|b| b.parameters(&s)).sum::<u64>()
+            + mid_block_cross_attn_parameters(c_last, &s)
+            + up.iter().map(|b| b.parameters(&s)).sum::<u64>()
+            + norm_params(c0)
+            + ConvSpec::k3(c0, self.out_channels).parameters()
+    }
+
+    /// Elements of the largest weight: an up block's first 3×3 conv, which takes the skip
+    /// state concatenated (2560 → 1280 channels in SD), or a feed-forward projection.
+    pub fn largest_weight(&self) -> usize {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let conv = self.blocks().up.iter().flat_map(|b| (0..b.layers).map(|j| b.resnet_inputs(j)).map(|(c, skip)| (c + skip) * b.c_out * 9)).max();
+        let ff = self.block_out_channels.iter().map(|&c| 8 * c * c).max();
+        conv.max(ff).unwrap_or(0)
+    }
+
+    /// Heads per block: `num_attention_heads`, else `attention_head_dim` (diffusers' rule).
+    pub fn heads(&self) -> Option<Vec<usize>> {
+        let n = self.block_out_channels.len();
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .expand(n)
+    }
+}
+
+/// The shapes of a UNet's blocks.
+struct Blocks {
+    settings: BlockSettings,
+    down: Vec<DownBlockConfig>,
+    up: Vec<UpBlockConfig>,
+}
+
+/// A block type of the config (already validated to be one of SD's) as its kind.
+fn block_kind(block_type: &str, cross_attn: &str, heads: usize) -> BlockKind {
+    if block_type == cross_attn { BlockKind::CrossAttn { heads } } else { BlockKind::Plain }
+}
+
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: MidBlockCrossAttn,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+    pub time_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+}
+
+impl UNet2DConditionModel {
+    pub fn load(vb: &VarBuilder, c: &UNetConfig) -> Result<Self> {
+        c.validate().map_err(|reason| SdError::config("unet config", reason))?;
+        let Blocks { settings: s, down, up } = c.blocks();
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let heads = c.heads().unwrap_or_default();
+        let c0 = ch[0];
+        let temb = c0 * 4;
+        let down_blocks = (down.into_iter().enumerate())
+            .map(|(i, b)| DownBlock::load(&vb.pp("down_blocks").pp(i), b, &s))
+            .collect::<Result<_>>()?;
+        let mid_block = MidBlockCrossAttn::load(&vb.pp("mid_block"), ch[n - 1], heads[n - 1], &s)?;
+        let up_blocks = (up.into_iter().enumerate())
+            .map(|(i, b)| UpBlock::load(&vb.pp("up_blocks").pp(i), b, &s))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            conv_in: conv2d(&vb.pp("conv_in"), ConvSpec::k3(c.in_channels, c0))?,
+            time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), c0, temb)?,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(&vb.pp("conv_norm_out"), c.norm_num_groups, c0, c.norm_eps)?,
+            conv_out: conv2d(&vb.pp("conv_out"), ConvSpec::k3(c0, c.out_channels))?,
+            time_channels: c0,
+            flip_sin_to_cos: c.flip_sin_to_cos,
+            freq_shift: c.freq_shift,
+        })
+    }
+
+    /// Noise prediction for `x: [b, 4, h, w]` at one timestep for the whole batch, conditioned
+    /// on `context: [b, tokens, cross_attention_dim]`.
+    pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
+        self.forward_steered(x, timestep, context, &AttentionControl::default())
+    }
+
+    /// [`Self::forward`] with prompt-to-prompt control of the attention layers.
+    pub fn forward_steered(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
+        let b = x.dims()[0];
+        let emb = timestep_embedding(timestep, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
+        let n = emb.len();
+        let t = Tensor::<2>::from_data(
+            TensorData::new(emb, [1, n]),
+            TensorCreationOptions::new(x.device()).with_dtype(x.dtype()),
+        )
+        .repeat_dim(0, b);
+        let temb = silu(self.time_embedding.forward(t));
+
+        let mut h = conv_forward(&self.conv_in, x);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(h, &temb, context, ctl);
+            h = out;
+            skips.extend(states);
+        }
+        h = self.mid_block.forward(h, &temb, context, ctl);
+        for block in &self.up_blocks {
+            h = block.forward(h, &mut skips, &temb, context, ctl);
+        }
+        conv_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, h))
+    }
+}

@@ -1,0 +1,188 @@
+//! EDICT round trips are exact to the bit over a matrix of photos, sizes, step counts,
+//! strengths and guidance scales — including cases where coupling in f64 is not (the coffee
+//! photo at 128², 10 steps, strength 0.7, guidance 4: 1.2e-6 with f64 coupling, as a PyTorch run
+//! of the same algorithm also gives). A latents file keeps that exactness in another process.
+
+
+use burn::tensor::Device;
+use crate::common::*;
+use edict_pipeline::image_io::{self, Size};
+use edict_pipeline::latents::{self, Origin};
+use edict_pipeline::pipeline::{Editor, Latent, Method, Quiet, Settings};
+use edict_sd::device::backend::Backend;
+use edict_sd::checkpoint::files::ModelFiles;
+use edict_sd::config::Precision;
+use edict_sd::model::StableDiffusion;
+
+const PHOTOS: [&str; 3] = ["coffee.png", "chelsea.png", "astronaut.png"];
+const PROMPT: &str = "a photo";
+
+fn editor(device: &Device, precision: Precision) -> Editor {
+    let files = ModelFiles::from_folder(&tiny_sd(), precision).unwrap();
+    Editor::new(StableDiffusion::load(files, device, precision).unwrap(), device.clone())
+}
+
+fn photo_latent(ed: &mut Editor, photo: &str, size: u32) -> Latent {
+    let bytes = std::fs::read(fixtures().join("photos").join(photo)).unwrap();
+    let (img, _) = image_io::fit(image_io::decode(&bytes).unwrap(), Size::exact(size, size).unwrap(), 512).unwrap();
+    pollster::block_on(ed.encode(image_io::to_pixels(&img), size as usize, size as usize, None)).unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    steps: usize,
+    strength: f64,
+    guidance: f64,
+}
+
+impl Case {
+    fn settings(&self) -> Settings {
+        Settings {
+            steps: self.steps,
+            strength: self.strength,
+            guidance: self.guidance,
+            ..Settings::default()
+        }
+    }
+}
+
+/// Runs every case on every photo and size; panics listing the cases that were not bit-exact.
+fn sweep(backend: Backend, precision: Precision, sizes: &[u32], cases: &[Case]) {
+    let device = edict_sd::device::backend::device(backend).unwrap();
+    let mut ed = editor(&device, precision);
+    let (mut runs, mut errors) = (0, Vec::new());
+    for photo in PHOTOS {
+        for &size in sizes {
+            let z = photo_latent(&mut ed, photo, size);
+            for c in cases {
+                let rec = pollster::block_on(ed.reconstruct(&z, PROMPT, &c.settings(), Method::Edict, &mut Quiet)).unwrap();
+                runs += 1;
+                if rec.latent.values != z.values {
+                    errors.push(format!("{photo} {size}² {c:?}: {:e}", rec.latent_rel_err));
+                }
+            }
+        }
+    }
+    eprintln!("{backend} {precision:?}: {} of {runs} round trips bit-exact", runs - errors.len());
+    assert!(errors.is_empty(), "{backend} {precision:?}: not bit-exact:\n{}", errors.join("\n"));
+}
+
+/// Odd and even inverted-step counts (floor(steps × strength): 3 … 25), with and without guidance.
+fn matrix() -> Vec<Case> {
+    let mut cases = vec![];
+    for steps in [7, 8, 10, 25] {
+        for strength in [0.5, 0.7, 1.0] {
+            for guidance in [1.0, 3.0, 7.5] {
+                cases.push(Case { steps, strength, guidance });
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn round_trips_are_bit_exact_on_cpu() {
+    let mut cases = matrix();
+    cases.push(Case { steps: 10, strength: 0.7, guidance: 4.0 }); // the case f64 coupling misses
+    sweep(Backend::Cpu, Precision::F32, &[64, 128], &cases);
+}
+
+#[test]
+fn round_trips_are_bit_exact_on_wgpu() {
+    let cases = [
+        Case { steps: 10, strength: 0.7, guidance: 4.0 },
+        Case { steps: 8, strength: 1.0, guidance: 7.5 },
+        Case { steps: 25, strength: 0.5, guidance: 3.0 },
+    ];
+    sweep(Backend::Wgpu, Precision::F32, &[128], &cases);
+}
+
+/// The networks in f16 (the GPU backends' f16 convolutions; with `gpu-tuned`, fused attention):
+/// less accurate, and still exact to the bit.
+#[test]
+fn round_trips_are_bit_exact_in_f16() {
+    let cases = [Case { steps: 10, strength: 0.7, guidance: 4.0 }];
+    for backend in [Backend::Cpu, Backend::Wgpu] {
+        sweep(backend, Precision::F16, &[128], &cases);
+    }
+}
+
+/// Inverts, saves the latents file, and has a fresh process (this test binary again) load it
+/// and denoise with the source prompt: the latent comes back bit for bit.
+#[test]
+fn latents_file_round_trips_exactly_across_processes_on_cpu() {
+    across_processes(Backend::Cpu, "latents_file_round_trips_exactly_across_processes_on_cpu");
+}
+
+/// On wgpu with `gpu-tuned` the child runs the kernels the parent's autotune chose, read back
+/// from the kernel cache.
+#[test]
+fn latents_file_round_trips_exactly_across_processes_on_wgpu() {
+    across_processes(Backend::Wgpu, "latents_file_round_trips_exactly_across_processes_on_wgpu");
+}
+
+/// `test` is the calling test's name: the child is that test again, with the file's path set.
+fn across_processes(backend: Backend, test: &str) {
+    const CHILD: &str = "EDICT_TEST_LATENTS_FILE";
+    let device = edict_sd::device::backend::device(backend).unwrap();
+    let mut ed = editor(&device, Precision::F32);
+    let origin = Origin::of("tiny-sd", &ed.model);
+    if let Ok(path) = std::env::var(CHILD) {
+        // the child: load, check, denoise, write x as f64 bytes
+        let bytes = std::fs::read(&path).unwrap();
+        let (inv, from) = latents::from_bytes(&bytes, &path).unwrap();
+        latents::check_fits(&inv, &from, &ed.model, "tiny-sd", &path).unwrap();
+        let pair = pollster::block_on(ed.denoise(&inv, &inv.prompt, "reconstruct", &mut Quiet)).unwrap();
+        let out: Vec<u8> = pair.x_f64().iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(format!("{path}.x"), out).unwrap();
+        return;
+    }
+    let z = photo_latent(&mut ed, "coffee.png", 128);
+    let s = Case { steps: 10, strength: 0.7, guidance: 4.0 }.settings();
+    let inv = pollster::block_on(ed.invert(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+    let dir = std::env::temp_dir().join(format!("edict-exactness-{backend}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("coffee.safetensors");
+    std::fs::write(&path, latents::to_bytes(&inv, &origin).unwrap()).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(CHILD, &path)
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "the child process failed:\n{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let back: Vec<f64> = std::fs::read(dir.join("coffee.safetensors.x"))
+        .unwrap()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(back == z.values, "{backend}: round trip through the file: {:e}", edict_pipeline::sampler::relative_error(&back, &z.values));
+}
+
+/// The warm-up pass (on by default where autotune picks kernels) runs each call shape once before
+/// the calls whose results are kept, and changes no bit of them.
+#[test]
+fn warm_up_runs_each_call_shape_once_and_changes_no_bit() {
+    for (backend, device) in devices() {
+        let mut cold = editor(&device, Precision::F32);
+        assert_eq!(cold.warm_up, cfg!(feature = "gpu-tuned") && backend == Backend::Wgpu, "{backend}");
+        cold.warm_up = false;
+        let mut warm = editor(&device, Precision::F32);
+        warm.warm_up = true;
+        let z = photo_latent(&mut cold, "chelsea.png", 64);
+        // batch 2 (guidance), then batch 1 (guidance 1), then batch 2 again
+        for guidance in [3.0, 1.0, 7.5] {
+            let s = Case { steps: 4, strength: 1.0, guidance }.settings();
+            let a = pollster::block_on(cold.reconstruct(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+            let b = pollster::block_on(warm.reconstruct(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+            assert!(a.latent.values == b.latent.values, "{backend}, guidance {guidance}: the warm-up changed the result");
+        }
+        assert_eq!((cold.warm_up_calls, warm.warm_up_calls), (0, 2), "{backend}");
+        assert_eq!(cold.unet_calls, warm.unet_calls, "{backend}: warm-up calls are not counted as the edit's");
+    }
+}
