@@ -17,8 +17,8 @@
 # before the timed repetitions.
 #
 # Driver stack: the probe prints nvidia-smi, the Vulkan loader and ICD files, and vulkaninfo if
-# present. A machine without a Vulkan loader needs libvulkan1 unpacked first (see README, "GPU
-# benchmark").
+# present. A machine without a Vulkan loader needs libvulkan1 unpacked first (see docs/performance.md,
+# "GPU benchmark on a machine without internet").
 set -uo pipefail
 
 size=512 iters=3 budget=480 per_run=150 out=${OUT:-device-bench}

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::parser::ValueSource;
+use clap::error::ErrorKind;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cmd::{bench, edit, eval, eval_edit, generate, invert, reconstruct, shard, tokenize};
@@ -55,17 +56,45 @@ enum Cmd {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The contract scripts rely on: success exits 0; every failure, a rejected command line
+/// included, prints one line `error: …` on stderr and exits 1. `--help` and `--version` print to
+/// stdout and exit 0.
 fn main() {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let parsed = Cli::command().try_get_matches().and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => fail(&usage_error(&e)),
+    };
     let typed = matches.subcommand().map(|(_, m)| typed(m)).unwrap_or_default();
     if let Err(e) = run(cli, &typed) {
-        eprintln!("error: {}", one_line(&e));
         if std::env::var("RUST_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0") {
             eprintln!("{}", e.backtrace());
         }
-        std::process::exit(1);
+        fail(&one_line(&e));
     }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
+/// clap's message on one line, with the command whose `--help` explains the arguments.
+fn usage_error(e: &clap::Error) -> String {
+    let cli = Cli::command();
+    let sub = std::env::args().skip(1).find(|a| cli.get_subcommands().any(|c| c.get_name() == a));
+    let command = sub.map_or_else(|| "edict".to_string(), |s| format!("edict {s}"));
+    let first = match e.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => "a subcommand is required".to_string(),
+        // the message is the rendering's first paragraph (a list of missing arguments included)
+        _ => {
+            let text = e.render().to_string();
+            let message: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            message.join(" ").trim_start_matches("error: ").to_string()
+        }
+    };
+    format!("{first} (see `{command} --help`)")
 }
 
 /// The outermost message and the root cause, on one line (library errors often repeat their

@@ -4,8 +4,8 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use edict_pipeline::image_io;
-use edict_pipeline::pipeline::{Observer, Progress, Rgb};
+use edict_pipeline::io::image_io;
+use edict_pipeline::editor::{Observer, Progress, Rgb};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Bars {

@@ -237,72 +237,41 @@ function readTargets() {
 
 $('add-target').onclick = () => addTarget().focus();
 
-// ---- settings: the CLI's defaults come from the wasm Options ----
+// ---- settings: the CLI's defaults come from the wasm module (defaultOptions) ----
 
 /** "fluffy=2, watercolor=0.5" as the wasm's ["fluffy=2", "watercolor=0.5"]. */
 function readReweight() {
   return $('reweight').value.split(/[,;\n]/).map((s) => s.trim()).filter(Boolean);
 }
 
-/** A P2P window from its two inputs as the wasm's "START:END". */
-function readWindow(name, what) {
-  const [a, b] = ['from', 'to'].map((end) => $(`p2p-${name}-${end}`).value.trim());
-  const ok = (v) => v !== '' && Number.isFinite(Number(v)) && Number(v) >= 0 && Number(v) <= 1;
-  if (!ok(a) || !ok(b) || Number(a) > Number(b)) {
-    throw new Error(`Prompt-to-prompt, ${what}: "from ${a} to ${b}" must be numbers with 0 ≤ from ≤ to ≤ 1.`);
-  }
-  return `${a}:${b}`;
-}
-
 /**
- * The word weights' words must occur in a target. The wasm module checks that on tokens, but
- * only once the photo is inverted; this earlier check on the text can only let more through
- * (a word's tokens in a prompt's tokens means its text is in the prompt's text).
+ * The wasm module's `options` object from the form (the CLI flags' names): only what the form
+ * says; the module checks every value (`session.check`) and fills in the rest with the CLI's
+ * defaults.
  */
-function checkReweight(reweight, targets) {
-  const norm = (s) => s.toLowerCase().replace(/\s+/g, ' ').trim();
-  for (const r of reweight) {
-    const eq = r.lastIndexOf('=');
-    if (eq < 0) continue; // the wasm module explains the form
-    const word = norm(r.slice(0, eq));
-    if (word && !targets.some((t) => norm(t).includes(word))) {
-      throw new Error(`Word weight "${r}": "${r.slice(0, eq).trim()}" is in none of the target prompts ` +
-        `(${targets.map((t) => `"${t}"`).join(', ')}); weights apply to words of the targets.`);
-    }
-  }
-}
-
 function readOptions() {
-  const o = new wasm.Options();
-  try {
-    const num = (id, integer) => {
-      const v = $(id).value.trim();
-      const n = Number(v);
-      if (v === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new Error(`${id}: "${v}" is not a valid number`);
-      return n;
-    };
-    o.steps = num('steps', true);
-    o.strength = num('strength');
-    o.mix = num('mix');
-    o.guidance = num('guidance');
-    o.negative = $('negative').value;
-    const w = $('width').value.trim(), h = $('height').value.trim();
-    if (w || h) {
-      if (!w || !h) throw new Error('Give both width and height, or neither.');
-      o.width = num('width', true);
-      o.height = num('height', true);
-    }
-    o.p2p = $('p2p').checked;
-    if (o.p2p) {
-      o.p2pTokens = readWindow('tokens', 'words (cross-attention) window');
-      o.p2pSelf = readWindow('self', 'layout (self-attention) window');
-    }
-    o.reweight = readReweight();
-    return o;
-  } catch (e) {
-    o.free();
-    throw e;
+  const num = (id, integer) => {
+    const v = $(id).value.trim();
+    const n = Number(v);
+    if (v === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new Error(`${id}: "${v}" is not a valid number`);
+    return n;
+  };
+  const o = {
+    settings: { steps: num('steps', true), strength: num('strength'), mix: num('mix'), guidance: num('guidance'), negative: $('negative').value },
+    controls: { p2p: $('p2p').checked, reweight: readReweight() },
+  };
+  const w = $('width').value.trim(), h = $('height').value.trim();
+  if (w || h) {
+    if (!w || !h) throw new Error('Give both width and height, or neither.');
+    [o.width, o.height] = [num('width', true), num('height', true)];
   }
+  if (o.controls.p2p) {
+    for (const name of ['tokens', 'self']) {
+      const [a, b] = ['from', 'to'].map((end) => $(`p2p-${name}-${end}`).value.trim());
+      o.controls[`p2p_${name}`] = `${a}:${b}`;
+    }
+  }
+  return o;
 }
 
 // ---- operations ----
@@ -397,14 +366,13 @@ function showResults(before, pngs, labels, latents, download) {
  * Runs one operation: `start(options)` returns the wasm Promise of an Output; `labels(n)` names
  * its n result images, `download` their file names.
  */
-async function run(label, start, { labels = () => [], download = 'edict', check } = {}) {
+async function run(label, start, { labels = () => [], download = 'edict', targets } = {}) {
   if (state.busy) return; // one operation at a time (the wasm session refuses a second one too)
   let options;
   try {
     options = readOptions();
-    check?.(options);
+    state.session.check(options, targets);
   } catch (e) {
-    options?.free();
     setState('invalid');
     return message(e.message);
   }
@@ -446,10 +414,7 @@ async function run(label, start, { labels = () => [], download = 'edict', check 
     if (deviceGone(e)) await recover(label, e, true);
   } finally {
     // after a trap the page reloads, and the module's memory goes with it
-    if (!trapped) {
-      options.free();
-      out?.free();
-    }
+    if (!trapped) out?.free();
     if (gen === generation) {
       $('results').classList.remove('stale');
       state.running = null;
@@ -636,7 +601,7 @@ function editRun(label, start) {
   return run(label, (o) => start(targets, o), {
     labels: () => targets,
     download: 'edict-edit',
-    check: (o) => checkReweight(o.reweight, targets),
+    targets,
   });
 }
 $('edit').onclick = () => editRun('Edit', (targets, o) => state.session.edit(state.image, src(), targets, o, onProgress));
@@ -662,14 +627,10 @@ if (params.get('precision')) $('precision').value = params.get('precision');
 const recovery = takeRecoveryNote();
 try {
   await startGpu();
-  const d = new wasm.Options();
-  try {
-    for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d[k];
-    for (const [name, w] of [['tokens', d.p2pTokens], ['self', d.p2pSelf]]) {
-      [$(`p2p-${name}-from`).value, $(`p2p-${name}-to`).value] = w.split(':');
-    }
-  } finally {
-    d.free();
+  const d = wasm.defaultOptions();
+  for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d.settings[k];
+  for (const name of ['tokens', 'self']) {
+    [$(`p2p-${name}-from`).value, $(`p2p-${name}-to`).value] = d.controls[`p2p_${name}`].split(':');
   }
   setState('ready');
 } catch (e) {

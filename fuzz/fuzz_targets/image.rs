@@ -3,7 +3,7 @@
 //! Any `Err` is fine; a panic, an abort or running out of memory is a bug.
 #![no_main]
 
-use edict_pipeline::image_io::{DEFAULT_LONG_SIDE, Size, decode, fit, to_pixels};
+use edict_pipeline::io::image_io::{DEFAULT_LONG_SIDE, Size, decode, fit, to_pixels};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! again to the same thing. A panic is a bug.
 #![no_main]
 
-use edict_pipeline::latents::{from_bytes, to_bytes};
+use edict_pipeline::io::latents::{from_bytes, to_bytes};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use clap::Args;
-use edict_pipeline::pipeline::{Editor, Method, Quiet, Settings};
+use edict_pipeline::editor::{Editor, Quiet};
+use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::{Precision, SdConfigs, folder_configs};
 use edict_sd::model::StableDiffusion;
@@ -64,7 +65,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         ..Settings::default()
     };
     if !a.no_edit {
-        settings.validate(&edict_pipeline::schedule::Schedule::default())?;
+        settings.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
     }
     let (backend, precision) = (a.backend, a.precision);
 
@@ -132,7 +133,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let z = pollster::block_on(ed.encode(pixels, size, size, None))?;
         let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings, Method::Edict, &mut Quiet))?;
         let pair = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet))?;
-        pollster::block_on(ed.decode(&edict_pipeline::pipeline::Latent { values: pair.x_f64(), shape: z.shape }))?;
+        pollster::block_on(ed.decode(&edict_pipeline::editor::Latent { values: pair.x_f64(), shape: z.shape }))?;
         Some((t.elapsed().as_secs_f64(), ed.unet_calls - calls, ed.warm_up_calls - warm_ups))
     };
 

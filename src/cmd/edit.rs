@@ -7,18 +7,21 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use edict_pipeline::latents;
-use edict_pipeline::pipeline::{Inversion, Latent, Method};
-use edict_pipeline::prompt_edit::{EditSpec, P2p, Reweight, Window};
+use clap::Command;
+use edict_pipeline::editor::Inversion;
+use edict_pipeline::io::latents;
+use edict_pipeline::ops;
+use edict_pipeline::prompt_edit::EditControls;
+use edict_pipeline::settings::{Method, Settings};
 
-use super::{ImageArgs, ModelArgs, PreviewArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, write};
+use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write, write_png};
 
 #[derive(Args)]
 pub struct EditArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub sample: SampleArgs,
+    pub sample: Settings,
     #[command(flatten)]
     pub image: ImageArgs,
     #[command(flatten)]
@@ -34,19 +37,8 @@ pub struct EditArgs {
     /// the order of --target) or an existing folder (target-1.png, target-2.png, …).
     #[arg(long)]
     pub out: PathBuf,
-    /// Prompt-to-prompt: the target pass takes the source pass's attention (aligned words in
-    /// cross-attention, all of self-attention) during the windows below. 3 UNet rows per call instead of 2.
-    #[arg(long)]
-    pub p2p: bool,
-    /// Window START:END of t/1000 in which cross-attention is injected.
-    #[arg(long, requires = "p2p", default_value = "0:1")]
-    pub p2p_tokens: Window,
-    /// Window START:END of t/1000 in which self-attention is injected.
-    #[arg(long, requires = "p2p", default_value = "0:1")]
-    pub p2p_self: Window,
-    /// WORD=W: multiply the target's cross-attention on WORD's tokens by W (repeatable).
-    #[arg(long)]
-    pub reweight: Vec<Reweight>,
+    #[command(flatten)]
+    pub controls: EditControls,
     /// Also save the inverted pair here.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
@@ -66,12 +58,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
     if let Some(p) = &a.save_latents {
         check_output(p, a.force)?;
     }
-    let spec = EditSpec {
-        targets: a.target.clone(),
-        p2p: a.p2p.then_some(P2p { tokens: a.p2p_tokens, self_attn: a.p2p_self }),
-        reweight: a.reweight.clone(),
-    };
-    spec.validate()?;
+    let spec = a.controls.spec(a.target.clone())?;
     let t = Instant::now();
     let photo = if a.from_latents.is_none() { Some(read_image(&a.image)?) } else { None };
     let mut s = open(&a.model)?;
@@ -81,19 +68,15 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let shown = path.display().to_string();
-            let (inv, origin) = latents::from_bytes(&bytes, &shown)?;
-            latents::check_fits(&inv, &origin, &s.editor.model, &s.model_name, &shown)?;
-            let down = s.editor.model.configs.vae.downscale();
-            check_latents_args(&a, typed, &inv, down, &shown)?;
-            s.check_memory(inv.latent.shape[3] * down, inv.latent.shape[2] * down)?;
+            let inv = ops::read_latents(&s.editor, &bytes, &shown, &s.model_name)?;
+            check_latents_args(&a, typed, &inv, s.editor.model.configs.vae.downscale(), &shown)?;
             inv
         }
         None => {
-            let photo = photo.context("--image is required")?;
-            let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
+            let photo = encode_image(&mut s, photo.context("--image is required")?, a.image.seed)?;
             let source = a.source.as_deref().unwrap_or_default();
             let mut obs = s.bars.observer().preview_to(preview);
-            let inv = pollster::block_on(s.editor.invert(&latent, source, &a.sample.settings(), Method::Edict, &mut obs))?;
+            let inv = pollster::block_on(s.editor.invert(&photo.latent, source, &a.sample, Method::Edict, &mut obs))?;
             if let Some(p) = &a.save_latents {
                 write(p, &latents::to_bytes(&inv, &s.origin())?)?;
             }
@@ -101,9 +84,9 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
         }
     };
     let mut obs = s.bars.observer().preview_to(preview);
-    let pairs = pollster::block_on(s.editor.edit(&inv, &spec, "edit", &mut obs))?;
-    for (pair, out) in pairs.iter().zip(&outs) {
-        let rgb = save_png(&mut s, &Latent { values: pair.x_f64(), shape: inv.latent.shape }, out)?;
+    let images = pollster::block_on(ops::edit(&mut s.editor, &inv, &spec, &mut obs))?;
+    for (rgb, out) in images.iter().zip(&outs) {
+        write_png(out, rgb)?;
         s.bars.note(&format!("wrote {} ({}×{})", out.display(), rgb.width, rgb.height));
     }
     s.bars.note(&format!("done in {:.1}s, {} UNet calls", t.elapsed().as_secs_f64(), s.editor.unet_calls));
@@ -147,20 +130,22 @@ pub fn check_latents_args(a: &EditArgs, typed: &BTreeSet<String>, inv: &Inversio
              a saved pair is edited at the size it was inverted at"
         );
     }
-    let (f, g) = (&inv.settings, a.sample.settings());
-    let pairs = [
-        ("steps", f.steps.to_string(), g.steps.to_string()),
-        ("strength", f.strength.to_string(), g.strength.to_string()),
-        ("mix", f.mix.to_string(), g.mix.to_string()),
-        ("guidance", f.guidance.to_string(), g.guidance.to_string()),
-        ("negative", format!("{:?}", f.negative), format!("{:?}", g.negative)),
-        ("no_leapfrog", (!f.leapfrog).to_string(), (!g.leapfrog).to_string()),
-        ("steps_offset", f.steps_offset.to_string(), g.steps_offset.to_string()),
-    ];
-    for (id, saved, given) in pairs {
+    // each setting typed on the command line must equal the saved one
+    let saved = inv.settings.to_strings();
+    let given = a.sample.to_strings();
+    let args = Settings::augment_args(Command::new("edit"));
+    for ((id, saved), (_, given)) in saved.iter().zip(&given) {
+        let Some(arg) = args.get_arguments().find(|arg| arg.get_id() == id.as_str()) else { continue };
         if typed.contains(id) && saved != given {
-            let flag = id.replace('_', "-");
-            bail!("--{flag} {given} differs from the {saved} {path} was inverted with; a saved pair is denoised with its own settings (leave --{flag} out)");
+            // a flag that turns a setting off shows the flag's value
+            let off = matches!(arg.get_action(), clap::ArgAction::SetFalse);
+            let shown = |v: &String| if off { (v == "false").to_string() } else { v.clone() };
+            let flag = arg.get_long().unwrap_or(id);
+            bail!(
+                "--{flag} {} differs from the {} {path} was inverted with; a saved pair is denoised with its own settings (leave --{flag} out)",
+                shown(given),
+                shown(saved)
+            );
         }
     }
     Ok(())

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use edict_pipeline::image_io::{self, Size};
-use edict_pipeline::metrics::{self, Quality};
-use edict_pipeline::pipeline::Method;
+use edict_pipeline::io::image_io::{self, Size};
+use edict_pipeline::eval::metrics::{self, Quality};
+use edict_pipeline::settings::Method;
 use serde_json::{Value, json};
 
 use super::shard::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};

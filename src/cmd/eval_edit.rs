@@ -1,6 +1,6 @@
 //! `edict eval-edit`: PIE-Bench over a folder in its own format (`mapping_file.json`,
 //! `annotation_images/`): every image edited by EDICT and by the DDIM and img2img baselines, and
-//! scored as the benchmark's evaluation code does it ([`edict_pipeline::pie_bench`]), written as
+//! scored as the benchmark's evaluation code does it ([`edict_pipeline::eval::pie_bench`]), written as
 //! CSV, JSON and a Markdown table.
 
 use std::fmt::Write as _;
@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use edict_pipeline::image_io::{self, Rgb, Size};
-use edict_pipeline::pie_bench::{self, Background, ClipScorer, Entry, Mask};
-use edict_pipeline::pipeline::{Latent, Method};
+use edict_pipeline::io::image_io::{self, Rgb, Size};
+use edict_pipeline::eval::pie_bench::{self, Background, ClipScorer, Entry, Mask};
+use edict_pipeline::editor::Latent;
+use edict_pipeline::settings::Method;
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
 use serde_json::{Value, json};
@@ -140,7 +141,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     let todo: Vec<Entry> = a.shard.select(entries).into_iter().filter(|e| !results.has(&e.id)).collect();
 
     let mut s = open(&a.model)?;
-    let (model, processor, tokenizer) = clip_model::load_folder(&clip_dir, &s.editor.device).with_context(|| format!("CLIP model {}", a.clip))?;
+    let (model, processor, tokenizer) = clip_score::load_folder(&clip_dir, &s.editor.device).with_context(|| format!("CLIP model {}", a.clip))?;
     let clip = ClipScorer { model, processor, tokenizer, device: s.editor.device.clone() };
     for (i, e) in todo.iter().enumerate() {
         let path = a.data.join("annotation_images").join(&e.image_path);

@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use edict_pipeline::image_io::Size;
-use edict_pipeline::pipeline::Settings;
+use edict_pipeline::io::image_io::Size;
+use edict_pipeline::settings::Settings;
 
-use super::{PreviewArgs, ModelArgs, check_output, open, save_png};
+use edict_pipeline::ops;
+
+use super::{ModelArgs, PreviewArgs, check_output, open, write_png};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -43,20 +45,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Size::exact(a.width.unwrap_or(512), a.height.unwrap_or(512))?;
     let t = Instant::now();
     let mut s = open(&a.model)?;
-    let native = s.editor.model.configs.default_long_side();
-    let (width, height) = (a.width.unwrap_or(native), a.height.unwrap_or(native));
-    Size::exact(width, height)?;
-    s.check_memory(width as usize, height as usize)?;
     let settings = Settings {
         steps: a.steps,
-        strength: 1.0,
         guidance: a.guidance,
         negative: a.negative.clone(),
         ..Settings::default()
     };
     let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let latent = pollster::block_on(s.editor.generate(&a.prompt, width as usize, height as usize, a.seed, &settings, &mut obs))?;
-    save_png(&mut s, &latent, &a.out)?;
+    let rgb = pollster::block_on(ops::generate(&mut s.editor, &a.prompt, (a.width, a.height), a.seed, &settings, &mut obs))?;
+    write_png(&a.out, &rgb)?;
     s.bars.note(&format!("wrote {} in {:.1}s", a.out.display(), t.elapsed().as_secs_f64()));
     Ok(())
 }

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use edict_pipeline::latents;
-use edict_pipeline::pipeline::Method;
+use edict_pipeline::io::latents;
+use edict_pipeline::settings::{Method, Settings};
 
-use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, write};
+use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write};
 
 #[derive(Args)]
 pub struct InvertArgs {
@@ -17,7 +17,7 @@ pub struct InvertArgs {
     #[command(flatten)]
     pub preview: PreviewArgs,
     #[command(flatten)]
-    pub sample: SampleArgs,
+    pub sample: Settings,
     #[command(flatten)]
     pub image: ImageArgs,
     #[arg(long)]
@@ -33,9 +33,9 @@ pub fn invert(a: InvertArgs) -> Result<()> {
     let t = Instant::now();
     let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
-    let (latent, _) = encode_image(&mut s, photo, a.image.seed)?;
+    let photo = encode_image(&mut s, photo, a.image.seed)?;
     let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let inv = pollster::block_on(s.editor.invert(&latent, &a.prompt, &a.sample.settings(), Method::Edict, &mut obs))?;
+    let inv = pollster::block_on(s.editor.invert(&photo.latent, &a.prompt, &a.sample, Method::Edict, &mut obs))?;
     write(&a.save_latents, &latents::to_bytes(&inv, &s.origin())?)?;
     s.bars.note(&format!("wrote {} in {:.1}s", a.save_latents.display(), t.elapsed().as_secs_f64()));
     Ok(())

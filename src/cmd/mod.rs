@@ -16,9 +16,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use edict_pipeline::image_io::{self, Size};
-use edict_pipeline::latents;
-use edict_pipeline::pipeline::{self, Editor, Latent, Settings};
+use edict_pipeline::io::image_io::{self, Size};
+use edict_pipeline::io::latents;
+use edict_pipeline::editor::{Editor, Quiet, Rgb};
+use edict_pipeline::ops::{self, Photo};
+use edict_pipeline::settings::Settings;
 use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;
@@ -51,44 +53,6 @@ pub struct ModelArgs {
 }
 
 #[derive(Args)]
-pub struct SampleArgs {
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Fraction of the schedule to invert and re-denoise, in (0, 1].
-    #[arg(long, default_value_t = 0.8)]
-    pub strength: f64,
-    /// EDICT's mixing weight p, in (0.5, 1].
-    #[arg(long, default_value_t = 0.93)]
-    pub mix: f64,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 3.0)]
-    pub guidance: f64,
-    /// Negative prompt (replaces "" as the unconditional prompt).
-    #[arg(long, default_value = "")]
-    pub negative: String,
-    /// Turn off leapfrog (alternating which latent moves first).
-    #[arg(long)]
-    pub no_leapfrog: bool,
-    /// Timestep offset: 0 as the EDICT authors run, 1 as diffusers' SD scheduler config.
-    #[arg(long, default_value_t = 0)]
-    pub steps_offset: usize,
-}
-
-impl SampleArgs {
-    fn settings(&self) -> Settings {
-        Settings {
-            steps: self.steps,
-            strength: self.strength,
-            mix: self.mix,
-            guidance: self.guidance,
-            negative: self.negative.clone(),
-            leapfrog: !self.no_leapfrog,
-            steps_offset: self.steps_offset,
-        }
-    }
-}
-
-#[derive(Args)]
 pub struct ImageArgs {
     /// Input photo (any format the image crate reads).
     #[arg(long)]
@@ -115,7 +79,7 @@ pub struct PreviewArgs {
 /// before any work.
 pub fn eval_settings(steps: usize, strength: f64, mix: f64, guidance: f64) -> Result<Settings> {
     let settings = Settings { steps, strength, mix, guidance, ..Settings::default() };
-    settings.validate(&edict_pipeline::schedule::Schedule::default())?;
+    settings.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
     Ok(settings)
 }
 
@@ -149,27 +113,12 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 pub struct Session {
     pub editor: Editor,
     pub model_name: String,
-    pub backend: Backend,
-    pub precision: Precision,
     pub bars: Bars,
 }
 
 impl Session {
     fn origin(&self) -> latents::Origin {
         latents::Origin::of(&self.model_name, &self.editor.model)
-    }
-
-    /// On the CPU, refuses an image size whose VAE activations cannot fit in the memory left
-    /// (GPU allocations that fail are reported by the device as an error).
-    fn check_memory(&self, width: usize, height: usize) -> Result<()> {
-        if self.backend != Backend::Cpu {
-            return Ok(());
-        }
-        let Some(available) = available_memory() else {
-            return Ok(());
-        };
-        let bytes = self.precision.element_bytes();
-        Ok(pipeline::check_memory(&self.editor.model.configs.vae, width, height, bytes, available)?)
     }
 }
 
@@ -191,11 +140,12 @@ pub fn open(m: &ModelArgs) -> Result<Session> {
         ));
     }
     bars.note(&format!("loaded {} (fingerprint {}) on {backend} ({:.1}s)", m.model, model.fingerprint, t.elapsed().as_secs_f64()));
+    let mut editor = Editor::new(model, dev);
+    // on the CPU, images too large for the memory left are refused (GPUs report failed allocations)
+    editor.free_memory = (backend == Backend::Cpu).then_some(available_memory as fn() -> Option<u64>);
     Ok(Session {
-        editor: Editor::new(model, dev),
+        editor,
         model_name: m.model.clone(),
-        backend,
-        precision,
         bars,
     })
 }
@@ -223,19 +173,13 @@ pub fn read_image(a: &ImageArgs) -> Result<(image::RgbImage, Size)> {
     Ok((img, image_size(a)?))
 }
 
-/// Sizes the photo for the model and encodes it to its latent; returns the sized photo too.
-pub fn encode_image(s: &mut Session, (img, size): (image::RgbImage, Size), seed: Option<u64>) -> Result<(Latent, image::RgbImage)> {
-    let (img, what) = image_io::fit(img, size, s.editor.model.configs.default_long_side())?;
-    s.bars.note(&format!("image: {what}"));
-    let (w, h) = img.dimensions();
-    s.check_memory(w as usize, h as usize)?;
-    let latent = pollster::block_on(s.editor.encode(image_io::to_pixels(&img), h as usize, w as usize, seed))?;
-    Ok((latent, img))
+/// Sizes the photo for the model and encodes it to its latent.
+pub fn encode_image(s: &mut Session, (img, size): (image::RgbImage, Size), seed: Option<u64>) -> Result<Photo> {
+    let photo = pollster::block_on(ops::encode_photo(&mut s.editor, img, size, seed, &mut Quiet))?;
+    s.bars.note(&format!("image: {}", photo.sizing));
+    Ok(photo)
 }
 
-pub fn save_png(s: &mut Session, latent: &Latent, out: &Path) -> Result<edict_pipeline::pipeline::Rgb> {
-    let rgb = pollster::block_on(s.editor.decode(latent))?;
-    write(out, &image_io::encode_png(&rgb)?)?;
-    Ok(rgb)
+pub fn write_png(out: &Path, rgb: &Rgb) -> Result<()> {
+    write(out, &image_io::encode_png(rgb)?)
 }
-

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use edict_pipeline::image_io::{self};
-use edict_pipeline::pipeline::Method;
+use edict_pipeline::ops;
+use edict_pipeline::settings::{Method, Settings};
 
-use super::{PreviewArgs, ImageArgs, ModelArgs, SampleArgs, check_output, encode_image, open, read_image, save_png, write};
+use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write, write_png};
 
 #[derive(Args)]
 pub struct ReconstructArgs {
@@ -17,7 +17,7 @@ pub struct ReconstructArgs {
     #[command(flatten)]
     pub preview: PreviewArgs,
     #[command(flatten)]
-    pub sample: SampleArgs,
+    pub sample: Settings,
     #[command(flatten)]
     pub image: ImageArgs,
     #[arg(long)]
@@ -42,27 +42,19 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let t = Instant::now();
     let photo = read_image(&a.image)?;
     let mut s = open(&a.model)?;
-    let (latent, input) = encode_image(&mut s, photo, a.image.seed)?;
-    let input = &input;
-    let method = a.method;
+    let photo = encode_image(&mut s, photo, a.image.seed)?;
     let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let rec = pollster::block_on(s.editor.reconstruct(&latent, &a.prompt, &a.sample.settings(), method, &mut obs))?;
-    let rgb = save_png(&mut s, &rec.latent, &a.out)?;
-    let q = edict_pipeline::metrics::compare(&image_io::from_rgb(input), &rgb)?;
+    let (rgb, q) = pollster::block_on(ops::reconstruct(&mut s.editor, &photo, &a.prompt, &a.sample, a.method, &mut obs))?;
+    write_png(&a.out, &rgb)?;
     let seconds = t.elapsed().as_secs_f64();
     if let Some(p) = &a.report {
-        let report = serde_json::json!({
-            "method": method.to_string(),
-            "latent_rel_err": rec.latent_rel_err,
-            "mse": q.mse, "psnr": q.psnr, "ssim": q.ssim,
-            "unet_evals": rec.unet_evals,
-            "seconds": seconds,
-        });
+        let mut report = serde_json::to_value(&q)?;
+        report["seconds"] = seconds.into();
         write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     s.bars.note(&format!(
         "latent round trip {:.2e}, PSNR {:.2} dB, SSIM {:.4}; wrote {} in {seconds:.1}s",
-        rec.latent_rel_err,
+        q.latent_rel_err,
         q.psnr,
         q.ssim,
         a.out.display()

@@ -20,14 +20,16 @@ fn ok(args: &[&str]) -> Output {
     out
 }
 
-/// Runs a command that must fail; returns its one-line error.
+/// Runs a command that must fail as the README promises (exit code 1, the error as the last
+/// line of stderr and on that line alone); returns that line.
 fn fails(args: &[&str]) -> String {
     let out = edict(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "edict {args:?} should fail");
+    assert_eq!(out.status.code(), Some(1), "edict {args:?} should fail with exit code 1: {err}");
     assert!(!err.contains("panicked"), "edict {args:?} panicked: {err}");
     let last = err.lines().last().unwrap_or_default().to_string();
     assert!(last.starts_with("error: "), "edict {args:?}: {err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "edict {args:?}: {err}");
     last
 }
 
@@ -112,7 +114,7 @@ fn edit_from_latents_reproduces_edit_exactly() {
     let mut i = vec!["invert".to_string()];
     i.extend(with(&["--image", &inp, "--prompt", "a photo of a cat", "--save-latents", &noise2]));
     run(i);
-    let read = |p: &str| edict_pipeline::latents::from_bytes(&std::fs::read(p).unwrap(), p).unwrap();
+    let read = |p: &str| edict_pipeline::io::latents::from_bytes(&std::fs::read(p).unwrap(), p).unwrap();
     assert!(read(&noise) == read(&noise2), "invert and edit --save-latents differ");
     // existing outputs are not overwritten without --force
     let mut i = vec!["invert".to_string()];
@@ -356,19 +358,26 @@ fn edit_with_p2p_several_targets_and_preview() {
         let err = edit(&extra);
         assert!(err.contains(want), "{extra:?}: {err}");
     }
-    // malformed values and a window without --p2p are usage errors, named by clap
+    // malformed values and a window without --p2p are usage errors, named by clap, on one line
+    // that says where the arguments are explained
     let usage: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--reweight", "dog"], "expected WORD=WEIGHT"),
         (vec!["--reweight", "dog=-1"], "≥ 0"),
         (vec!["--p2p", "--p2p-self", "0.9:0.1"], "window `0.9:0.1`"),
         (vec!["--p2p-tokens", "0:1"], "--p2p"),
+        (vec!["--no-such-flag"], "--no-such-flag"),
     ];
     for (extra, want) in usage {
         let mut a = vec!["edit", "--model", &m, "--from-latents", &noise, "--target", "a dog", "--out", &out];
         a.extend(&extra);
-        let o = edict(&a);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{extra:?}: {err}");
+        let err = fails(&a);
+        assert!(err.contains(want) && err.ends_with("(see `edict edit --help`)"), "{extra:?}: {err}");
+    }
+    // no subcommand is an error too; help and version are not
+    assert!(fails(&[]).contains("a subcommand is required"));
+    for flag in ["--help", "--version"] {
+        let out = ok(&[flag]);
+        assert!(!out.stdout.is_empty() && out.stderr.is_empty(), "{flag}");
     }
 }
 

@@ -4,8 +4,9 @@
 
 use burn::tensor::Device;
 use crate::common::*;
-use edict_pipeline::pipeline::{Editor, Latent, Method, Quiet, Settings};
-use edict_pipeline::sampler::{hi, relative_error};
+use edict_pipeline::editor::{Editor, Latent, Quiet};
+use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::samplers::{hi, relative_error};
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;
@@ -96,7 +97,7 @@ fn guidance_one_runs_batch_one() {
 #[test]
 fn progress_and_cancellation() {
     use edict_pipeline::PipelineError;
-    use edict_pipeline::pipeline::{Observer, Progress};
+    use edict_pipeline::editor::{Observer, Progress};
     struct CancelAfter(Vec<Progress>, usize);
     impl Observer for CancelAfter {
         fn progress(&mut self, p: Progress) {

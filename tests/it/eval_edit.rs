@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 
 use burn::tensor::Device;
 use crate::common::*;
-use edict_pipeline::image_io::{self, Rgb};
-use edict_pipeline::pie_bench::{self, ClipScorer, Mask};
+use edict_pipeline::io::image_io::{self, Rgb};
+use edict_pipeline::eval::pie_bench::{self, ClipScorer, Mask};
 use serde_json::Value;
 
 fn pie() -> PathBuf {

@@ -6,9 +6,10 @@
 
 use burn::tensor::Device;
 use crate::common::*;
-use edict_pipeline::image_io::{self, Size};
-use edict_pipeline::latents::{self, Origin};
-use edict_pipeline::pipeline::{Editor, Latent, Method, Quiet, Settings};
+use edict_pipeline::io::image_io::{self, Size};
+use edict_pipeline::io::latents::{self, Origin};
+use edict_pipeline::editor::{Editor, Latent, Quiet};
+use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::Backend;
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
@@ -161,7 +162,7 @@ fn across_processes(backend: Backend, test: &str) {
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(back == z.values, "{backend}: round trip through the file: {:e}", edict_pipeline::sampler::relative_error(&back, &z.values));
+    assert!(back == z.values, "{backend}: round trip through the file: {:e}", edict_pipeline::samplers::relative_error(&back, &z.values));
 }
 
 /// The warm-up pass (on by default where autotune picks kernels) runs each call shape once before

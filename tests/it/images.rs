@@ -1,7 +1,7 @@
 //! Photos users actually have: JPEG variants from the fuzz seed corpus (made by
 //! fuzz/scripts/make_seeds.py with Pillow).
 
-use edict_pipeline::image_io::decode;
+use edict_pipeline::io::image_io::decode;
 
 fn seed(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/fuzz/corpus/image/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()

@@ -5,10 +5,11 @@
 use burn::tensor::Device;
 use crate::common::*;
 use edict_pipeline::difflib::opcodes;
-use edict_pipeline::metrics;
-use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Progress, Quiet, Rgb, Settings};
+use edict_pipeline::eval::metrics;
+use edict_pipeline::editor::{Editor, Inversion, Latent, Observer, Progress, Quiet, Rgb};
+use edict_pipeline::settings::{Method, Settings};
 use edict_pipeline::prompt_edit::{EditSpec, P2p, Reweight, Window, align_tokens, token_weights};
-use edict_pipeline::sampler::{Pair, hi, relative_error};
+use edict_pipeline::samplers::{Pair, hi, relative_error};
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;

@@ -6,8 +6,9 @@
 
 use burn::tensor::{Device, Tensor};
 use crate::common::*;
-use edict_pipeline::pipeline::{Editor, Latent, Method, Quiet, Settings};
-use edict_pipeline::sampler::{hi, relative_error};
+use edict_pipeline::editor::{Editor, Latent, Quiet};
+use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::samplers::{hi, relative_error};
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;

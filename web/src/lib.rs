@@ -1,6 +1,6 @@
 //! The browser face of the pipeline (wasm-bindgen): WebGPU device init, a model from files the
 //! page hands over as bytes (fetched, cached or picked by the page's JS), and `invert`, `edit`,
-//! `reconstruct` over `edict_pipeline::pipeline::Editor` — a thin shell, like the CLI.
+//! `reconstruct` over `edict_pipeline::editor::Editor` — a thin shell, like the CLI.
 //!
 //! Everything is wasm32-only: natively this crate is empty, so a native workspace build never
 //! enables burn's `webgpu` feature.
@@ -17,7 +17,7 @@ use edict_sd::config::{Precision, SdConfigs};
 use wasm_bindgen::prelude::*;
 
 pub use model::ModelBuilder;
-pub use session::{Options, Output, Session};
+pub use session::{Output, Session, default_options};
 
 /// Panics are bugs (every user error is a `JsError`); at least say where in the console.
 #[wasm_bindgen(start)]

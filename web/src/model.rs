@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use edict_pipeline::pipeline::Editor;
+use edict_pipeline::editor::Editor;
 use edict_sd::SdError;
 use edict_sd::checkpoint::files::{ModelFiles, WeightSource, select_weight_file};
 use edict_sd::config::{Precision, SdConfigs};

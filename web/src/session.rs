@@ -5,10 +5,14 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use edict_pipeline::image_io::{self, Size};
-use edict_pipeline::pipeline::{Editor, Inversion, Latent, Method, Observer, Progress, Rgb, Settings};
-use edict_pipeline::prompt_edit::{EditSpec, P2p};
-use edict_pipeline::{PipelineError, latents, metrics};
+use edict_pipeline::editor::{Editor, Inversion, Observer, Progress, Rgb};
+use edict_pipeline::io::image_io::{self, Size};
+use edict_pipeline::ops::{self, Photo};
+use edict_pipeline::prompt_edit::{EditControls, EditSpec};
+use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::PipelineError;
+use edict_pipeline::io::latents;
+use serde::{Deserialize, Serialize};
 use edict_sd::SdError;
 use edict_sd::config::Precision;
 use js_sys::{Function, Promise};
@@ -17,92 +21,22 @@ use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::Lost;
 
-/// Sampling and image settings; a fresh one holds the CLI's defaults.
-#[wasm_bindgen]
-#[derive(Clone)]
-pub struct Options {
-    pub steps: usize,
-    pub strength: f64,
-    pub mix: f64,
-    pub guidance: f64,
-    #[wasm_bindgen(getter_with_clone)]
-    pub negative: String,
-    pub leapfrog: bool,
-    #[wasm_bindgen(js_name = stepsOffset)]
-    pub steps_offset: usize,
+/// The `options` object every operation takes: the sampler settings and the edit controls under
+/// the CLI flags' names, and the image size. Missing fields take the CLI's defaults
+/// ([`default_options`]); unknown ones are refused.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Options {
+    settings: Settings,
+    controls: EditControls,
     /// 0 and 0: long side 512, sides cropped to multiples of 64 (the CLI's rule).
-    pub width: u32,
-    pub height: u32,
-    /// Prompt-to-prompt editing (the CLI's `--p2p`), with its windows as `START:END` strings.
-    pub p2p: bool,
-    #[wasm_bindgen(getter_with_clone, js_name = p2pTokens)]
-    pub p2p_tokens: String,
-    #[wasm_bindgen(getter_with_clone, js_name = p2pSelf)]
-    pub p2p_self: String,
-    /// Word weights as `WORD=W` strings (the CLI's `--reweight`).
-    #[wasm_bindgen(getter_with_clone)]
-    pub reweight: Vec<String>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        let s = Settings::default();
-        Self {
-            steps: s.steps,
-            strength: s.strength,
-            mix: s.mix,
-            guidance: s.guidance,
-            negative: s.negative,
-            leapfrog: s.leapfrog,
-            steps_offset: s.steps_offset,
-            width: 0,
-            height: 0,
-            p2p: false,
-            p2p_tokens: P2p::default().tokens.to_string(),
-            p2p_self: P2p::default().self_attn.to_string(),
-            reweight: Vec::new(),
-        }
-    }
-}
-
-#[wasm_bindgen]
-impl Options {
-    #[wasm_bindgen(constructor)]
-    pub fn new() -> Self {
-        Self::default()
-    }
+    width: u32,
+    height: u32,
 }
 
 impl Options {
-    fn settings(&self) -> Settings {
-        Settings {
-            steps: self.steps,
-            strength: self.strength,
-            mix: self.mix,
-            guidance: self.guidance,
-            negative: self.negative.clone(),
-            leapfrog: self.leapfrog,
-            steps_offset: self.steps_offset,
-        }
-    }
-
-    /// The edit into `targets` these options ask for, parsed by the CLI's rules.
-    fn spec(&self, targets: Vec<String>) -> Result<EditSpec, PipelineError> {
-        let p2p = if self.p2p {
-            Some(P2p {
-                tokens: self.p2p_tokens.parse()?,
-                self_attn: self.p2p_self.parse()?,
-            })
-        } else {
-            None
-        };
-        let spec = EditSpec {
-            targets,
-            p2p,
-            reweight: self.reweight.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
-        };
-        spec.validate()?;
-        Ok(spec)
+    fn read(options: JsValue) -> Result<Self, PipelineError> {
+        serde_wasm_bindgen::from_value(options).map_err(|e| PipelineError::Invalid(format!("options: {e}")))
     }
 
     fn size(&self) -> Result<Size, PipelineError> {
@@ -111,6 +45,15 @@ impl Options {
             (w, h) => Size::exact(w, h),
         }
     }
+}
+
+/// The options every field of which is the CLI's default (`p2p_tokens`, `p2p_self` included,
+/// with `p2p` off).
+#[wasm_bindgen(js_name = defaultOptions)]
+pub fn default_options() -> Result<JsValue, JsError> {
+    Options::default()
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(crate::js_err)
 }
 
 /// What an operation produced; empty byte arrays for what it does not make.
@@ -276,6 +219,9 @@ impl Observer for &Job {
     fn cancelled(&self) -> bool {
         self.cancel.get()
     }
+    fn vae(&mut self, p: Progress) {
+        self.progress(p);
+    }
     fn wants_preview(&self) -> bool {
         self.on_preview.is_some()
     }
@@ -298,51 +244,26 @@ impl Observer for &Job {
 }
 
 impl Job {
-    fn stage(&self, stage: &'static str, done: usize) {
-        let mut obs = self;
-        obs.progress(Progress { stage, done, total: 1 });
-    }
-
-    fn check_cancel(&self) -> Result<(), PipelineError> {
-        if self.cancel.get() { Err(PipelineError::Cancelled) } else { Ok(()) }
-    }
-
-    /// Decodes, sizes and encodes the photo: its latent, the pixels used, and the sizing note.
-    async fn encode(&self, ed: &mut Editor, image: &[u8], o: &Options) -> Result<(Latent, Rgb, String), PipelineError> {
-        let img = image_io::decode(image)?;
-        let (img, what) = image_io::fit(img, o.size()?, ed.model.configs.default_long_side())?;
-        let (w, h) = img.dimensions();
-        self.stage("encode", 0);
-        let latent = ed.encode(image_io::to_pixels(&img), h as usize, w as usize, None).await?;
-        self.stage("encode", 1);
-        Ok((latent, image_io::from_rgb(&img), what))
-    }
-
-    async fn decode(&self, ed: &mut Editor, latent: &Latent) -> Result<Rgb, PipelineError> {
-        self.check_cancel()?;
-        self.stage("decode", 0);
-        let rgb = ed.decode(latent).await?;
-        self.stage("decode", 1);
-        Ok(rgb)
+    /// Decodes the photo's bytes, sizes and encodes it.
+    async fn photo(&self, ed: &mut Editor, image: &[u8], o: &Options) -> Result<Photo, PipelineError> {
+        ops::encode_photo(ed, image_io::decode(image)?, o.size()?, None, &mut &*self).await
     }
 
     async fn invert(&self, ed: &mut Editor, image: &[u8], prompt: &str, o: &Options) -> Result<(Inversion, Output), PipelineError> {
-        let (latent, input, what) = self.encode(ed, image, o).await?;
-        let inv = ed.invert(&latent, prompt, &o.settings(), Method::Edict, &mut &*self).await?;
+        let photo = self.photo(ed, image, o).await?;
+        let inv = ed.invert(&photo.latent, prompt, &o.settings, Method::Edict, &mut &*self).await?;
         let out = Output {
-            input_png: image_io::encode_png(&input)?,
+            input_png: image_io::encode_png(&photo.image)?,
             latents: latents::to_bytes(&inv, &latents::Origin::of(&self.model, &ed.model))?,
-            report: serde_json::json!({ "image": what }).to_string(),
+            report: serde_json::json!({ "image": photo.sizing }).to_string(),
             ..Output::default()
         };
         Ok((inv, out))
     }
 
-    /// Denoises `inv` into each target of `spec` and decodes each x, as `edict edit` does.
+    /// Denoises `inv` into each target of `spec` and encodes each image, as `edict edit` does.
     async fn edit(&self, ed: &mut Editor, inv: &Inversion, spec: &EditSpec, out: &mut Output) -> Result<(), PipelineError> {
-        let pairs = ed.edit(inv, spec, "edit", &mut &*self).await?;
-        for pair in pairs {
-            let rgb = self.decode(ed, &Latent { values: pair.x_f64(), shape: inv.latent.shape }).await?;
+        for rgb in ops::edit(ed, inv, spec, &mut &*self).await? {
             out.pngs.push(image_io::encode_png(&rgb)?);
         }
         Ok(())
@@ -384,21 +305,36 @@ impl Session {
         *self.preview.borrow_mut() = callback;
     }
 
+    /// Checks `options` (and, given `targets`, the edit into them against the model's tokens)
+    /// before any work, with the error the operation would end in.
+    pub fn check(&self, options: JsValue, targets: Option<Vec<String>>) -> Result<(), JsError> {
+        let o = Options::read(options).map_err(crate::js_err)?;
+        let editor = self.editor.borrow();
+        let ed = editor.as_ref().ok_or_else(|| JsError::new("another operation is still running on this model"))?;
+        o.settings.validate(&ed.schedule).map_err(crate::js_err)?;
+        o.size().map_err(crate::js_err)?;
+        if let Some(targets) = targets {
+            ed.check_edit(&o.controls.spec(targets).map_err(crate::js_err)?).map_err(crate::js_err)?;
+        }
+        Ok(())
+    }
+
     /// `edict invert`: the photo's EDICT noise pair as a latents file.
-    pub fn invert(&self, image: Vec<u8>, prompt: String, options: &Options, on_progress: Function) -> Promise {
-        let o = options.clone();
+    pub fn invert(&self, image: Vec<u8>, prompt: String, options: JsValue, on_progress: Function) -> Promise {
+        let o = Options::read(options);
         self.run(on_progress, move |ed, job| async move {
-            with_editor!(ed, async { job.invert(&mut ed, &image, &prompt, &o).await.map(|(_, out)| out) })
+            with_editor!(ed, async { job.invert(&mut ed, &image, &prompt, &o?).await.map(|(_, out)| out) })
         })
     }
 
     /// `edict edit --save-latents`: invert under `source`, denoise into each of `targets` (with
-    /// the options' P2P and word weights); `pngs` has one image per target.
-    pub fn edit(&self, image: Vec<u8>, source: String, targets: Vec<String>, options: &Options, on_progress: Function) -> Promise {
-        let o = options.clone();
+    /// the options' edit controls); `pngs` has one image per target.
+    pub fn edit(&self, image: Vec<u8>, source: String, targets: Vec<String>, options: JsValue, on_progress: Function) -> Promise {
+        let o = Options::read(options);
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
-                let spec = o.spec(targets)?;
+                let o = o?;
+                let spec = o.controls.spec(targets)?;
                 ed.check_edit(&spec)?;
                 let (inv, mut out) = job.invert(&mut ed, &image, &source, &o).await?;
                 job.edit(&mut ed, &inv, &spec, &mut out).await?;
@@ -410,41 +346,35 @@ impl Session {
     /// `edict edit --from-latents`: edit a saved pair (from the CLI or this page) into `targets`;
     /// of the options only the edit controls apply (the pair fixes the rest).
     #[wasm_bindgen(js_name = editLatents)]
-    pub fn edit_latents(&self, latents_file: Vec<u8>, targets: Vec<String>, options: &Options, on_progress: Function) -> Promise {
-        let o = options.clone();
+    pub fn edit_latents(&self, latents_file: Vec<u8>, targets: Vec<String>, options: JsValue, on_progress: Function) -> Promise {
+        let o = Options::read(options);
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
-                let spec = o.spec(targets)?;
-                let (inv, origin) = latents::from_bytes(&latents_file, "latents file")?;
-                latents::check_fits(&inv, &origin, &ed.model, &job.model, "latents file")?;
+                let spec = o?.controls.spec(targets)?;
+                let inv = ops::read_latents(&ed, &latents_file, "latents file", &job.model)?;
                 let mut out = Output::default();
-                out.input_png = image_io::encode_png(&job.decode(&mut ed, &inv.latent).await?)?;
+                out.input_png = image_io::encode_png(&ops::decode(&mut ed, &inv.latent, &mut &*job).await?)?;
                 job.edit(&mut ed, &inv, &spec, &mut out).await?;
                 Ok(out)
             })
         })
     }
 
-    /// `edict reconstruct`: invert and denoise with the same prompt; the report has
-    /// `latent_rel_err`, `mse`, `psnr`, `ssim` and `unet_evals`.
-    pub fn reconstruct(&self, image: Vec<u8>, prompt: String, options: &Options, on_progress: Function) -> Promise {
-        let o = options.clone();
+    /// `edict reconstruct`: invert and denoise with the same prompt; the report is the CLI's
+    /// (`latent_rel_err`, `mse`, `psnr`, `ssim`, `unet_evals`, …) with the image sizing.
+    pub fn reconstruct(&self, image: Vec<u8>, prompt: String, options: JsValue, on_progress: Function) -> Promise {
+        let o = Options::read(options);
         self.run(on_progress, move |ed, job| async move {
             with_editor!(ed, async {
-                let (latent, input, what) = job.encode(&mut ed, &image, &o).await?;
-                let rec = ed.reconstruct(&latent, &prompt, &o.settings(), Method::Edict, &mut &*job).await?;
-                let rgb = job.decode(&mut ed, &rec.latent).await?;
-                let q = metrics::compare(&input, &rgb)?;
+                let o = o?;
+                let photo = job.photo(&mut ed, &image, &o).await?;
+                let (rgb, q) = ops::reconstruct(&mut ed, &photo, &prompt, &o.settings, Method::Edict, &mut &*job).await?;
+                let mut report = serde_json::to_value(&q).map_err(|e| PipelineError::Invalid(e.to_string()))?;
+                report["image"] = photo.sizing.into();
                 Ok(Output {
                     pngs: vec![image_io::encode_png(&rgb)?],
-                    input_png: image_io::encode_png(&input)?,
-                    report: serde_json::json!({
-                        "image": what,
-                        "latent_rel_err": rec.latent_rel_err,
-                        "mse": q.mse, "psnr": q.psnr, "ssim": q.ssim,
-                        "unet_evals": rec.unet_evals,
-                    })
-                    .to_string(),
+                    input_png: image_io::encode_png(&photo.image)?,
+                    report: report.to_string(),
                     ..Output::default()
                 })
             })

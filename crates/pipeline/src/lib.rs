@@ -1,16 +1,15 @@
-//! EDICT editing on Stable Diffusion v1.x: the DDIM schedule, the EDICT and DDIM samplers (f64 on
-//! the host) and the editing pipeline the CLI and the browser share.
+//! EDICT editing on Stable Diffusion 1.x and 2.x: the samplers (double-double and f64 on the
+//! host), the [`editor::Editor`] that runs them on a model, and the [`ops`] the CLI and the
+//! browser share.
 
 pub mod difflib;
+pub mod editor;
 pub mod error;
-pub mod image_io;
-pub mod latents;
-pub mod metrics;
-pub mod pie_bench;
-pub mod pipeline;
-pub mod preview;
+pub mod eval;
+pub mod io;
+pub mod ops;
 pub mod prompt_edit;
-pub mod sampler;
-pub mod schedule;
+pub mod samplers;
+pub mod settings;
 
 pub use error::{PipelineError, Result};

@@ -1,16 +1,23 @@
 //! What an edit denoises into, beyond the prompt: the EDICT authors' prompt-to-prompt controls
 //! (attention injection windows, token alignment) and word weights. Pure rules on prompts and
-//! token ids; [`crate::pipeline`] turns them into the UNet's `AttentionControl`.
+//! token ids; [`crate::editor`] puts them on the device as the UNet's `AttentionControl`s.
+//!
+//! One vocabulary throughout: prompt-to-prompt ([`P2p`]: its injection windows) and word
+//! weights ([`Reweight`]) are an edit's *attention controls*; [`EditControls`] is how a user asks
+//! for them (the CLI's flags, the page's options), [`EditSpec`] an edit with them.
 
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use edict_sd::tokenizer::{BOS, ClipTokenizer, EOS};
 
 use crate::difflib::{Tag, opcodes};
 use crate::error::{PipelineError, Result};
 
-/// The timesteps `t` with `start ≤ t/1000 ≤ end` at which an injection runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The timesteps `t` with `start ≤ t/1000 ≤ end` at which an injection runs; `START:END` as text.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Window {
     pub start: f64,
     pub end: f64,
@@ -59,6 +66,19 @@ impl std::fmt::Display for Window {
     }
 }
 
+impl TryFrom<String> for Window {
+    type Error = PipelineError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Window> for String {
+    fn from(w: Window) -> Self {
+        w.to_string()
+    }
+}
+
 /// Prompt-to-prompt: in the target pass, cross-attention takes the source pass's probabilities
 /// for aligned tokens while `tokens` contains t, self-attention takes them whole while
 /// `self_attn` contains t.
@@ -77,8 +97,10 @@ impl Default for P2p {
     }
 }
 
-/// A word and the factor its tokens' cross-attention probabilities are multiplied by.
-#[derive(Debug, Clone, PartialEq)]
+/// A word and the factor its tokens' cross-attention probabilities are multiplied by; `WORD=W`
+/// as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Reweight {
     pub word: String,
     pub weight: f64,
@@ -103,6 +125,71 @@ impl FromStr for Reweight {
             return Err(PipelineError::Invalid(format!("reweight `{s}`: the weight must be finite and ≥ 0")));
         }
         Ok(Self { word: word.to_string(), weight })
+    }
+}
+
+impl std::fmt::Display for Reweight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.word, self.weight)
+    }
+}
+
+impl TryFrom<String> for Reweight {
+    type Error = PipelineError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Reweight> for String {
+    fn from(r: Reweight) -> Self {
+        r.to_string()
+    }
+}
+
+/// The attention controls a user asks for, as the CLI's flags (feature `cli`) and the page's
+/// options (serde; missing fields take these defaults, unknown ones are refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[serde(default, deny_unknown_fields)]
+pub struct EditControls {
+    /// Prompt-to-prompt: the target pass takes the source pass's attention (aligned words in
+    /// cross-attention, all of self-attention) during the windows below. 3 UNet rows per call instead of 2.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub p2p: bool,
+    /// Window START:END of t/1000 in which cross-attention is injected.
+    #[cfg_attr(feature = "cli", arg(long, requires = "p2p", default_value_t = Window::ALWAYS))]
+    pub p2p_tokens: Window,
+    /// Window START:END of t/1000 in which self-attention is injected.
+    #[cfg_attr(feature = "cli", arg(long, requires = "p2p", default_value_t = Window::ALWAYS))]
+    pub p2p_self: Window,
+    /// WORD=W: multiply the target's cross-attention on WORD's tokens by W (repeatable).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub reweight: Vec<Reweight>,
+}
+
+impl Default for EditControls {
+    fn default() -> Self {
+        let p2p = P2p::default();
+        Self {
+            p2p: false,
+            p2p_tokens: p2p.tokens,
+            p2p_self: p2p.self_attn,
+            reweight: Vec::new(),
+        }
+    }
+}
+
+impl EditControls {
+    /// The edit into `targets` with these controls, checked.
+    pub fn spec(&self, targets: Vec<String>) -> Result<EditSpec> {
+        let spec = EditSpec {
+            targets,
+            p2p: self.p2p.then_some(P2p { tokens: self.p2p_tokens, self_attn: self.p2p_self }),
+            reweight: self.reweight.clone(),
+        };
+        spec.validate()?;
+        Ok(spec)
     }
 }
 

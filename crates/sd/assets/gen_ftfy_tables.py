@@ -1,5 +1,5 @@
 """Regenerates ftfy_tables.txt.gz: the data tables of ftfy 6.3.1's text fixers that
-src/tokenizer.rs needs to reproduce transformers' slow CLIPTokenizer (which runs ftfy.fix_text).
+src/tokenizer/ftfy.rs needs to reproduce transformers' slow CLIPTokenizer (which runs ftfy.fix_text).
 
     python3 gen_ftfy_tables.py   # needs ftfy==6.3.1; python 3.11 (html.entities, unicodedata 14.0)
 

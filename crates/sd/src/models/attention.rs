@@ -13,7 +13,8 @@ use burn::tensor::{Bool, DType, Tensor};
 use crate::Result;
 use crate::models::attention_control::AttentionControl;
 use crate::device::profile::{Kind, step};
-use crate::layers::nn::{MAX_BUFFER_ELEMENTS, group_norm, layer_norm, linear, linear_params, norm_params};
+use crate::layers::MAX_BUFFER_ELEMENTS;
+use crate::layers::nn::{group_norm, layer_norm, linear, linear_params, norm_params};
 use crate::checkpoint::weights::VarBuilder;
 
 /// Most attention-score elements one kernel may hold at once (the activation budget,
@@ -41,7 +42,7 @@ pub struct Attend {
 /// that must be seen together (a target row and its source); `apply` gets whole units, with the
 /// range of unit indices they are.
 #[derive(Clone, Copy)]
-pub struct Steer<'a> {
+pub struct Control<'a> {
     pub unit: usize,
     pub apply: &'a dyn Fn(Tensor<4>, Range<usize>) -> Tensor<4>,
 }
@@ -51,12 +52,12 @@ pub struct Steer<'a> {
 /// (`gpu-tuned` on a GPU; its decisions are persisted and warmed up like every other op's), only
 /// in f16, and not for causal attention (CLIP's: chunks would need the mask's offset), `upcast`
 /// (autotune may pick Burn's unfused candidate, whose scores stay in f16) or when the
-/// probabilities must be seen (`steer`). Not in f32 either: on GPUs with cooperative matrices the
+/// probabilities must be seen (`control`). Not in f32 either: on GPUs with cooperative matrices the
 /// fastest flash kernel multiplies f16 tiles whatever the inputs are. In f16 the flash kernels
 /// accumulate scores and softmax statistics in f32 and use no atomics, so repeats stay
 /// bit-identical.
-pub fn fuses_attention(device: &burn::tensor::Device, dtype: DType, causal: bool, upcast: bool, steered: bool) -> bool {
-    crate::device::backend::tunes_kernels(device) && dtype == DType::F16 && !(causal || upcast || steered)
+pub fn fuses_attention(device: &burn::tensor::Device, dtype: DType, causal: bool, upcast: bool, controlled: bool) -> bool {
+    crate::device::backend::tunes_kernels(device) && dtype == DType::F16 && !(causal || upcast || controlled)
 }
 
 /// `softmax(q kᵀ / √d) v` on `[batch, heads, tokens, head_dim]`, in query chunks whose length
@@ -71,17 +72,17 @@ pub fn scaled_dot_product(
     v: Tensor<4>,
     causal: bool,
     upcast: bool,
-    steer: Option<Steer>,
+    control: Option<Control>,
 ) -> Tensor<4> {
     let [b, h, n_q, d] = q.dims();
     let n_k = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
     let dtype = q.dtype();
-    let fused = fuses_attention(&q.device(), dtype, causal, upcast, steer.is_some());
+    let fused = fuses_attention(&q.device(), dtype, causal, upcast, control.is_some());
     let up = upcast && dtype == DType::F16;
     let (q, k) = if up { (q.cast(DType::F32), k.cast(DType::F32)) } else { (q, k) };
     let chunk = (MAX_ROW_SCORE_ELEMENTS / (h * n_k).max(1)).clamp(1, n_q.max(1));
-    let unit = steer.map_or(1, |s| s.unit);
+    let unit = control.map_or(1, |s| s.unit);
     let units = b / unit;
     let per_kernel = (MAX_SCORE_ELEMENTS / (unit * h * chunk * n_k).max(1)).clamp(1, units.max(1));
     let mut groups = Vec::with_capacity(units.div_ceil(per_kernel));
@@ -106,7 +107,7 @@ pub fn scaled_dot_product(
                     scores = scores.mask_fill(mask.unsqueeze::<4>().expand([g * unit, h, len, n_k]), f32::NEG_INFINITY);
                 }
                 let mut probs = softmax(scores, 3);
-                if let Some(s) = steer {
+                if let Some(s) = control {
                     probs = (s.apply)(probs, u0..u0 + g);
                 }
                 let probs = if up { probs.cast(dtype) } else { probs };
@@ -140,13 +141,13 @@ pub fn project_attend(
     x: Tensor<3>,
     context: Option<Tensor<3>>,
     how: Attend,
-    steer: Option<Steer>,
+    control: Option<Control>,
 ) -> Tensor<3> {
     let device = x.device();
     let ctx = context.unwrap_or_else(|| x.clone());
     let [q, k, v] = step(Kind::Matmul, &device, || [q.forward(x), k.forward(ctx.clone()), v.forward(ctx)]);
     let [q, k, v] = [q, k, v].map(|t| split_heads(t, how.heads));
-    let o = step(Kind::Attention, &device, || scaled_dot_product(q, k, v, how.causal, how.upcast, steer));
+    let o = step(Kind::Attention, &device, || scaled_dot_product(q, k, v, how.causal, how.upcast, control));
     step(Kind::Matmul, &device, || out.forward(merge_heads(o)))
 }
 
@@ -178,13 +179,13 @@ impl Attention {
     }
 
     /// `x: [b, n, query_dim]`, `context: [b, m, context_dim]` (None = self-attention);
-    /// `ctl` steers self- or cross-attention accordingly.
+    /// `ctl` controls self- or cross-attention accordingly.
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>, ctl: &AttentionControl) -> Tensor<3> {
         let p = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
         let how = Attend { heads: self.heads, causal: false, upcast: self.upcast };
         let apply: &dyn Fn(Tensor<4>, Range<usize>) -> Tensor<4> =
-            if context.is_some() { &|p, units| ctl.steer_cross(p, units) } else { &|p, units| ctl.steer_self(p, units) };
-        project_attend(p, x, context, how, (ctl.unit > 0).then_some(Steer { unit: ctl.unit, apply }))
+            if context.is_some() { &|p, units| ctl.control_cross(p, units) } else { &|p, units| ctl.control_self(p, units) };
+        project_attend(p, x, context, how, (ctl.unit > 0).then_some(Control { unit: ctl.unit, apply }))
     }
 }
 

@@ -3,7 +3,7 @@
 //! diffusers community `pipeline_prompt2prompt` has the same idea as processors).
 //!
 //! One UNet call holds one UNIT of rows per edit target: `[uncond,] [source,] target`. The last
-//! row of each unit is steered; when attention is injected, the row before it is its source (the
+//! row of each unit is controlled; when attention is injected, the row before it is its source (the
 //! same latent under the source prompt), so both passes run in one forward and each layer's source
 //! probabilities are at hand for the target. Every operation is per unit and per query row, so
 //! attention may split the batch into whole units and the queries into chunks.
@@ -12,17 +12,17 @@ use std::ops::Range;
 
 use burn::tensor::{Int, Tensor};
 
-/// How one UNet call steers attention. The default steers nothing.
+/// How one UNet call controls attention. The default controls nothing.
 #[derive(Debug, Clone, Default)]
 pub struct AttentionControl {
     /// Rows per unit (0: no control).
     pub unit: usize,
-    /// Self-attention (`attn1`): the steered rows take their sources' probabilities.
+    /// Self-attention (`attn1`): the controlled rows take their sources' probabilities.
     pub inject_self: bool,
     /// Cross-attention (`attn2`): per unit, a `[units, 1, 1, keys]` 0/1 mask and the aligned
     /// source key of each target key; masked keys take the source's probability of that key.
     pub inject_tokens: Option<(Tensor<4>, Tensor<4, Int>)>,
-    /// Cross-attention: `[units, 1, 1, keys]` column weights of the steered rows' probabilities,
+    /// Cross-attention: `[units, 1, 1, keys]` column weights of the controlled rows' probabilities,
     /// applied after injection, without renormalising.
     pub weights: Option<Tensor<4>>,
 }
@@ -39,7 +39,7 @@ fn split(probs: Tensor<4>, r: usize) -> (Option<Tensor<5>>, Tensor<4>, Tensor<4>
     (rest, row(r.saturating_sub(2)), row(r - 1))
 }
 
-/// Puts steered target rows back after the rest of their units.
+/// Puts controlled target rows back after the rest of their units.
 fn join(rest: Option<Tensor<5>>, targets: Tensor<4>) -> Tensor<4> {
     let [g, h, n, m] = targets.dims();
     let Some(rest) = rest else { return targets };
@@ -48,8 +48,8 @@ fn join(rest: Option<Tensor<5>>, targets: Tensor<4>) -> Tensor<4> {
 }
 
 impl AttentionControl {
-    /// Self-attention probabilities of the units `units` after steering.
-    pub fn steer_self(&self, probs: Tensor<4>, _units: Range<usize>) -> Tensor<4> {
+    /// Self-attention probabilities of the units `units` after controls.
+    pub fn control_self(&self, probs: Tensor<4>, _units: Range<usize>) -> Tensor<4> {
         if self.unit < 2 || !self.inject_self {
             return probs;
         }
@@ -57,8 +57,8 @@ impl AttentionControl {
         join(rest, sources)
     }
 
-    /// Cross-attention probabilities of the units `units` after steering.
-    pub fn steer_cross(&self, probs: Tensor<4>, units: Range<usize>) -> Tensor<4> {
+    /// Cross-attention probabilities of the units `units` after controls.
+    pub fn control_cross(&self, probs: Tensor<4>, units: Range<usize>) -> Tensor<4> {
         if self.unit == 0 || (self.inject_tokens.is_none() && self.weights.is_none()) {
             return probs;
         }

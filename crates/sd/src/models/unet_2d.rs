@@ -299,11 +299,11 @@ impl UNet2DConditionModel {
     /// Noise prediction for `x: [b, 4, h, w]` at one timestep for the whole batch, conditioned
     /// on `context: [b, tokens, cross_attention_dim]`.
     pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
-        self.forward_steered(x, timestep, context, &AttentionControl::default())
+        self.forward_controlled(x, timestep, context, &AttentionControl::default())
     }
 
     /// [`Self::forward`] with prompt-to-prompt control of the attention layers.
-    pub fn forward_steered(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
+    pub fn forward_controlled(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
         let b = x.dims()[0];
         let emb = timestep_embedding(timestep, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
         let n = emb.len();

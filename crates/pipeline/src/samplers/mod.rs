@@ -1,20 +1,25 @@
-//! EDICT (Wallace et al. 2022) and DDIM, on latents held on the host.
+//! The samplers, on latents held on the host: EDICT ([`edict`], exact) and DDIM ([`ddim`], the
+//! inexact baseline) over the DDIM [`schedule`].
 //!
-//! The sampler sees no tensor library: it calls a [`NoisePredictor`] `ε(latent, t)` (the
+//! A sampler sees no tensor library: it calls a [`NoisePredictor`] `ε(latent, t)` (the
 //! classifier-free-guided UNet, bound to one prompt) and does every step's arithmetic itself.
 //! EDICT's inverse undoes each step exactly only if every network call sees bit-identical
 //! inputs both ways. The coupled pair is therefore held in double-double (≈106-bit
 //! significand): the inverse recovers each latent to ~1e-32 relative, so its rounding to the
 //! network's f32 input (and to f64 at the end) matches the forward pass, even through the
 //! large gains of the denoising dynamics that defeat f64 coupling (docs/exactness.md).
-//! DDIM, the inexact baseline, stays in f64. Equations: docs/edict.md.
+//! DDIM stays in f64. Equations: docs/edict.md.
+
+pub mod ddim;
+pub mod edict;
+pub mod schedule;
 
 use std::ops::{Add, Div, Mul, Sub};
 
 use twofloat::TwoFloat;
 
 use crate::error::{PipelineError, Result};
-use crate::schedule::Step;
+use schedule::Step;
 
 /// The classifier-free-guided noise prediction at one timestep for each of several latents,
 /// one per chain sampled together (several edit targets share each network call).
@@ -22,22 +27,6 @@ use crate::schedule::Step;
 #[allow(async_fn_in_trait)]
 pub trait NoisePredictor {
     async fn predict(&mut self, latents: &[Vec<f64>], t: usize) -> Result<Vec<Vec<f64>>>;
-}
-
-/// EDICT's knobs: mixing weight p and leapfrog (alternating which latent moves first).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Edict {
-    pub mix: f64,
-    pub leapfrog: bool,
-}
-
-impl Default for Edict {
-    fn default() -> Self {
-        Self {
-            mix: 0.93,
-            leapfrog: true,
-        }
-    }
 }
 
 /// The coupled latents (x, y) in double-double; both start as the image latent.
@@ -60,13 +49,13 @@ impl Pair {
     }
 
     /// `(u, v)`: the latent that moves first at a step, and the other.
-    fn uv(&mut self, x_first: bool) -> (&mut Vec<TwoFloat>, &mut Vec<TwoFloat>) {
+    pub(crate) fn uv(&mut self, x_first: bool) -> (&mut Vec<TwoFloat>, &mut Vec<TwoFloat>) {
         if x_first { (&mut self.x, &mut self.y) } else { (&mut self.y, &mut self.x) }
     }
 }
 
 /// Lifts f64 values to double-double (exactly).
-fn dd(v: &[f64]) -> Vec<TwoFloat> {
+pub(crate) fn dd(v: &[f64]) -> Vec<TwoFloat> {
     v.iter().map(|&v| TwoFloat::from(v)).collect()
 }
 
@@ -81,32 +70,32 @@ pub fn hi(v: &[TwoFloat]) -> Vec<f64> {
 /// them, times the dynamics' gain); a nonzero value that small would not come back to the bit
 /// anyway, its last bit being far below that remnant. Only for results: network inputs stay
 /// [`hi`], because both directions must round values that agree only up to the remnant alike.
-fn finished(v: &[TwoFloat]) -> Vec<f64> {
+pub(crate) fn finished(v: &[TwoFloat]) -> Vec<f64> {
     let x = hi(v);
     let floor = x.iter().fold(0.0, |m: f64, v| m.max(v.abs())) * f64::EPSILON;
     x.into_iter().map(|v| if v.abs() < floor { 0.0 } else { v }).collect()
 }
 
 /// What the steps need of a number: f64 for DDIM, double-double for EDICT's pair.
-trait Real: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<f64, Output = Self> + Div<f64, Output = Self> {}
+pub(crate) trait Real: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<f64, Output = Self> + Div<f64, Output = Self> {}
 impl<T: Copy + Add<Output = T> + Sub<Output = T> + Mul<f64, Output = T> + Div<f64, Output = T>> Real for T {}
 
 /// `out = a·u + b·e`; in double-double with `e` lifted from f64, `b·e` is exact.
-fn axpby<T: Real>(a: f64, u: &[T], b: f64, e: &[T]) -> Vec<T> {
+pub(crate) fn axpby<T: Real>(a: f64, u: &[T], b: f64, e: &[T]) -> Vec<T> {
     u.iter().zip(e).map(|(&u, &e)| u * a + e * b).collect()
 }
 
 /// `out = (v − b·e) / a`, the inverse of [`axpby`] (to ~2⁻¹⁰⁴ relative in double-double).
-fn undo<T: Real>(a: f64, v: &[T], b: f64, e: &[T]) -> Vec<T> {
+pub(crate) fn undo<T: Real>(a: f64, v: &[T], b: f64, e: &[T]) -> Vec<T> {
     v.iter().zip(e).map(|(&v, &e)| (v - e * b) / a).collect()
 }
 
 /// ε at each latent rounded to f64 (the network sees it in f32 anyway), lifted back for the coupling.
-async fn predict(eps: &mut impl NoisePredictor, latents: Vec<Vec<f64>>, t: usize) -> Result<Vec<Vec<TwoFloat>>> {
+pub(crate) async fn predict(eps: &mut impl NoisePredictor, latents: Vec<Vec<f64>>, t: usize) -> Result<Vec<Vec<TwoFloat>>> {
     Ok(eps.predict(&latents, t).await?.iter().map(|e| dd(e)).collect())
 }
 
-fn check_finite(v: impl IntoIterator<Item = f64>, stage: &'static str, step: &Step) -> Result<()> {
+pub(crate) fn check_finite(v: impl IntoIterator<Item = f64>, stage: &'static str, step: &Step) -> Result<()> {
     if v.into_iter().all(f64::is_finite) {
         Ok(())
     } else {
@@ -118,116 +107,9 @@ fn check_finite(v: impl IntoIterator<Item = f64>, stage: &'static str, step: &St
     }
 }
 
-fn check_pair(pair: &Pair, stage: &'static str, step: &Step) -> Result<()> {
+pub(crate) fn check_pair(pair: &Pair, stage: &'static str, step: &Step) -> Result<()> {
     let parts = pair.x.iter().chain(&pair.y).flat_map(|d| [d.hi(), d.lo()]);
     check_finite(parts, stage, step)
-}
-
-impl Edict {
-    /// Validates p: it must be in (0.5, 1]; below ~0.9 inversion diverges even in f64,
-    /// which the returned warning says.
-    pub fn validate(&self) -> Result<Option<String>> {
-        if !(self.mix > 0.5 && self.mix <= 1.0) {
-            return Err(PipelineError::Invalid(format!(
-                "mix must be in (0.5, 1], got {}",
-                self.mix
-            )));
-        }
-        Ok((self.mix < 0.9).then(|| {
-            format!(
-                "mix {} < 0.9: EDICT's inversion amplifies errors by 1/p² per step and may diverge",
-                self.mix
-            )
-        }))
-    }
-
-    /// Leapfrog: x moves first at even denoising positions, y at odd ones. The parity belongs
-    /// to the step's position in DENOISING order, so inversion (which walks the steps in
-    /// reverse) uses the same parity at the same timestep, for any number of steps.
-    fn x_first(&self, step: &Step) -> bool {
-        !self.leapfrog || step.index % 2 == 0
-    }
-
-    /// One coupled denoising step at `step.t`, for every pair (their network calls batched).
-    async fn denoise_step(&self, pairs: &mut [Pair], step: &Step, eps: &mut impl NoisePredictor) -> Result<()> {
-        let (a, b, p) = (step.a, step.b, self.mix);
-        let x_first = self.x_first(step);
-        // u ← a·u + b·ε(v)
-        let e = predict(eps, pairs.iter_mut().map(|q| hi(q.uv(x_first).1)).collect(), step.t).await?;
-        for (q, e) in pairs.iter_mut().zip(&e) {
-            let (u, _) = q.uv(x_first);
-            *u = axpby(a, u, b, e);
-        }
-        // v ← a·v + b·ε(u_new)
-        let e = predict(eps, pairs.iter_mut().map(|q| hi(q.uv(x_first).0)).collect(), step.t).await?;
-        for (q, e) in pairs.iter_mut().zip(&e) {
-            let (_, v) = q.uv(x_first);
-            *v = axpby(a, v, b, e);
-        }
-        for q in pairs {
-            // mixing, always x then y (y uses the new x)
-            q.x = axpby(p, &q.x, 1.0 - p, &q.y);
-            q.y = axpby(p, &q.y, 1.0 - p, &q.x);
-            check_pair(q, "denoise", step)?;
-        }
-        Ok(())
-    }
-
-    /// The exact inverse of [`Self::denoise_step`] at the same timestep.
-    async fn invert_step(&self, pair: &mut Pair, step: &Step, eps: &mut impl NoisePredictor) -> Result<()> {
-        let (a, b, p) = (step.a, step.b, self.mix);
-        // undo mixing: y first (it was mixed last), then x
-        pair.y = undo(p, &pair.y, 1.0 - p, &pair.x);
-        pair.x = undo(p, &pair.x, 1.0 - p, &pair.y);
-        let (u, v) = pair.uv(self.x_first(step));
-        // undo the updates in reverse order: v was updated from u, then u from v
-        *v = undo(a, v, b, &predict(eps, vec![hi(u)], step.t).await?[0]);
-        *u = undo(a, u, b, &predict(eps, vec![hi(v)], step.t).await?[0]);
-        check_pair(pair, "invert", step)
-    }
-
-    /// Inverts the image latent `z` to the noise pair at the first step of `steps`
-    /// (`steps` in denoising order, as [`crate::schedule::Schedule::steps`] gives them).
-    pub async fn invert(&self, z: &[f64], steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Pair> {
-        let mut pair = Pair::of(z);
-        for step in steps.iter().rev() {
-            self.invert_step(&mut pair, step, eps).await?;
-        }
-        Ok(pair)
-    }
-
-    /// Denoises noise pairs through `steps`, all pairs in each network call (the predictor's
-    /// i-th latent belongs to the i-th pair); the authors decode `x`.
-    pub async fn denoise(&self, mut pairs: Vec<Pair>, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<Pair>> {
-        for step in steps {
-            self.denoise_step(&mut pairs, step, eps).await?;
-        }
-        Ok(pairs)
-    }
-}
-
-/// Plain DDIM inversion, the paper's baseline: one chain, with ε taken at the latent being
-/// inverted (the true ε at the noisier latent is unknown), so the round trip is approximate.
-pub async fn ddim_invert(z: &[f64], steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<f64>> {
-    let mut x = z.to_vec();
-    for step in steps.iter().rev() {
-        let e = eps.predict(std::slice::from_ref(&x), step.t).await?;
-        x = undo(step.a, &x, step.b, &e[0]);
-        check_finite(x.iter().copied(), "invert", step)?;
-    }
-    Ok(x)
-}
-
-/// Plain DDIM denoising of several chains, batched in each network call.
-pub async fn ddim_denoise(mut xs: Vec<Vec<f64>>, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<Vec<f64>>> {
-    for step in steps {
-        let e = eps.predict(&xs, step.t).await?;
-        for (x, e) in xs.iter_mut().zip(&e) {
-            *x = axpby(step.a, x, step.b, e);
-            check_finite(x.iter().copied(), "denoise", step)?;
-        }
-    }
-    Ok(xs)
 }
 
 /// `‖a − b‖ / ‖b‖`
@@ -240,7 +122,9 @@ pub fn relative_error(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::Schedule;
+    use super::ddim::{ddim_denoise, ddim_invert};
+    use super::edict::Edict;
+    use super::schedule::Schedule;
 
     /// A deterministic, nonlinear predictor that depends on the latent and the timestep, so a
     /// wrong ε (wrong latent, wrong order, wrong t) breaks the round trip.

@@ -1,7 +1,7 @@
 //! Reconstruction quality as the EDICT paper reports it: MSE on pixels in [−1, 1], PSNR, SSIM.
 
 use crate::error::{PipelineError, Result};
-use crate::image_io::Rgb;
+use crate::io::image_io::Rgb;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quality {

@@ -12,8 +12,9 @@ use edict_sd::model::StableDiffusion;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{PipelineError, Result};
-use crate::pipeline::{Inversion, Latent, Method, Settings};
-use crate::sampler::{Pair, hi};
+use crate::editor::{Inversion, Latent};
+use crate::settings::{Method, Settings};
+use crate::samplers::{Pair, hi};
 use twofloat::TwoFloat;
 
 const FORMAT: &str = "edict-latents/2";
@@ -42,24 +43,17 @@ fn f64_bytes(v: &[f64]) -> Vec<u8> {
 /// Serialises an inversion made by the model `origin` names.
 pub fn to_bytes(inv: &Inversion, origin: &Origin) -> Result<Vec<u8>> {
     let shape = inv.latent.shape.to_vec();
-    let s = &inv.settings;
-    let meta: HashMap<String, String> = [
+    let mut meta: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("model", origin.model.clone()),
         ("fingerprint", origin.fingerprint.clone()),
         ("prompt", inv.prompt.clone()),
-        ("negative", s.negative.clone()),
         ("method", inv.method.to_string()),
-        ("steps", s.steps.to_string()),
-        ("strength", s.strength.to_string()),
-        ("mix", s.mix.to_string()),
-        ("guidance", s.guidance.to_string()),
-        ("leapfrog", s.leapfrog.to_string()),
-        ("steps_offset", s.steps_offset.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    meta.extend(inv.settings.to_strings());
     let lo = |v: &[TwoFloat]| v.iter().map(TwoFloat::lo).collect::<Vec<_>>();
     let data = [
         ("x", f64_bytes(&hi(&inv.pair.x))),
@@ -101,12 +95,6 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
         _ => return Err(bad(format!("not an {FORMAT} file"))),
     }
     let get = |k: &str| m.get(k).cloned().ok_or_else(|| bad(format!("metadata lacks `{k}`")));
-    fn num<T: std::str::FromStr>(v: String, k: &str, path: &str) -> Result<T> {
-        v.parse().map_err(|_| PipelineError::Latents {
-            path: path.into(),
-            reason: format!("metadata `{k}` = `{v}` is not a number"),
-        })
-    }
     let tensor = |k: &str| -> Result<(Vec<f64>, Vec<usize>)> {
         let t = st.tensor(k).map_err(|_| bad(format!("missing tensor `{k}`")))?;
         if t.dtype() != Dtype::F64 {
@@ -153,15 +141,7 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
         y: pair_half("y", y)?,
     };
     let method: Method = get("method")?.parse().map_err(|e: PipelineError| bad(e.to_string()))?;
-    let settings = Settings {
-        steps: num(get("steps")?, "steps", path)?,
-        strength: num(get("strength")?, "strength", path)?,
-        mix: num(get("mix")?, "mix", path)?,
-        guidance: num(get("guidance")?, "guidance", path)?,
-        negative: get("negative")?,
-        leapfrog: num(get("leapfrog")?, "leapfrog", path)?,
-        steps_offset: num(get("steps_offset")?, "steps_offset", path)?,
-    };
+    let settings = Settings::from_strings(|k| m.get(k).cloned()).map_err(bad)?;
     Ok((
         Inversion {
             pair,
@@ -197,7 +177,7 @@ pub fn check_fits(inv: &Inversion, origin: &Origin, model: &StableDiffusion, mod
         )));
     }
     let down = model.configs.vae.downscale() as u64;
-    crate::image_io::check_pixels(w as u64 * down, h as u64 * down).map_err(|e| bad(e.to_string()))?;
+    crate::io::image_io::check_pixels(w as u64 * down, h as u64 * down).map_err(|e| bad(e.to_string()))?;
     if origin.fingerprint != model.fingerprint {
         return Err(bad(format!(
             "inverted with {} (fingerprint {}), but {model_name} (fingerprint {}) is loaded; an EDICT \

@@ -12,8 +12,8 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use crate::error::{PipelineError, Result};
-use crate::image_io::Rgb;
-use crate::metrics::{Border, ssim_channel};
+use crate::io::image_io::Rgb;
+use crate::eval::metrics::{Border, ssim_channel};
 
 /// The side of PIE-Bench's images and masks.
 pub const SIDE: usize = 512;

@@ -4,7 +4,7 @@
 //! `latent_rgb_factors`), fitted on latents as the UNet sees them (times the scaling factor);
 //! SD 2.x shares SD 1.x's VAE and so its latent space.
 
-use crate::image_io::Rgb;
+use crate::io::image_io::Rgb;
 
 /// `[latent channel][r, g, b]`; the result is in [−1, 1] like the VAE's output.
 const LATENT_RGB: [[f64; 3]; 4] = [

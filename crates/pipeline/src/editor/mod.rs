@@ -1,0 +1,345 @@
+//! The [`Editor`]: a model on a device and what it does with it — image → latent, prompt →
+//! embedding (cached), invert → noise pair, edit/reconstruct → latent → image ([`guidance`]: the
+//! guided UNet calls; [`noise`]: generate and img2img). Async so browsers can read GPU results;
+//! native code blocks on it with `pollster`. [`crate::ops`] builds the user-facing operations on it.
+
+mod guidance;
+mod noise;
+
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use edict_sd::model::StableDiffusion;
+use edict_sd::models::vae::VaeConfig;
+
+use crate::error::{PipelineError, Result};
+pub use crate::io::image_io::Rgb;
+use crate::prompt_edit::EditSpec;
+use crate::samplers::ddim::{ddim_denoise, ddim_invert};
+use crate::samplers::{Pair, relative_error};
+use crate::samplers::schedule::Schedule;
+use crate::settings::{Method, Settings};
+use noise::SplitMix;
+
+/// Prompt embeddings kept on the device: an edit needs three (source, target, negative); `eval`
+/// over thousands of captions must not keep them all.
+pub const EMBEDDING_CACHE: usize = 8;
+
+/// One UNet evaluation done (batch of 2 with guidance), in a named stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: &'static str,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Receives progress, warnings and previews, and can cancel between UNet evaluations.
+pub trait Observer {
+    fn progress(&mut self, _p: Progress) {}
+    /// Something the user should know: the output may not be what was asked (a prompt cut at
+    /// 77 tokens, a risky setting). Each pass over the steps says its warnings again (reconstruct
+    /// has two), so an observer that shows them shows each text once.
+    fn warn(&mut self, _message: &str) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+    /// Whether to compute [`Self::preview`] images (a cheap projection, but not free).
+    fn wants_preview(&self) -> bool {
+        false
+    }
+    /// After each UNet evaluation (`p` says which): the denoised image it predicts (x̂₀), one
+    /// tile per chain side by side, from a fixed linear map of the latent (see [`crate::io::preview`]);
+    /// 1/8 of the size.
+    fn preview(&mut self, _p: Progress, _image: &Rgb) {}
+    /// Before and after the VAE encodes or decodes (stage `encode` or `decode`, 0 then 1 of 1).
+    fn vae(&mut self, _p: Progress) {}
+}
+
+/// Observes nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+impl<F: FnMut(Progress)> Observer for F {
+    fn progress(&mut self, p: Progress) {
+        self(p)
+    }
+}
+
+/// An image latent (already multiplied by the VAE scaling factor) with its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latent {
+    pub values: Vec<f64>,
+    /// `[1, channels, h/8, w/8]`
+    pub shape: [usize; 4],
+}
+
+/// The inverted noise: a pair for EDICT, one chain (`x == y`) for DDIM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inversion {
+    pub pair: Pair,
+    pub latent: Latent,
+    pub prompt: String,
+    pub settings: Settings,
+    pub method: Method,
+}
+
+/// Result of invert-then-denoise with the same prompt.
+#[derive(Debug, Clone)]
+pub struct Reconstruction {
+    pub latent: Latent,
+    /// `‖denoise(invert(z)) − z‖ / ‖z‖`
+    pub latent_rel_err: f64,
+    pub unet_evals: usize,
+}
+
+pub struct Editor {
+    pub model: StableDiffusion,
+    pub device: Device,
+    pub schedule: Schedule,
+    /// The last [`EMBEDDING_CACHE`] prompts' embeddings, least recently used first.
+    embeddings: Vec<(String, Tensor<3>)>,
+    /// UNet calls made so far (each a batch of 2 under guidance), warm-up calls not counted.
+    pub unet_calls: usize,
+    /// Run each new UNet call shape once, discarded, before the first call whose result is kept:
+    /// every kernel that shape needs is then compiled and, where kernels are picked by timing
+    /// (`gpu-tuned` on wgpu, [`edict_sd::device::backend::tunes_kernels`]), tuned, so no kept result comes
+    /// from a kernel chosen part-way through an edit. On by default exactly there.
+    pub warm_up: bool,
+    /// The call shapes warmed so far: batch shape and the attention controls' kind.
+    warmed: Vec<WarmShape>,
+    /// Warm-up calls made so far.
+    pub warm_up_calls: usize,
+    /// Where the device's memory is the host's (the CPU backend): how much can still be
+    /// allocated, read before each image-sized step ([`Self::check_fits_memory`]).
+    pub free_memory: Option<fn() -> Option<u64>>,
+}
+
+/// What decides a UNet call's kernels: the batch shape, and which attention controls run
+/// (they add operations to the graph).
+type WarmShape = ([usize; 4], Option<[bool; 3]>);
+
+async fn read_f64<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
+    Ok(edict_sd::device::backend::read(t).await?.into_iter().map(f64::from).collect())
+}
+
+impl Editor {
+    pub fn new(model: StableDiffusion, device: Device) -> Self {
+        let sc = &model.configs.scheduler;
+        Self {
+            schedule: Schedule::scaled_linear(sc.beta_start, sc.beta_end),
+            model,
+            warm_up: edict_sd::device::backend::tunes_kernels(&device),
+            device,
+            embeddings: Vec::new(),
+            unet_calls: 0,
+            warmed: Vec::new(),
+            warm_up_calls: 0,
+            free_memory: None,
+        }
+    }
+
+    /// Refuses a `width`×`height` image whose VAE activations cannot fit in what
+    /// [`Self::free_memory`] reports ([`check_memory`]); GPU allocations that fail are reported
+    /// by the device instead.
+    pub fn check_fits_memory(&self, width: usize, height: usize) -> Result<()> {
+        match self.free_memory.and_then(|free| free()) {
+            Some(available) => check_memory(&self.model.configs.vae, width, height, self.dtype().size(), available),
+            None => Ok(()),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        self.model.unet.conv_in.weight.val().dtype()
+    }
+
+    fn upload<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(
+            TensorData::new(values, shape),
+            TensorCreationOptions::new(self.device.clone()).with_dtype(self.dtype()),
+        )
+    }
+
+    /// The text embedding of `prompt` (`[1, 77, d]`), computed once per prompt while it stays
+    /// among the last [`EMBEDDING_CACHE`] used.
+    pub fn embed(&mut self, prompt: &str) -> Result<(Tensor<3>, Option<String>)> {
+        let tokens = self.model.tokenizer.encode(prompt)?;
+        let warning = tokens.truncated.then(|| {
+            format!(
+                "prompt is longer than 77 tokens; dropped: \"{}\"",
+                tokens.dropped.trim()
+            )
+        });
+        // most recently used last
+        if let Some(i) = self.embeddings.iter().position(|(p, _)| p == prompt) {
+            let hit = self.embeddings.remove(i);
+            let e = hit.1.clone();
+            self.embeddings.push(hit);
+            return Ok((e, warning));
+        }
+        let e = self.model.text_encoder.forward(&tokens.ids)?;
+        if self.embeddings.len() == EMBEDDING_CACHE {
+            self.embeddings.remove(0);
+        }
+        self.embeddings.push((prompt.to_string(), e.clone()));
+        Ok((e, warning))
+    }
+
+    /// Encodes an image (pixels in [−1, 1], `[1, 3, h, w]` row-major f32) to the posterior mean
+    /// times the scaling factor. `sample_seed` draws from the posterior instead.
+    pub async fn encode(&mut self, pixels: Vec<f32>, h: usize, w: usize, sample_seed: Option<u64>) -> Result<Latent> {
+        let down = self.model.configs.vae.downscale();
+        if h == 0 || w == 0 || h % down != 0 || w % down != 0 {
+            return Err(PipelineError::Invalid(format!(
+                "image size {w}×{h} must be a positive multiple of {down}"
+            )));
+        }
+        let img = self.upload(pixels, [1, 3, h, w]);
+        let (mean, logvar) = self.model.vae.encode(img);
+        let shape = mean.dims();
+        let mut values = read_f64(mean).await?;
+        if let Some(seed) = sample_seed {
+            let logvar = read_f64(logvar).await?;
+            let mut rng = SplitMix(seed);
+            for (m, lv) in values.iter_mut().zip(logvar) {
+                *m += (0.5 * lv).exp() * rng.normal();
+            }
+        }
+        let scale = self.model.configs.vae.scaling_factor;
+        values.iter_mut().for_each(|v| *v *= scale);
+        Ok(Latent { values, shape })
+    }
+
+    /// Decodes a latent (scaled, as the sampler holds it) to 8-bit RGB.
+    pub async fn decode(&mut self, latent: &Latent) -> Result<Rgb> {
+        let scale = self.model.configs.vae.scaling_factor;
+        let z = latent.values.iter().map(|v| (v / scale) as f32).collect();
+        let img = self.model.vae.decode(self.upload(z, latent.shape));
+        let [_, _, h, w] = img.dims();
+        let v = read_f64(img).await?;
+        let mut data = vec![0u8; h * w * 3];
+        for c in 0..3 {
+            for i in 0..h * w {
+                let x = ((v[c * h * w + i] + 1.0) * 127.5).round().clamp(0.0, 255.0);
+                data[i * 3 + c] = x as u8;
+            }
+        }
+        Ok(Rgb {
+            width: w,
+            height: h,
+            data,
+        })
+    }
+
+    /// Inverts `latent` under `prompt`: EDICT's noise pair (or DDIM's single chain).
+    pub async fn invert(
+        &mut self,
+        latent: &Latent,
+        prompt: &str,
+        s: &Settings,
+        method: Method,
+        obs: &mut dyn Observer,
+    ) -> Result<Inversion> {
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, method, "invert", latent.shape, obs)?;
+        let pair = match method {
+            Method::Edict => s.edict().invert(&latent.values, &steps, &mut eps).await?,
+            Method::Ddim => {
+                Pair::of(&ddim_invert(&latent.values, &steps, &mut eps).await?)
+            }
+        };
+        Ok(Inversion {
+            pair,
+            latent: latent.clone(),
+            prompt: prompt.to_string(),
+            settings: s.clone(),
+            method,
+        })
+    }
+
+    /// Denoises an inversion under `prompt` (the target of an edit, or the source prompt to
+    /// reconstruct); returns the pair, whose x the authors decode.
+    pub async fn denoise(
+        &mut self,
+        inv: &Inversion,
+        prompt: &str,
+        stage: &'static str,
+        obs: &mut dyn Observer,
+    ) -> Result<Pair> {
+        Ok(self.edit(inv, &EditSpec::to(prompt), stage, obs).await?.remove(0))
+    }
+
+    /// Denoises an inversion into each of `spec`'s targets, all in each UNet call, with its
+    /// prompt-to-prompt and word-weight controls; one pair per target.
+    pub async fn edit(
+        &mut self,
+        inv: &Inversion,
+        spec: &EditSpec,
+        stage: &'static str,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Pair>> {
+        let s = &inv.settings;
+        let (steps, mut eps) = self.guided(&inv.prompt, spec, s, inv.method, stage, inv.latent.shape, obs)?;
+        let k = spec.targets.len();
+        let pairs = match inv.method {
+            Method::Edict => s.edict().denoise(vec![inv.pair.clone(); k], &steps, &mut eps).await?,
+            Method::Ddim => {
+                let xs = ddim_denoise(vec![inv.pair.x_f64(); k], &steps, &mut eps).await?;
+                xs.iter().map(|x| Pair::of(x)).collect()
+            }
+        };
+        Ok(pairs)
+    }
+
+    /// Invert then denoise with the same prompt; EDICT returns `z` bit for bit.
+    pub async fn reconstruct(
+        &mut self,
+        latent: &Latent,
+        prompt: &str,
+        s: &Settings,
+        method: Method,
+        obs: &mut dyn Observer,
+    ) -> Result<Reconstruction> {
+        let before = self.unet_calls;
+        let inv = self.invert(latent, prompt, s, method, obs).await?;
+        let pair = self.denoise(&inv, prompt, "reconstruct", obs).await?;
+        let values = pair.x_f64();
+        let latent_rel_err = relative_error(&values, &latent.values);
+        Ok(Reconstruction {
+            latent: Latent {
+                values,
+                shape: latent.shape,
+            },
+            latent_rel_err,
+            unet_evals: self.unet_calls - before,
+        })
+    }
+}
+
+/// Refuses an image size whose VAE activations cannot fit in `available` bytes (the CPU
+/// backend's free memory), rather than run for minutes and be killed by the OS.
+pub fn check_memory(vae: &VaeConfig, width: usize, height: usize, element_bytes: usize, available: u64) -> Result<()> {
+    let need = vae.activation_bytes(width, height, element_bytes);
+    if need > available {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(PipelineError::Invalid(format!(
+            "a {width}×{height} image needs at least {:.1} GiB of memory in the VAE, but {:.1} GiB is \
+             available; use a smaller size or a GPU",
+            gib(need),
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_check_uses_the_widest_full_resolution_block() {
+        let sd = VaeConfig::sd15();
+        // 4 tensors × 256 channels × 4 bytes at 1024²: 4 GiB
+        assert_eq!(sd.activation_bytes(1024, 1024, 4), 4 << 30);
+        assert_eq!(sd.activation_bytes(1024, 1024, 2), 2 << 30);
+        assert!(check_memory(&sd, 1024, 1024, 4, 5 << 30).is_ok());
+        let err = check_memory(&sd, 1024, 1024, 4, 3 << 30).unwrap_err().to_string();
+        assert!(err.starts_with("a 1024×1024 image needs at least 4.0 GiB of memory in the VAE, but 3.0 GiB"), "{err}");
+    }
+}
