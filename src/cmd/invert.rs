@@ -6,22 +6,14 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use edict_pipeline::io::latents;
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Method;
 
-use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write};
+use super::{PhotoArgs, check_output, write};
 
 #[derive(Args)]
 pub struct InvertArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub preview: PreviewArgs,
-    #[command(flatten)]
-    pub sample: Settings,
-    #[command(flatten)]
-    pub image: ImageArgs,
-    #[arg(long)]
-    pub prompt: String,
+    pub photo: PhotoArgs,
     #[arg(long)]
     pub save_latents: PathBuf,
     #[arg(long)]
@@ -31,11 +23,9 @@ pub struct InvertArgs {
 pub fn invert(a: InvertArgs) -> Result<()> {
     check_output(&a.save_latents, a.force)?;
     let t = Instant::now();
-    let photo = read_image(&a.image)?;
-    let mut s = open(&a.model)?;
-    let photo = encode_image(&mut s, photo, a.image.seed)?;
-    let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let inv = pollster::block_on(s.editor.invert(&photo.latent, &a.prompt, &a.sample, Method::Edict, &mut obs))?;
+    let (mut s, photo) = a.photo.open()?;
+    let mut obs = s.bars.observer().preview_to(a.photo.preview.preview.as_deref());
+    let inv = pollster::block_on(s.editor.invert(&photo.latent, &a.photo.prompt, &a.photo.sample, Method::Edict, &mut obs))?;
     write(&a.save_latents, &latents::to_bytes(&inv, &s.origin())?)?;
     s.bars.note(&format!("wrote {} in {:.1}s", a.save_latents.display(), t.elapsed().as_secs_f64()));
     Ok(())

@@ -75,6 +75,33 @@ pub struct PreviewArgs {
     pub preview: Option<PathBuf>,
 }
 
+/// What inverting a photo under a prompt takes (`invert`, `reconstruct`).
+#[derive(Args)]
+pub struct PhotoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub preview: PreviewArgs,
+    #[command(flatten)]
+    pub sample: Settings,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Prompt describing the photo.
+    #[arg(long)]
+    pub prompt: String,
+}
+
+impl PhotoArgs {
+    /// Reads the photo (before the model loads, so a bad image fails fast), opens the model and
+    /// encodes the photo.
+    pub fn open(&self) -> Result<(Session, Photo)> {
+        let photo = read_image(&self.image)?;
+        let mut s = open(&self.model)?;
+        let photo = encode_image(&mut s, photo, self.image.seed)?;
+        Ok((s, photo))
+    }
+}
+
 /// The sampler settings of `eval` and `eval-edit` (the others at their defaults), checked
 /// before any work.
 pub fn eval_settings(steps: usize, strength: f64, mix: f64, guidance: f64) -> Result<Settings> {

@@ -6,22 +6,14 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use edict_pipeline::ops;
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Method;
 
-use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write, write_png};
+use super::{PhotoArgs, check_output, write, write_png};
 
 #[derive(Args)]
 pub struct ReconstructArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub preview: PreviewArgs,
-    #[command(flatten)]
-    pub sample: Settings,
-    #[command(flatten)]
-    pub image: ImageArgs,
-    #[arg(long)]
-    pub prompt: String,
+    pub photo: PhotoArgs,
     #[arg(long)]
     pub out: PathBuf,
     /// edict or ddim (the inexact baseline).
@@ -40,11 +32,10 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
         check_output(p, a.force)?;
     }
     let t = Instant::now();
-    let photo = read_image(&a.image)?;
-    let mut s = open(&a.model)?;
-    let photo = encode_image(&mut s, photo, a.image.seed)?;
-    let mut obs = s.bars.observer().preview_to(a.preview.preview.as_deref());
-    let (rgb, q) = pollster::block_on(ops::reconstruct(&mut s.editor, &photo, &a.prompt, &a.sample, a.method, &mut obs))?;
+    let (mut s, photo) = a.photo.open()?;
+    let p = &a.photo;
+    let mut obs = s.bars.observer().preview_to(p.preview.preview.as_deref());
+    let (rgb, q) = pollster::block_on(ops::reconstruct(&mut s.editor, &photo, &p.prompt, &p.sample, a.method, &mut obs))?;
     write_png(&a.out, &rgb)?;
     let seconds = t.elapsed().as_secs_f64();
     if let Some(p) = &a.report {
