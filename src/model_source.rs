@@ -37,7 +37,7 @@ pub fn resolve(model: &str, config: Option<&Path>, precision: Precision) -> Resu
 }
 
 /// The folder of a transformers `CLIPModel` for CLIP scores: `model` itself, or the HF-cache
-/// snapshot of a hub id with its [`clip_model::FOLDER_FILES`] (downloaded once).
+/// snapshot of a hub id with its [`clip_score::FOLDER_FILES`] (downloaded once).
 pub fn resolve_clip(model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.is_dir() {
@@ -46,7 +46,7 @@ pub fn resolve_clip(model: &str) -> Result<PathBuf> {
     check_hub_id(model, "")?;
     let mut hub = Hub::new(model);
     let mut dir = None;
-    for f in clip_model::FOLDER_FILES {
+    for f in clip_score::FOLDER_FILES {
         let local = hub.get(f).with_context(|| {
             format!("cannot fetch {f} of {model} from the Hugging Face hub (no network?); download the repository elsewhere and pass --clip with its folder")
         })?;

@@ -140,7 +140,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     let todo: Vec<Entry> = a.shard.select(entries).into_iter().filter(|e| !results.has(&e.id)).collect();
 
     let mut s = open(&a.model)?;
-    let (model, processor, tokenizer) = clip_model::load_folder(&clip_dir, &s.editor.device).with_context(|| format!("CLIP model {}", a.clip))?;
+    let (model, processor, tokenizer) = clip_score::load_folder(&clip_dir, &s.editor.device).with_context(|| format!("CLIP model {}", a.clip))?;
     let clip = ClipScorer { model, processor, tokenizer, device: s.editor.device.clone() };
     for (i, e) in todo.iter().enumerate() {
         let path = a.data.join("annotation_images").join(&e.image_path);

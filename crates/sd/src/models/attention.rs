@@ -13,7 +13,8 @@ use burn::tensor::{Bool, DType, Tensor};
 use crate::Result;
 use crate::models::attention_control::AttentionControl;
 use crate::device::profile::{Kind, step};
-use crate::layers::nn::{MAX_BUFFER_ELEMENTS, group_norm, layer_norm, linear, linear_params, norm_params};
+use crate::layers::MAX_BUFFER_ELEMENTS;
+use crate::layers::nn::{group_norm, layer_norm, linear, linear_params, norm_params};
 use crate::checkpoint::weights::VarBuilder;
 
 /// Most attention-score elements one kernel may hold at once (the activation budget,

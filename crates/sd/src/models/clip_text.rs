@@ -81,7 +81,7 @@ pub struct ClipAttention {
     pub v_proj: Linear,
     pub out_proj: Linear,
     pub heads: usize,
-    /// Text tower: each token sees only earlier ones; the vision tower (`clip_model`) sees all.
+    /// Text tower: each token sees only earlier ones; the vision tower (`clip_score`) sees all.
     pub causal: bool,
 }
 

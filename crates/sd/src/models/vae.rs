@@ -7,7 +7,8 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::layers::bands::Bands;
-use crate::layers::nn::{ConvSpec, MAX_BUFFER_ELEMENTS, conv2d, group_norm, norm_params};
+use crate::layers::MAX_BUFFER_ELEMENTS;
+use crate::layers::nn::{ConvSpec, conv2d, group_norm, norm_params};
 use crate::models::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D, VaeBlockConfig, vae_mid_block_parameters};
 use crate::checkpoint::weights::VarBuilder;
 use crate::error::parse_config;

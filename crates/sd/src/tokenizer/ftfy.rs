@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use tokenizers::NormalizedString;
+
 use crate::{Result, SdError};
 
 /// ftfy 6.3.1's HTML entity and character width tables, see `assets/gen_ftfy_tables.py`.
