@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn missing_fields_take_sd15_values_and_required_ones_are_named() {
         let sd15 = SdConfigs::sd15();
-        let (u, v) = (&sd15.unet, &sd15.vae);
+        let (u, v, c) = (&sd15.unet, &sd15.vae, &sd15.clip);
         let unet = json!({
             "block_out_channels": u.block_out_channels,
             "down_block_types": u.down_block_types,
@@ -275,13 +275,24 @@ mod tests {
         assert_eq!(&UNetConfig::from_json(&unet.to_string(), "u").unwrap(), u);
         let vae = json!({ "block_out_channels": v.block_out_channels });
         assert_eq!(VaeConfig::from_json(&vae.to_string(), "v").unwrap(), VaeConfig { layers_per_block: 1, ..v.clone() });
+        let clip = json!({
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "max_position_embeddings": c.max_position_embeddings,
+            "eos_token_id": c.eos_token_id,
+        });
+        assert_eq!(&ClipConfig::from_json(&clip.to_string(), "c").unwrap(), c);
 
-        let parse: [(&Value, fn(&str) -> Result<()>); 2] = [
+        let parse: [(&Value, fn(&str) -> Result<()>); 3] = [
             (&unet, |t| UNetConfig::from_json(t, "f").map(drop)),
             (&vae, |t| VaeConfig::from_json(t, "f").map(drop)),
+            (&clip, |t| ClipConfig::from_json(t, "f").map(drop)),
         ];
         for (config, parse) in parse {
-            for key in config.as_object().unwrap().keys() {
+            for key in config.as_object().unwrap().keys().filter(|k| *k != "eos_token_id") {
                 let text = without(config, key);
                 let e = parse(&text).unwrap_err().to_string();
                 assert_eq!(e, format!("f: missing field `{key}` at line 1 column {}", text.len()));
