@@ -1,5 +1,5 @@
-//! EDICT editing on Stable Diffusion v1.x: the DDIM schedule, the EDICT and DDIM samplers (f64 on
-//! the host) and the editing pipeline the CLI and the browser share.
+//! EDICT editing on Stable Diffusion 1.x and 2.x: the DDIM schedule, the EDICT and DDIM samplers
+//! (f64 on the host) and the editing pipeline the CLI and the browser share.
 
 pub mod difflib;
 pub mod error;

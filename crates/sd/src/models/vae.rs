@@ -1,4 +1,4 @@
-//! diffusers `AutoencoderKL`: image ⇄ latent for SD1.x.
+//! diffusers `AutoencoderKL`: image ⇄ latent for SD 1.x and 2.x.
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
