@@ -13,7 +13,7 @@ use clap::parser::ValueSource;
 use clap::error::ErrorKind;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::cmd::{bench, edit, eval, eval_edit, generate, invert, reconstruct, shard, tokenize};
+use crate::cmd::{bench, edit, eval, eval_edit, eval_merge, generate, invert, reconstruct, tokenize};
 
 #[derive(Parser)]
 #[command(name = "edict", version, about = "Real-image editing with EDICT (exact diffusion inversion) on Stable Diffusion 1.x and 2.x")]
@@ -38,7 +38,7 @@ enum Cmd {
     /// PSNR, MSE, SSIM and CLIP scores (CSV, JSON, Markdown).
     EvalEdit(eval_edit::EvalEditArgs),
     /// Join the output folders of `eval` or `eval-edit` shards (--shard I/N) into one table.
-    EvalMerge(shard::MergeArgs),
+    EvalMerge(eval_merge::MergeArgs),
     /// Time the UNet, the VAE and a full edit on one backend; report peak memory.
     Bench(bench::BenchArgs),
     /// Print the 77 CLIP token ids of a prompt as a JSON array.
@@ -123,7 +123,7 @@ fn run(cli: Cli, typed: &BTreeSet<String>) -> Result<()> {
         Cmd::Generate(a) => generate::generate(a),
         Cmd::Eval(a) => eval::eval(a),
         Cmd::EvalEdit(a) => eval_edit::eval_edit(a),
-        Cmd::EvalMerge(a) => shard::eval_merge(a),
+        Cmd::EvalMerge(a) => eval_merge::eval_merge(a),
         Cmd::Bench(a) => bench::bench(a),
     }
 }

@@ -23,8 +23,7 @@ fn tiny_clip() -> ClipConfig {
         num_hidden_layers: 1,
         num_attention_heads: 2,
         max_position_embeddings: 77,
-        hidden_act: "quick_gelu".into(),
-        layer_norm_eps: 1e-5,
+        ..ClipConfig::default()
     }
 }
 

@@ -13,7 +13,7 @@ use edict_pipeline::eval::metrics::{self, Quality};
 use edict_pipeline::settings::Method;
 use serde_json::{Value, json};
 
-use super::shard::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
+use super::results::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
 use super::{ModelArgs, eval_settings, open, unique};
 
 #[derive(Args)]

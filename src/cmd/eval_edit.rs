@@ -18,7 +18,7 @@ use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
 use serde_json::{Value, json};
 
-use super::shard::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
+use super::results::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
 use super::{ModelArgs, eval_settings, open, unique};
 use crate::model_source;
 

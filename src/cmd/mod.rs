@@ -5,10 +5,11 @@ pub mod bench;
 pub mod edit;
 pub mod eval;
 pub mod eval_edit;
+pub mod eval_merge;
 pub mod generate;
 pub mod invert;
 pub mod reconstruct;
-pub mod shard;
+pub mod results;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};

@@ -246,3 +246,65 @@ pub fn folder_configs(dir: &std::path::Path) -> Result<SdConfigs> {
     };
     SdConfigs::from_folder_files(read, &dir.display().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// `value` without `key`, as a config file's text.
+    fn without(value: &Value, key: &str) -> String {
+        let mut v = value.clone();
+        v.as_object_mut().unwrap().remove(key);
+        v.to_string()
+    }
+
+    /// A field a config leaves out takes SD 1.5's value (the VAE's `layers_per_block` diffusers'
+    /// 1); the fields with no default are still required, named as serde names a missing field.
+    #[test]
+    fn missing_fields_take_sd15_values_and_required_ones_are_named() {
+        let sd15 = SdConfigs::sd15();
+        let (u, v, c) = (&sd15.unet, &sd15.vae, &sd15.clip);
+        let unet = json!({
+            "block_out_channels": u.block_out_channels,
+            "down_block_types": u.down_block_types,
+            "up_block_types": u.up_block_types,
+            "cross_attention_dim": u.cross_attention_dim,
+        });
+        assert_eq!(&UNetConfig::from_json(&unet.to_string(), "u").unwrap(), u);
+        let vae = json!({ "block_out_channels": v.block_out_channels });
+        assert_eq!(VaeConfig::from_json(&vae.to_string(), "v").unwrap(), VaeConfig { layers_per_block: 1, ..v.clone() });
+        let clip = json!({
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "max_position_embeddings": c.max_position_embeddings,
+            "eos_token_id": c.eos_token_id,
+        });
+        assert_eq!(&ClipConfig::from_json(&clip.to_string(), "c").unwrap(), c);
+
+        let parse: [(&Value, fn(&str) -> Result<()>); 3] = [
+            (&unet, |t| UNetConfig::from_json(t, "f").map(drop)),
+            (&vae, |t| VaeConfig::from_json(t, "f").map(drop)),
+            (&clip, |t| ClipConfig::from_json(t, "f").map(drop)),
+        ];
+        for (config, parse) in parse {
+            for key in config.as_object().unwrap().keys().filter(|k| *k != "eos_token_id") {
+                let text = without(config, key);
+                let e = parse(&text).unwrap_err().to_string();
+                assert_eq!(e, format!("f: missing field `{key}` at line 1 column {}", text.len()));
+            }
+        }
+        // as serde_json::from_str orders its errors: a bad value before a missing field, a
+        // missing field before trailing characters
+        let e = UNetConfig::from_json(r#"{"in_channels": "4"}"#, "f").unwrap_err().to_string();
+        assert!(e.contains("invalid type: string \"4\", expected usize at line 1 column 19"), "{e}");
+        let e = VaeConfig::from_json("{} x", "f").unwrap_err().to_string();
+        assert!(e.contains("missing field `block_out_channels` at line 1 column 2"), "{e}");
+        let e = VaeConfig::from_json(&format!("{vae} x"), "f").unwrap_err().to_string();
+        assert!(e.contains("trailing characters"), "{e}");
+    }
+}

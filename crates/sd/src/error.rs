@@ -74,3 +74,24 @@ impl SdError {
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| SdError::config(path, e.to_string()))
 }
+
+/// [`parse_config`] for a config whose struct has `#[serde(default)]` but whose fields in `R`
+/// have no default: a file without one is refused with serde's "missing field" error, in the
+/// order plain `serde_json::from_str` gives its errors (the values' first, then the missing
+/// field, then trailing characters).
+pub(crate) fn parse_config_requiring<T, R>(text: &str, path: &str) -> Result<T>
+where
+    T: serde::de::DeserializeOwned,
+    R: serde::de::DeserializeOwned,
+{
+    let err = |e: serde_json::Error| SdError::config(path, e.to_string());
+    let mut de = serde_json::Deserializer::from_str(text);
+    let config = T::deserialize(&mut de).map_err(err)?;
+    // only an object names its fields; an array (serde's fields in order) that gives them all
+    // reads as before
+    if text.trim_start().starts_with('{') {
+        R::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(err)?;
+    }
+    de.end().map_err(err)?;
+    Ok(config)
+}

@@ -19,54 +19,6 @@ use crate::layers::nn::{embedding, layer_norm, linear};
 use crate::checkpoint::weights::VarBuilder;
 use crate::{Result, SdError};
 
-/// `text_config` of a `CLIPModel`'s `config.json`; absent fields take `CLIPTextConfig`'s defaults.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ClipTextConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub max_position_embeddings: usize,
-    pub hidden_act: String,
-    pub layer_norm_eps: f64,
-    /// Decides where the prompt is pooled, see [`pooled_position`].
-    pub eos_token_id: u32,
-}
-
-impl Default for ClipTextConfig {
-    fn default() -> Self {
-        Self {
-            vocab_size: 49408,
-            hidden_size: 512,
-            intermediate_size: 2048,
-            num_hidden_layers: 12,
-            num_attention_heads: 8,
-            max_position_embeddings: 77,
-            hidden_act: "quick_gelu".into(),
-            layer_norm_eps: 1e-5,
-            eos_token_id: 49407,
-        }
-    }
-}
-
-impl ClipTextConfig {
-    /// The same tower as SD's text encoder reads it.
-    pub fn encoder(&self) -> ClipConfig {
-        ClipConfig {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            max_position_embeddings: self.max_position_embeddings,
-            hidden_act: self.hidden_act.clone(),
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
-}
-
 /// `vision_config` of a `CLIPModel`'s `config.json`; absent fields take `CLIPVisionConfig`'s defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -109,7 +61,8 @@ impl ClipVisionConfig {
 /// `projection_dim`, default as in transformers.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ClipModelConfig {
-    pub text_config: ClipTextConfig,
+    /// Absent fields take transformers' `CLIPTextConfig` defaults.
+    pub text_config: ClipConfig,
     pub vision_config: ClipVisionConfig,
     #[serde(default = "projection_dim")]
     pub projection_dim: usize,
@@ -243,7 +196,7 @@ impl ClipModel {
     pub fn load(vb: &VarBuilder, c: &ClipModelConfig) -> Result<Self> {
         let (t, v, proj) = (&c.text_config, &c.vision_config, c.projection_dim);
         Ok(Self {
-            text_model: ClipTextModel::load(vb, &t.encoder())?,
+            text_model: ClipTextModel::load(vb, t)?,
             vision_model: ClipVisionTransformer::load(&vb.pp("vision_model"), v)?,
             text_projection: linear(&vb.pp("text_projection"), t.hidden_size, proj, false)?,
             visual_projection: linear(&vb.pp("visual_projection"), v.hidden_size, proj, false)?,

@@ -5,15 +5,21 @@ use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Int, Tensor, TensorCreationOptions, TensorData};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::models::attention::{Attend, project_attend};
 use crate::layers::nn::{embedding, fused_qkv, layer_norm, linear, linear_params, norm_params};
 use crate::checkpoint::weights::VarBuilder;
-use crate::error::parse_config;
+use crate::error::parse_config_requiring;
 use crate::{Result, SdError};
 
-/// `text_encoder/config.json` (the fields the forward pass needs).
+/// A CLIP text tower's config: SD's `text_encoder/config.json` (the fields the forward pass
+/// needs), and the `text_config` of a `CLIPModel`'s `config.json` (the CLIP score's, in
+/// [`crate::models::clip_score`]). A field a `text_config` leaves out takes transformers'
+/// `CLIPTextConfig` default; SD's file must give all but `hidden_act`, `layer_norm_eps` and
+/// `eos_token_id` ([`ClipConfig::from_json`]).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ClipConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -21,21 +27,46 @@ pub struct ClipConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub max_position_embeddings: usize,
-    #[serde(default = "quick_gelu")]
     pub hidden_act: String,
-    #[serde(default = "ln_eps")]
     pub layer_norm_eps: f64,
+    /// Where a `CLIPModel` pools the prompt, see [`crate::models::clip_score::pooled_position`];
+    /// SD's text encoder gives every token's state and does not read it.
+    pub eos_token_id: u32,
 }
 
-fn quick_gelu() -> String {
-    "quick_gelu".into()
+/// transformers' `CLIPTextConfig` defaults.
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+        }
+    }
 }
-fn ln_eps() -> f64 {
-    1e-5
+
+/// The fields of SD's `text_encoder/config.json` that have no default, in [`ClipConfig`]'s order
+/// (serde names the first one missing).
+#[derive(Deserialize)]
+#[allow(dead_code)] // only their presence is checked
+struct Required {
+    vocab_size: IgnoredAny,
+    hidden_size: IgnoredAny,
+    intermediate_size: IgnoredAny,
+    num_hidden_layers: IgnoredAny,
+    num_attention_heads: IgnoredAny,
+    max_position_embeddings: IgnoredAny,
 }
 
 impl ClipConfig {
-    /// SD1.x's text encoder (openai/clip-vit-large-patch14).
+    /// SD1.x's text encoder (openai/clip-vit-large-patch14), with its config's legacy
+    /// `eos_token_id` 2.
     pub fn sd15() -> Self {
         Self {
             vocab_size: 49408,
@@ -44,8 +75,8 @@ impl ClipConfig {
             num_hidden_layers: 12,
             num_attention_heads: 12,
             max_position_embeddings: 77,
-            hidden_act: quick_gelu(),
-            layer_norm_eps: ln_eps(),
+            eos_token_id: 2,
+            ..Self::default()
         }
     }
 
@@ -58,8 +89,9 @@ impl ClipConfig {
         ((self.vocab_size * d) as u64, device)
     }
 
+    /// Reads SD's `text_encoder/config.json`.
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        let c: Self = parse_config(text, path)?;
+        let c: Self = parse_config_requiring::<Self, Required>(text, path)?;
         let bad = |reason: String| SdError::config(path, reason);
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
             return Err(bad(format!(

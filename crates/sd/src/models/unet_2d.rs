@@ -6,6 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use burn::tensor::activation::silu;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::models::attention::TransformerConfig;
 use crate::models::attention_control::AttentionControl;
@@ -15,7 +16,7 @@ use crate::models::unet_2d_blocks::{
     BlockKind, BlockSettings, DownBlock, DownBlockConfig, MidBlockCrossAttn, UpBlock, UpBlockConfig, mid_block_cross_attn_parameters,
 };
 use crate::checkpoint::weights::VarBuilder;
-use crate::error::parse_config;
+use crate::error::parse_config_requiring;
 use crate::{Result, SdError};
 
 /// An int or a per-block list in diffusers configs.
@@ -36,66 +37,48 @@ impl PerBlock {
     }
 }
 
-/// `unet/config.json`: the fields an SD1.x/2.x UNet needs.
+/// `unet/config.json`: the fields an SD1.x/2.x UNet needs. A field the file leaves out takes
+/// SD 1.5's value ([`UNetConfig::sd15`]), except the block channels and types and the
+/// cross-attention width, which [`UNetConfig::from_json`] requires.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct UNetConfig {
-    #[serde(default = "four")]
     pub in_channels: usize,
-    #[serde(default = "four")]
     pub out_channels: usize,
     pub block_out_channels: Vec<usize>,
     pub down_block_types: Vec<String>,
     pub up_block_types: Vec<String>,
-    #[serde(default = "two")]
     pub layers_per_block: usize,
     /// In SD configs this is the number of heads, not their width (a diffusers naming quirk).
-    #[serde(default = "eight")]
     pub attention_head_dim: PerBlock,
-    #[serde(default)]
     pub num_attention_heads: Option<PerBlock>,
     pub cross_attention_dim: usize,
-    #[serde(default = "thirty_two")]
     pub norm_num_groups: usize,
-    #[serde(default = "norm_eps")]
     pub norm_eps: f64,
-    #[serde(default = "yes")]
     pub flip_sin_to_cos: bool,
-    #[serde(default)]
     pub freq_shift: f64,
-    #[serde(default)]
     pub use_linear_projection: bool,
     /// Attention scores and softmax in f32 when the networks run in f16 (SD 2.1).
-    #[serde(default)]
     pub upcast_attention: bool,
-    #[serde(default = "one")]
     pub transformer_layers_per_block: usize,
-    #[serde(default = "sixty_four")]
     pub sample_size: usize,
 }
 
-fn one() -> usize {
-    1
+impl Default for UNetConfig {
+    fn default() -> Self {
+        Self::sd15()
+    }
 }
-fn two() -> usize {
-    2
-}
-fn four() -> usize {
-    4
-}
-fn eight() -> PerBlock {
-    PerBlock::One(8)
-}
-fn thirty_two() -> usize {
-    32
-}
-fn sixty_four() -> usize {
-    64
-}
-fn norm_eps() -> f64 {
-    1e-5
-}
-fn yes() -> bool {
-    true
+
+/// The fields of `unet/config.json` that have no default, in [`UNetConfig`]'s order (serde names
+/// the first one missing).
+#[derive(Deserialize)]
+#[allow(dead_code)] // only their presence is checked
+struct Required {
+    block_out_channels: IgnoredAny,
+    down_block_types: IgnoredAny,
+    up_block_types: IgnoredAny,
+    cross_attention_dim: IgnoredAny,
 }
 
 impl UNetConfig {
@@ -124,7 +107,7 @@ impl UNetConfig {
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        let c: Self = parse_config(text, path)?;
+        let c: Self = parse_config_requiring::<Self, Required>(text, path)?;
         c.validate().map_err(|reason| SdError::config(path, reason))?;
         Ok(c)
     }

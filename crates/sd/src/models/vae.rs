@@ -1,51 +1,52 @@
-//! diffusers `AutoencoderKL`: image ⇄ latent for SD1.x.
+//! diffusers `AutoencoderKL`: image ⇄ latent for SD 1.x and 2.x.
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::layers::bands::Bands;
 use crate::layers::MAX_BUFFER_ELEMENTS;
 use crate::layers::nn::{ConvSpec, conv2d, group_norm, norm_params};
 use crate::models::unet_2d_blocks::{DownEncoderBlock2D, MidBlock2D, UpDecoderBlock2D, VaeBlockConfig, vae_mid_block_parameters};
 use crate::checkpoint::weights::VarBuilder;
-use crate::error::parse_config;
+use crate::error::parse_config_requiring;
 use crate::{Result, SdError};
 
-/// `vae/config.json`.
+/// `vae/config.json`. A field the file leaves out takes SD 1.5's value ([`VaeConfig::sd15`]),
+/// except `layers_per_block`, which takes diffusers' default, and `block_out_channels`, which
+/// [`VaeConfig::from_json`] requires.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct VaeConfig {
-    #[serde(default = "three")]
     pub in_channels: usize,
-    #[serde(default = "three")]
     pub out_channels: usize,
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "one")]
+    /// Missing: 1, diffusers' `AutoencoderKL` default (SD's VAE has 2 and says so).
+    #[serde(default = "diffusers_layers_per_block")]
     pub layers_per_block: usize,
-    #[serde(default = "four")]
     pub latent_channels: usize,
-    #[serde(default = "thirty_two")]
     pub norm_num_groups: usize,
-    #[serde(default = "sd_scale")]
     pub scaling_factor: f64,
 }
 
-fn one() -> usize {
+impl Default for VaeConfig {
+    fn default() -> Self {
+        Self::sd15()
+    }
+}
+
+fn diffusers_layers_per_block() -> usize {
     1
 }
-fn three() -> usize {
-    3
-}
-fn four() -> usize {
-    4
-}
-fn thirty_two() -> usize {
-    32
-}
-fn sd_scale() -> f64 {
-    0.18215
+
+/// The field of `vae/config.json` that has no default.
+#[derive(Deserialize)]
+#[allow(dead_code)] // only its presence is checked
+struct Required {
+    block_out_channels: IgnoredAny,
 }
 
 impl VaeConfig {
@@ -63,7 +64,7 @@ impl VaeConfig {
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        let c: Self = parse_config(text, path)?;
+        let c: Self = parse_config_requiring::<Self, Required>(text, path)?;
         let bad = |reason: String| SdError::config(path, reason);
         if c.block_out_channels.is_empty() || c.layers_per_block == 0 {
             return Err(bad("needs block_out_channels and layers_per_block ≥ 1".into()));

@@ -1,7 +1,7 @@
-//! The CLIP byte-pair-encoding tokenizer of Stable Diffusion v1.x.
+//! The CLIP byte-pair-encoding tokenizer of Stable Diffusion 1.x and 2.x.
 //!
 //! The ids are those of transformers 4's Python ("slow") `CLIPTokenizer` with `ftfy` installed,
-//! which is what SD v1.x pipelines (diffusers) used:
+//! which is what SD pipelines (diffusers) used:
 //!
 //! 1. the prompt is split on the literal special tokens `<|startoftext|>` / `<|endoftext|>`
 //!    (case-sensitive), which become their ids;
@@ -39,8 +39,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{
-    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-    Tokenizer,
+    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
 use crate::{Result, SdError};
@@ -48,7 +47,7 @@ use crate::{Result, SdError};
 mod ftfy;
 use ftfy::TextCleaner;
 
-/// Number of ids the SD v1.x text encoder takes: `BOS`, up to 75 prompt tokens, `EOS`, padding.
+/// Number of ids SD's text encoders take: `BOS`, up to 75 prompt tokens, `EOS`, padding.
 pub const MAX_LEN: usize = 77;
 /// Id of `<|startoftext|>` in the CLIP vocabulary.
 pub const BOS: u32 = 49406;
@@ -79,7 +78,8 @@ pub struct Tokens {
     pub dropped: String,
 }
 
-/// CLIP's BPE tokenizer (SD v1.x), see the [module documentation](self).
+/// CLIP's BPE tokenizer (SD 1.x; 2.x pads with another token, [`ClipTokenizer::with_pad`]), see
+/// the [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
@@ -90,8 +90,8 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// The bundled CLIP vocabulary (the one of `openai/clip-vit-large-patch14`, which every SD v1.x
-    /// model uses).
+    /// The bundled CLIP vocabulary (the one of `openai/clip-vit-large-patch14`, which every SD 1.x
+    /// and 2.x model uses).
     pub fn embedded() -> Result<Self> {
         let mut text = String::new();
         flate2::read::GzDecoder::new(EMBEDDED_BPE_GZ)

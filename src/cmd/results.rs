@@ -1,10 +1,10 @@
-//! `eval` and `eval-edit` as many processes: `--shard I/N` keeps every N-th item of the sorted
-//! list, `--resume` skips the items an output folder already holds (its results are rewritten
-//! after every item), and `edict eval-merge` joins the shards' folders into one table. The
-//! results' CSV is the record both read back: its numbers print in Rust's shortest round-trip
-//! form, so resumed and merged tables hold the very values of an uninterrupted run.
+//! The output folder of `eval` and `eval-edit`, and those commands as many processes:
+//! `--shard I/N` keeps every N-th item of the sorted list, `--resume` skips the items an output
+//! folder already holds (its results are rewritten after every item), and `edict eval-merge`
+//! (in [`super::eval_merge`]) joins the shards' folders into one table. The results' CSV is the
+//! record both read back: its numbers print in Rust's shortest round-trip form, so resumed and
+//! merged tables hold the very values of an uninterrupted run.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::{check_output, eval, eval_edit, write};
+use super::{check_output, write};
 
 /// The files of an output folder: the rows, the settings with means and rows, the table.
 pub const FILES: [&str; 3] = ["results.csv", "results.json", "results.md"];
@@ -168,7 +168,7 @@ impl<R: Row> Results<R> {
     }
 }
 
-fn write_results<R: Row>(dir: &Path, settings: &Value, rows: &[R]) -> Result<()> {
+pub(super) fn write_results<R: Row>(dir: &Path, settings: &Value, rows: &[R]) -> Result<()> {
     let mut csv = format!("{}\n", R::CSV_HEADER);
     for r in rows {
         csv += &r.to_csv().join(",");
@@ -185,7 +185,7 @@ fn write_results<R: Row>(dir: &Path, settings: &Value, rows: &[R]) -> Result<()>
     Ok(())
 }
 
-fn read_settings(dir: &Path) -> Result<Value> {
+pub(super) fn read_settings(dir: &Path) -> Result<Value> {
     let path = dir.join(FILES[1]);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
@@ -196,7 +196,7 @@ fn read_settings(dir: &Path) -> Result<Value> {
 }
 
 /// The settings and the rows of an output folder.
-fn read<R: Row>(dir: &Path) -> Result<(Value, Vec<R>)> {
+pub(super) fn read<R: Row>(dir: &Path) -> Result<(Value, Vec<R>)> {
     let settings = read_settings(dir)?;
     if settings["command"] != R::COMMAND {
         bail!("{} holds results of `edict {}`, not of `edict {}`", dir.display(), settings["command"].as_str().unwrap_or("?"), R::COMMAND);
@@ -249,7 +249,7 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<String>>> {
 }
 
 /// The settings that differ between `a` and `b` (except `ignore`), as `key: a vs b, …`.
-fn differences(a: &Value, b: &Value, ignore: &str) -> Option<String> {
+pub(super) fn differences(a: &Value, b: &Value, ignore: &str) -> Option<String> {
     let (empty, null) = (serde_json::Map::new(), Value::Null);
     let (ma, mb) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
     let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
@@ -262,90 +262,6 @@ fn differences(a: &Value, b: &Value, ignore: &str) -> Option<String> {
         })
         .collect();
     (!diffs.is_empty()).then(|| diffs.join(", "))
-}
-
-#[derive(Args)]
-pub struct MergeArgs {
-    /// The shards' output folders (each with results.csv and results.json).
-    #[arg(required = true)]
-    dirs: Vec<PathBuf>,
-    /// Folder (created if missing) for the joined results.csv, results.json and results.md.
-    #[arg(long)]
-    out: PathBuf,
-    /// Overwrite existing result files.
-    #[arg(long)]
-    force: bool,
-}
-
-/// `edict eval-merge`: the shards of one `eval` or `eval-edit` run as one table, as the run
-/// without `--shard` writes it.
-pub fn eval_merge(a: MergeArgs) -> Result<()> {
-    let first = read_settings(&a.dirs[0])?;
-    match first["command"].as_str() {
-        Some(eval::EvalRow::COMMAND) => merge::<eval::EvalRow>(&a),
-        Some(eval_edit::EditRow::COMMAND) => merge::<eval_edit::EditRow>(&a),
-        other => bail!("{}: results of `{}`, which eval-merge does not know (eval, eval-edit)", a.dirs[0].display(), other.unwrap_or("?")),
-    }
-}
-
-fn merge<R: Row>(a: &MergeArgs) -> Result<()> {
-    let parts: Vec<(&PathBuf, Value, Vec<R>)> = a.dirs.iter().map(|d| read::<R>(d).map(|(s, r)| (d, s, r))).collect::<Result<_>>()?;
-    let (dir0, settings0) = (parts[0].0, &parts[0].1);
-    for (dir, settings, _) in &parts[1..] {
-        if let Some(diff) = differences(settings0, settings, "shard") {
-            bail!("{} and {} were run with different settings ({diff})", dir0.display(), dir.display());
-        }
-    }
-    let shard = |dir: &Path, s: &Value| -> Result<Shard> {
-        let text = s["shard"].as_str().with_context(|| format!("{} is not a shard (run without --shard): nothing to merge", dir.display()))?;
-        text.parse::<Shard>().map_err(|e| anyhow::anyhow!("{}: shard {e}", dir.display()))
-    };
-    let n = shard(dir0, settings0)?.count;
-    let total = settings0["count"].as_u64().with_context(|| format!("{}: settings.count is missing", dir0.display()))? as usize;
-    let mut seen: Vec<Option<&PathBuf>> = vec![None; n];
-    let mut owner: HashMap<&str, &PathBuf> = HashMap::new();
-    for (dir, settings, rows) in &parts {
-        let s = shard(dir, settings)?;
-        if s.count != n {
-            bail!("{} is shard {s}, {} is one of {n}: shards of different splits", dir.display(), dir0.display());
-        }
-        if let Some(prev) = seen[s.index].replace(*dir) {
-            bail!("{} and {} are both shard {s}", prev.display(), dir.display());
-        }
-        let mut items = 0;
-        for r in rows {
-            match owner.insert(r.item(), *dir) {
-                Some(other) if other != *dir => bail!("{} is in both {} and {}", r.item(), other.display(), dir.display()),
-                Some(_) => {}
-                None => items += 1,
-            }
-        }
-        let expected = total.saturating_sub(s.index).div_ceil(n);
-        if items != expected {
-            bail!("{} (shard {s}) holds {items} of its {expected} items: finish it with --resume", dir.display());
-        }
-    }
-    let missing: Vec<String> = (0..n).filter(|&i| seen[i].is_none()).map(|i| format!("{i}/{n}")).collect();
-    if !missing.is_empty() {
-        bail!("shard{} {} missing", if missing.len() > 1 { "s" } else { "" }, missing.join(", "));
-    }
-    let mut settings = settings0.clone();
-    settings["shard"] = Value::Null;
-    // the unsharded run's order: items sorted, each item's rows as they were written
-    let mut by_item: BTreeMap<String, Vec<R>> = BTreeMap::new();
-    for (_, _, rows) in parts {
-        for r in rows {
-            by_item.entry(r.item().to_string()).or_default().push(r);
-        }
-    }
-    let rows: Vec<R> = by_item.into_values().flatten().collect();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    for f in FILES {
-        check_output(&a.out.join(f), a.force)?;
-    }
-    write_results(&a.out, &settings, &rows)?;
-    eprintln!("{}\nmerged {n} shards, {total} items: wrote {}", R::markdown(&settings, &rows), a.out.join("results.{csv,json,md}").display());
-    Ok(())
 }
 
 #[cfg(test)]
