@@ -145,8 +145,10 @@ fn across_processes(backend: Backend, test: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("coffee.safetensors");
     std::fs::write(&path, latents::to_bytes(&inv, &origin).unwrap()).unwrap();
+    // libtest names a test by its path below the crate root
+    let name = format!("{}::{test}", module_path!().split_once("::").map_or("", |(_, m)| m));
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture"])
+        .args(["--exact", &name, "--nocapture"])
         .env(CHILD, &path)
         .output()
         .unwrap();
@@ -157,7 +159,7 @@ fn across_processes(backend: Backend, test: &str) {
         String::from_utf8_lossy(&child.stderr)
     );
     let back: Vec<f64> = std::fs::read(dir.join("coffee.safetensors.x"))
-        .unwrap()
+        .unwrap_or_else(|e| panic!("the child ({name}) wrote no result ({e}):\n{}", String::from_utf8_lossy(&child.stdout)))
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
         .collect();
