@@ -5,17 +5,17 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use edict_pipeline::PipelineError;
 use edict_pipeline::editor::{Editor, Inversion, Observer, Progress, Rgb};
 use edict_pipeline::io::image_io::{self, Size};
+use edict_pipeline::io::latents;
 use edict_pipeline::ops::{self, Photo};
 use edict_pipeline::prompt_edit::{EditControls, EditSpec};
 use edict_pipeline::settings::{Method, Settings};
-use edict_pipeline::PipelineError;
-use edict_pipeline::io::latents;
-use serde::{Deserialize, Serialize};
 use edict_sd::SdError;
 use edict_sd::config::Precision;
 use js_sys::{Function, Promise};
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
