@@ -6,9 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use edict_pipeline::io::image_io::Size;
-use edict_pipeline::settings::Settings;
-
 use edict_pipeline::ops;
+use edict_pipeline::settings::Settings;
 
 use super::{ModelArgs, PreviewArgs, check_output, open, write_png};
 
