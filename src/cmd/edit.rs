@@ -12,7 +12,7 @@ use edict_pipeline::editor::Inversion;
 use edict_pipeline::io::latents;
 use edict_pipeline::ops;
 use edict_pipeline::prompt_edit::EditControls;
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Settings;
 
 use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write, write_png};
 
@@ -76,7 +76,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
             let photo = encode_image(&mut s, photo.context("--image is required")?, a.image.seed)?;
             let source = a.source.as_deref().unwrap_or_default();
             let mut obs = s.bars.observer().preview_to(preview);
-            let inv = pollster::block_on(s.editor.invert(&photo.latent, source, &a.sample, Method::Edict, &mut obs))?;
+            let inv = pollster::block_on(s.editor.invert(&photo.latent, source, &a.sample, &mut obs))?;
             if let Some(p) = &a.save_latents {
                 write(p, &latents::to_bytes(&inv, &s.origin())?)?;
             }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::eval::metrics::{self, Quality};
-use edict_pipeline::settings::Method;
+use edict_pipeline::settings::{Method, Settings};
 use serde_json::{Value, json};
 
 use super::results::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
@@ -30,7 +30,7 @@ pub struct EvalArgs {
     /// Prompt for images without a caption.
     #[arg(long, default_value = "")]
     prompt: String,
-    /// Comma-separated: edict, ddim.
+    /// Comma-separated: edict, bdia, belm, ddim.
     #[arg(long, value_delimiter = ',', default_value = "edict,ddim")]
     methods: Vec<Method>,
     #[arg(long, default_value_t = 50)]
@@ -41,6 +41,9 @@ pub struct EvalArgs {
     /// EDICT's mixing weight p, in (0.5, 1].
     #[arg(long, default_value_t = 0.93)]
     mix: f64,
+    /// BDIA's weight γ, > 0.
+    #[arg(long, default_value_t = 0.96)]
+    gamma: f64,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
@@ -80,7 +83,7 @@ pub struct EvalRow {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     if a.methods.is_empty() {
-        bail!("--methods needs at least one of edict, ddim");
+        bail!("--methods needs at least one of edict, bdia, belm, ddim");
     }
     let images = list_images(&a.images, a.limit)?;
     let captions = read_captions(&a)?;
@@ -88,8 +91,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         (Some(w), Some(h)) => Size::exact(w, h)?,
         _ => Size::Auto,
     };
-    let settings = eval_settings(a.steps, a.strength, a.mix, a.guidance)?;
     let methods = unique(&a.methods);
+    let settings = eval_settings(a.steps, a.strength, a.mix, a.gamma, a.guidance, &methods)?;
 
     let info = json!({
         "command": EvalRow::COMMAND,
@@ -103,6 +106,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "steps": a.steps,
         "strength": a.strength,
         "mix": a.mix,
+        "gamma": a.gamma,
         "guidance": a.guidance,
         "width": a.width,
         "height": a.height,
@@ -147,7 +151,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             // the encode is shared: a method's seconds are invert + denoise + decode
             let t = Instant::now();
             let mut obs = s.bars.observer();
-            let rec = pollster::block_on(s.editor.reconstruct(&latent, &prompt, &settings, method, &mut obs))?;
+            let rec = pollster::block_on(s.editor.reconstruct(&latent, &prompt, &Settings { method, ..settings.clone() }, &mut obs))?;
             let out = pollster::block_on(s.editor.decode(&rec.latent))?;
             let q = metrics::compare(&input, &out)?;
             let label = method.name();
@@ -253,7 +257,7 @@ fn means(rows: &[EvalRow]) -> Vec<Mean> {
     methods_in_order(rows).into_iter().map(|m| Mean::of(m, rows)).collect()
 }
 
-const METHODS: [&str; 3] = ["vae", "edict", "ddim"];
+const METHODS: [&str; 5] = ["vae", "edict", "bdia", "belm", "ddim"];
 
 impl Row for EvalRow {
     const COMMAND: &'static str = "eval";

@@ -13,7 +13,7 @@ use clap::Args;
 use edict_pipeline::io::image_io::{self, Rgb, Size};
 use edict_pipeline::eval::pie_bench::{self, Background, ClipScorer, Entry, Mask};
 use edict_pipeline::editor::Latent;
-use edict_pipeline::settings::Method;
+use edict_pipeline::settings::{Method, Settings};
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ const DEFAULT_CLIP: &str = "openai/clip-vit-large-patch14";
 /// How an image is edited into the target prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EditMethod {
-    /// Invert under the source prompt, denoise under the target (EDICT or DDIM).
+    /// Invert under the source prompt, denoise under the target (EDICT, BDIA, O-BELM or DDIM).
     Inverted(Method),
     /// Noise the latent to the strength and denoise under the target, no inversion.
     Img2img,
@@ -39,7 +39,7 @@ impl FromStr for EditMethod {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "img2img" => Ok(Self::Img2img),
-            _ => s.parse().map(Self::Inverted).map_err(|_| format!("method `{s}`: expected edict, ddim or img2img")),
+            _ => s.parse().map(Self::Inverted).map_err(|_| format!("method `{s}`: expected edict, bdia, belm, ddim or img2img")),
         }
     }
 }
@@ -64,7 +64,7 @@ pub struct EvalEditArgs {
     /// folder (config.json, model.safetensors, preprocessor_config.json, vocab.json, merges.txt).
     #[arg(long, default_value = DEFAULT_CLIP)]
     clip: String,
-    /// Comma-separated: edict, ddim, img2img.
+    /// Comma-separated: edict, bdia, belm, ddim, img2img.
     #[arg(long, value_delimiter = ',', default_value = "edict,ddim,img2img")]
     methods: Vec<EditMethod>,
     /// Only these editing_type_id values (PIE-Bench's categories 0–9), comma-separated.
@@ -78,11 +78,14 @@ pub struct EvalEditArgs {
     /// EDICT's mixing weight p, in (0.5, 1].
     #[arg(long, default_value_t = 0.93)]
     mix: f64,
+    /// BDIA's weight γ, > 0.
+    #[arg(long, default_value_t = 0.96)]
+    gamma: f64,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
-    /// Prompt-to-prompt attention control (the EDICT authors', default windows) for edict and
-    /// ddim: PnPInversion's "edict+p2p" row.
+    /// Prompt-to-prompt attention control (the EDICT authors', default windows) for the
+    /// inverting methods: PnPInversion's "edict+p2p" row.
     #[arg(long)]
     p2p: bool,
     /// Side at which images are edited and scored. The benchmark's is 512; a smaller one resizes
@@ -109,11 +112,15 @@ pub struct EvalEditArgs {
 pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     let methods = unique(&a.methods);
     if methods.is_empty() {
-        bail!("--methods needs at least one of edict, ddim, img2img");
+        bail!("--methods needs at least one of edict, bdia, belm, ddim, img2img");
     }
     let entries = read_entries(&a)?;
     let size = Size::exact(a.size, a.size)?;
-    let settings = eval_settings(a.steps, a.strength, a.mix, a.guidance)?;
+    let inverted: Vec<Method> = methods.iter().map(|m| match m {
+        EditMethod::Inverted(m) => *m,
+        EditMethod::Img2img => Method::Ddim,
+    }).collect();
+    let settings = eval_settings(a.steps, a.strength, a.mix, a.gamma, a.guidance, &inverted)?;
     let p2p = a.p2p.then(P2p::default);
 
     let info = json!({
@@ -128,6 +135,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
         "steps": a.steps,
         "strength": a.strength,
         "mix": a.mix,
+        "gamma": a.gamma,
         "guidance": a.guidance,
         "p2p": a.p2p,
         "size": a.size,
@@ -165,7 +173,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
             let mut obs = s.bars.observer();
             let edited = match method {
                 EditMethod::Inverted(m) => {
-                    let inv = pollster::block_on(s.editor.invert(&latent, &e.source_prompt, &settings, m, &mut obs))?;
+                    let inv = pollster::block_on(s.editor.invert(&latent, &e.source_prompt, &Settings { method: m, ..settings.clone() }, &mut obs))?;
                     let spec = EditSpec { targets: vec![e.target_prompt.clone()], p2p, reweight: Vec::new() };
                     let pair = pollster::block_on(s.editor.edit(&inv, &spec, "edit", &mut obs))?.remove(0);
                     Latent { values: pair.x_f64(), shape: latent.shape }
@@ -235,7 +243,7 @@ pub struct EditRow {
     target_prompt: String,
 }
 
-const METHODS: [&str; 3] = ["edict", "ddim", "img2img"];
+const METHODS: [&str; 5] = ["edict", "bdia", "belm", "ddim", "img2img"];
 const METRICS: [&str; 5] = ["psnr", "mse", "ssim", "clip_whole", "clip_edited"];
 
 impl EditRow {
@@ -375,6 +383,8 @@ impl Row for EditRow {
         for m in &means {
             let label = match m.method {
                 "edict" => format!("EDICT{p2p}"),
+                "bdia" => format!("BDIA{p2p}"),
+                "belm" => format!("O-BELM{p2p}"),
                 "ddim" => format!("DDIM{p2p}"),
                 _ => "img2img".into(),
             };
@@ -432,6 +442,6 @@ mod tests {
         assert!(md.contains("| EDICT | inf | 5000.00 | 25.00 | 20.00 | 7.50 | 8 | 1.50 |"), "{md}");
         assert!(md.contains("Excluded as NaN: 1 of 3 images"), "{md}");
         assert!("edict".parse::<EditMethod>().is_ok() && "img2img".parse::<EditMethod>().is_ok());
-        assert!("sdedit".parse::<EditMethod>().unwrap_err().contains("edict, ddim or img2img"));
+        assert!("sdedit".parse::<EditMethod>().unwrap_err().contains("edict, bdia, belm, ddim or img2img"));
     }
 }

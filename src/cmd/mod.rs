@@ -21,7 +21,7 @@ use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::io::latents;
 use edict_pipeline::editor::{Editor, Quiet, Rgb};
 use edict_pipeline::ops::{self, Photo};
-use edict_pipeline::settings::Settings;
+use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;
@@ -103,11 +103,13 @@ impl PhotoArgs {
     }
 }
 
-/// The sampler settings of `eval` and `eval-edit` (the others at their defaults), checked
-/// before any work.
-pub fn eval_settings(steps: usize, strength: f64, mix: f64, guidance: f64) -> Result<Settings> {
-    let settings = Settings { steps, strength, mix, guidance, ..Settings::default() };
-    settings.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
+/// The sampler settings of `eval` and `eval-edit` (the others at their defaults), checked for
+/// each of `methods` before any work; the method is set per run.
+pub fn eval_settings(steps: usize, strength: f64, mix: f64, gamma: f64, guidance: f64, methods: &[Method]) -> Result<Settings> {
+    let settings = Settings { steps, strength, mix, gamma, guidance, ..Settings::default() };
+    for &method in methods {
+        Settings { method, ..settings.clone() }.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
+    }
     Ok(settings)
 }
 

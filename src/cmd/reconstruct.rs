@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use edict_pipeline::ops;
-use edict_pipeline::settings::Method;
 
 use super::{PhotoArgs, check_output, write, write_png};
 
@@ -16,9 +15,6 @@ pub struct ReconstructArgs {
     pub photo: PhotoArgs,
     #[arg(long)]
     pub out: PathBuf,
-    /// edict or ddim (the inexact baseline).
-    #[arg(long, default_value = "edict")]
-    pub method: Method,
     /// Write a JSON report (latent_rel_err, mse, psnr, ssim, unet_evals, seconds).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -35,7 +31,7 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let (mut s, photo) = a.photo.open()?;
     let p = &a.photo;
     let mut obs = s.bars.observer().preview_to(p.preview.preview.as_deref());
-    let (rgb, q) = pollster::block_on(ops::reconstruct(&mut s.editor, &photo, &p.prompt, &p.sample, a.method, &mut obs))?;
+    let (rgb, q) = pollster::block_on(ops::reconstruct(&mut s.editor, &photo, &p.prompt, &p.sample, &mut obs))?;
     write_png(&a.out, &rgb)?;
     let seconds = t.elapsed().as_secs_f64();
     if let Some(p) = &a.report {

@@ -42,7 +42,7 @@ fn matches_the_float64_reference() {
         assert!(err < 1e-5, "{backend}: image latent differs by {err:e}");
         for (run, strength) in [(0, 0.8), (1, 0.7)] {
             let s = settings(strength);
-            let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
+            let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &s, &mut Quiet)).unwrap();
             for (name, ours) in [("inv_x", &inv.pair.x), ("inv_y", &inv.pair.y)] {
                 let err = relative_error(&hi(ours), &r[&format!("run{run}_{name}")].values);
                 eprintln!("{backend} run {run} {name}: relative error vs float64 reference {err:e}");
@@ -68,14 +68,14 @@ fn round_trip_is_exact_with_f32_networks() {
             let s = settings(strength);
             let inverted_steps = (10.0 * strength) as usize;
             let before = ed.unet_calls;
-            let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
+            let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, &mut Quiet)).unwrap();
             eprintln!("{backend} {inverted_steps} steps: EDICT latent round trip {:e}", rec.latent_rel_err);
             assert!(rec.latent.values == z.values, "{backend} {inverted_steps} steps: EDICT round trip {:e}", rec.latent_rel_err);
             // 2 batched UNet calls (4 latent evaluations) per coupled step, per pass
             assert_eq!(ed.unet_calls - before, 2 * 2 * inverted_steps);
             assert_eq!(rec.unet_evals, 4 * inverted_steps);
         }
-        let ddim = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &settings(0.8), Method::Ddim, &mut Quiet)).unwrap();
+        let ddim = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &Settings { method: Method::Ddim, ..settings(0.8) }, &mut Quiet)).unwrap();
         eprintln!("{backend}: DDIM latent round trip {:e}", ddim.latent_rel_err);
         assert!(ddim.latent_rel_err > 1e-3, "DDIM should not be exact: {:e}", ddim.latent_rel_err);
         assert_eq!(ddim.unet_evals, 2 * 8);
@@ -89,7 +89,7 @@ fn guidance_one_runs_batch_one() {
     let mut ed = editor(&device);
     let z = image_latent(&mut ed);
     let s = Settings { guidance: 1.0, ..settings(0.3) };
-    let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
+    let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, &mut Quiet)).unwrap();
     assert!(rec.latent.values == z.values, "round trip {:e}", rec.latent_rel_err);
 }
 
@@ -111,7 +111,7 @@ fn progress_and_cancellation() {
     let mut ed = editor(&device);
     let z = image_latent(&mut ed);
     let mut obs = CancelAfter(Vec::new(), 3);
-    let err = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings(0.8), Method::Edict, &mut obs)).unwrap_err();
+    let err = pollster::block_on(ed.invert(&z, "a photo of a cat", &settings(0.8), &mut obs)).unwrap_err();
     assert!(matches!(err, PipelineError::Cancelled), "{err}");
     assert_eq!(obs.0.len(), 3);
     assert_eq!(obs.0[2], Progress { stage: "invert", done: 3, total: 16 });

@@ -9,7 +9,7 @@ use crate::common::*;
 use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::io::latents::{self, Origin};
 use edict_pipeline::editor::{Editor, Latent, Quiet};
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Settings;
 use edict_sd::device::backend::Backend;
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
@@ -56,7 +56,7 @@ fn sweep(backend: Backend, precision: Precision, sizes: &[u32], cases: &[Case]) 
         for &size in sizes {
             let z = photo_latent(&mut ed, photo, size);
             for c in cases {
-                let rec = pollster::block_on(ed.reconstruct(&z, PROMPT, &c.settings(), Method::Edict, &mut Quiet)).unwrap();
+                let rec = pollster::block_on(ed.reconstruct(&z, PROMPT, &c.settings(), &mut Quiet)).unwrap();
                 runs += 1;
                 if rec.latent.values != z.values {
                     errors.push(format!("{photo} {size}² {c:?}: {:e}", rec.latent_rel_err));
@@ -140,7 +140,7 @@ fn across_processes(backend: Backend, test: &str) {
     }
     let z = photo_latent(&mut ed, "coffee.png", 128);
     let s = Case { steps: 10, strength: 0.7, guidance: 4.0 }.settings();
-    let inv = pollster::block_on(ed.invert(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+    let inv = pollster::block_on(ed.invert(&z, PROMPT, &s, &mut Quiet)).unwrap();
     let dir = std::env::temp_dir().join(format!("edict-exactness-{backend}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("coffee.safetensors");
@@ -181,8 +181,8 @@ fn warm_up_runs_each_call_shape_once_and_changes_no_bit() {
         // batch 2 (guidance), then batch 1 (guidance 1), then batch 2 again
         for guidance in [3.0, 1.0, 7.5] {
             let s = Case { steps: 4, strength: 1.0, guidance }.settings();
-            let a = pollster::block_on(cold.reconstruct(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
-            let b = pollster::block_on(warm.reconstruct(&z, PROMPT, &s, Method::Edict, &mut Quiet)).unwrap();
+            let a = pollster::block_on(cold.reconstruct(&z, PROMPT, &s, &mut Quiet)).unwrap();
+            let b = pollster::block_on(warm.reconstruct(&z, PROMPT, &s, &mut Quiet)).unwrap();
             assert!(a.latent.values == b.latent.values, "{backend}, guidance {guidance}: the warm-up changed the result");
         }
         assert_eq!((cold.warm_up_calls, warm.warm_up_calls), (0, 2), "{backend}");

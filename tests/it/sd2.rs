@@ -7,7 +7,7 @@
 use burn::tensor::{Device, Tensor};
 use crate::common::*;
 use edict_pipeline::editor::{Editor, Latent, Quiet};
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Settings;
 use edict_pipeline::samplers::{hi, relative_error};
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
@@ -88,7 +88,7 @@ fn edict_with_v_prediction_matches_the_float64_reference() {
         let z: Latent = pollster::block_on(ed.encode(pixels, 64, 64, None)).unwrap();
         assert!(relative_error(&z.values, &r["latent"].values) < 1e-5);
         let s = Settings { steps: 10, strength: 0.8, ..Settings::default() };
-        let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
+        let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", &s, &mut Quiet)).unwrap();
         for (name, ours) in [("inv_x", &inv.pair.x), ("inv_y", &inv.pair.y)] {
             let err = relative_error(&hi(ours), &r[name].values);
             eprintln!("{backend} sd2 {name}: relative error vs float64 reference {err:e}");
@@ -107,7 +107,7 @@ fn edict_with_v_prediction_matches_the_float64_reference() {
         let p = psnr(&decoded, &r["edit_image"].values);
         eprintln!("{backend} sd2 edited image vs reference: PSNR {p:.1} dB");
         assert!(p >= 35.0, "{backend}: edited image PSNR {p:.1} dB");
-        let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, Method::Edict, &mut Quiet)).unwrap();
+        let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, &mut Quiet)).unwrap();
         assert!(rec.latent.values == z.values, "{backend}: round trip {:e}", rec.latent_rel_err);
     }
 }

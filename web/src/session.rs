@@ -11,7 +11,7 @@ use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::io::latents;
 use edict_pipeline::ops::{self, Photo};
 use edict_pipeline::prompt_edit::{EditControls, EditSpec};
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Settings;
 use edict_sd::SdError;
 use edict_sd::config::Precision;
 use js_sys::{Function, Promise};
@@ -251,7 +251,7 @@ impl Job {
 
     async fn invert(&self, ed: &mut Editor, image: &[u8], prompt: &str, o: &Options) -> Result<(Inversion, Output), PipelineError> {
         let photo = self.photo(ed, image, o).await?;
-        let inv = ed.invert(&photo.latent, prompt, &o.settings, Method::Edict, &mut &*self).await?;
+        let inv = ed.invert(&photo.latent, prompt, &o.settings, &mut &*self).await?;
         let out = Output {
             input_png: image_io::encode_png(&photo.image)?,
             latents: latents::to_bytes(&inv, &latents::Origin::of(&self.model, &ed.model))?,
@@ -368,7 +368,7 @@ impl Session {
             with_editor!(ed, async {
                 let o = o?;
                 let photo = job.photo(&mut ed, &image, &o).await?;
-                let (rgb, q) = ops::reconstruct(&mut ed, &photo, &prompt, &o.settings, Method::Edict, &mut &*job).await?;
+                let (rgb, q) = ops::reconstruct(&mut ed, &photo, &prompt, &o.settings, &mut &*job).await?;
                 let mut report = serde_json::to_value(&q).map_err(|e| PipelineError::Invalid(e.to_string()))?;
                 report["image"] = photo.sizing.into();
                 Ok(Output {

@@ -70,7 +70,7 @@ pub async fn edit(ed: &mut Editor, inv: &Inversion, spec: &EditSpec, obs: &mut d
 #[derive(Debug, Clone, Serialize)]
 pub struct ReconstructReport {
     pub method: Method,
-    /// `‖denoise(invert(z)) − z‖ / ‖z‖`: 0 for EDICT.
+    /// `‖denoise(invert(z)) − z‖ / ‖z‖`: 0 for the exact samplers.
     pub latent_rel_err: f64,
     pub mse: f64,
     pub psnr: f64,
@@ -85,14 +85,13 @@ pub async fn reconstruct(
     photo: &Photo,
     prompt: &str,
     s: &Settings,
-    method: Method,
     obs: &mut dyn Observer,
 ) -> Result<(Rgb, ReconstructReport)> {
-    let rec = ed.reconstruct(&photo.latent, prompt, s, method, obs).await?;
+    let rec = ed.reconstruct(&photo.latent, prompt, s, obs).await?;
     let rgb = decode(ed, &rec.latent, obs).await?;
     let q = metrics::compare(&photo.image, &rgb)?;
     let report = ReconstructReport {
-        method,
+        method: s.method,
         latent_rel_err: rec.latent_rel_err,
         mse: q.mse,
         psnr: q.psnr,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use edict_pipeline::editor::{Editor, Quiet};
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::Settings;
 use edict_sd::device::profile::Breakdown;
 
 use super::BenchArgs;
@@ -28,7 +28,7 @@ pub struct Measurements {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// The timed EDICT edit: seconds (encode and decode included), UNet calls, and the pipeline's
+/// The timed edit: seconds (encode and decode included), UNet calls, and the pipeline's
 /// warm-up calls among them.
 #[derive(Clone, Copy)]
 pub struct EditRun {
@@ -75,7 +75,7 @@ pub fn run(ed: &mut Editor, a: &BenchArgs, settings: &Settings) -> Result<Measur
         let (calls, warm_ups) = (ed.unet_calls, ed.warm_up_calls);
         let t = Instant::now();
         let z = pollster::block_on(ed.encode(pixels, size, size, None))?;
-        let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", settings, Method::Edict, &mut Quiet))?;
+        let inv = pollster::block_on(ed.invert(&z, "a photo of a cat", settings, &mut Quiet))?;
         let pair = pollster::block_on(ed.denoise(&inv, "a photo of a dog", "edit", &mut Quiet))?;
         pollster::block_on(ed.decode(&edict_pipeline::editor::Latent { values: pair.x_f64(), shape: z.shape }))?;
         Some(EditRun {

@@ -1,5 +1,5 @@
 //! `edict bench`: UNet evaluations per second at batch 2 (classifier-free guidance), VAE encode
-//! and decode times, a full EDICT edit's time and the process's peak memory, on one backend.
+//! and decode times, a full edit's time (EDICT, BDIA, O-BELM or DDIM) and the process's peak memory, on one backend.
 //! The timing runs are in [`measure`], the text or JSON output in [`report`].
 
 mod measure;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use edict_pipeline::editor::Editor;
-use edict_pipeline::settings::Settings;
+use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::{Precision, SdConfigs, folder_configs};
 use edict_sd::model::StableDiffusion;
@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Strength of the timed edit.
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
+    /// Sampler of the timed edit: edict, bdia, belm or ddim.
+    #[arg(long, default_value_t = Method::Edict)]
+    method: Method,
     /// Skip the full edit.
     #[arg(long)]
     no_edit: bool,
@@ -64,6 +67,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let settings = Settings {
         steps: a.steps,
         strength: a.strength,
+        method: a.method,
         ..Settings::default()
     };
     if !a.no_edit {

@@ -48,6 +48,7 @@ pub fn print(a: &BenchArgs, configs: &SdConfigs, model_name: &str, load_s: f64, 
         "edit_unet_calls": edit.map(|e| e.unet_calls),
         // the pipeline's warm-up calls within the edit (gpu-tuned on wgpu: one per call shape)
         "edit_warm_up_calls": edit.map(|e| e.warm_up_calls),
+        "edit_method": a.method,
         "edit_steps": a.steps,
         "edit_strength": a.strength,
         "peak_rss_mib": peak,
@@ -94,7 +95,7 @@ pub fn print(a: &BenchArgs, configs: &SdConfigs, model_name: &str, load_s: f64, 
     println!("VAE         encode {encode:.3} s, decode {decode:.3} s");
     if let Some(EditRun { seconds: s, unet_calls: calls, warm_up_calls: warm_ups }) = edit {
         let warm_ups = if warm_ups > 0 { format!(" + {warm_ups} warm-up") } else { String::new() };
-        println!("EDICT edit  {s:.2} s ({} steps, strength {}, {calls}{warm_ups} UNet calls, encode and decode included)", a.steps, a.strength);
+        println!("{:<11} {s:.2} s ({} steps, strength {}, {calls}{warm_ups} UNet calls, encode and decode included)", format!("{} edit", a.method), a.steps, a.strength);
     }
     println!(
         "buffers     {:.0} MiB of weights on the device, the largest buffer {:.1} MiB (from the configs)",

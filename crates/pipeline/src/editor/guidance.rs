@@ -12,19 +12,19 @@ use crate::io::preview;
 use crate::prompt_edit::{EditSpec, P2p, Window, align_tokens, token_weights};
 use crate::samplers::NoisePredictor;
 use crate::samplers::schedule::Step;
-use crate::settings::{Method, Settings};
+use crate::settings::Settings;
 
 impl Editor {
     /// Validates `s` and builds the guided noise predictor of `spec`'s targets (the inversion's
-    /// prompt is `source`) on latents of `shape`; returns the steps to run and the predictor, and
-    /// tells `obs` any warnings.
+    /// prompt is `source`) on latents of `shape` for one pass (`inverting` or denoising) of
+    /// `s`'s sampler; returns the steps to run and the predictor, and tells `obs` any warnings.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn guided<'a>(
         &'a mut self,
         source: &str,
         spec: &EditSpec,
         s: &Settings,
-        method: Method,
+        inverting: bool,
         stage: &'static str,
         shape: [usize; 4],
         obs: &'a mut dyn Observer,
@@ -55,7 +55,7 @@ impl Editor {
         }
         let context = Tensor::cat(rows, 0);
         let controls = self.controls(source, spec)?;
-        let total = evals_per_pass(method, steps.len());
+        let total = s.sampler().calls(steps.len(), inverting);
         for w in &warnings {
             obs.warn(w);
         }
@@ -116,13 +116,6 @@ impl Editor {
             tokens,
             weights: (!spec.reweight.is_empty()).then(|| rows(weights)),
         }))
-    }
-}
-
-fn evals_per_pass(method: Method, steps: usize) -> usize {
-    match method {
-        Method::Edict => 2 * steps,
-        Method::Ddim => steps,
     }
 }
 

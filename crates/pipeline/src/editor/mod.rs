@@ -13,10 +13,9 @@ use edict_sd::models::vae::VaeConfig;
 use crate::error::{PipelineError, Result};
 pub use crate::io::image_io::Rgb;
 use crate::prompt_edit::EditSpec;
-use crate::samplers::ddim::{ddim_denoise, ddim_invert};
 use crate::samplers::{Pair, relative_error};
 use crate::samplers::schedule::Schedule;
-use crate::settings::{Method, Settings};
+use crate::settings::Settings;
 use noise::SplitMix;
 
 /// Prompt embeddings kept on the device: an edit needs three (source, target, negative); `eval`
@@ -71,14 +70,14 @@ pub struct Latent {
     pub shape: [usize; 4],
 }
 
-/// The inverted noise: a pair for EDICT, one chain (`x == y`) for DDIM.
+/// The inverted noise, made by the sampler `settings` choose: EDICT's pair, the two-step
+/// samplers' top two levels (x below y), DDIM's one chain (`x == y`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inversion {
     pub pair: Pair,
     pub latent: Latent,
     pub prompt: String,
     pub settings: Settings,
-    pub method: Method,
 }
 
 /// Result of invert-then-denoise with the same prompt.
@@ -228,28 +227,15 @@ impl Editor {
         })
     }
 
-    /// Inverts `latent` under `prompt`: EDICT's noise pair (or DDIM's single chain).
-    pub async fn invert(
-        &mut self,
-        latent: &Latent,
-        prompt: &str,
-        s: &Settings,
-        method: Method,
-        obs: &mut dyn Observer,
-    ) -> Result<Inversion> {
-        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, method, "invert", latent.shape, obs)?;
-        let pair = match method {
-            Method::Edict => s.edict().invert(&latent.values, &steps, &mut eps).await?,
-            Method::Ddim => {
-                Pair::of(&ddim_invert(&latent.values, &steps, &mut eps).await?)
-            }
-        };
+    /// Inverts `latent` under `prompt` with the sampler `s` chooses.
+    pub async fn invert(&mut self, latent: &Latent, prompt: &str, s: &Settings, obs: &mut dyn Observer) -> Result<Inversion> {
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, true, "invert", latent.shape, obs)?;
+        let pair = s.sampler().invert(&latent.values, &steps, &mut eps).await?;
         Ok(Inversion {
             pair,
             latent: latent.clone(),
             prompt: prompt.to_string(),
             settings: s.clone(),
-            method,
         })
     }
 
@@ -275,29 +261,14 @@ impl Editor {
         obs: &mut dyn Observer,
     ) -> Result<Vec<Pair>> {
         let s = &inv.settings;
-        let (steps, mut eps) = self.guided(&inv.prompt, spec, s, inv.method, stage, inv.latent.shape, obs)?;
-        let k = spec.targets.len();
-        let pairs = match inv.method {
-            Method::Edict => s.edict().denoise(vec![inv.pair.clone(); k], &steps, &mut eps).await?,
-            Method::Ddim => {
-                let xs = ddim_denoise(vec![inv.pair.x_f64(); k], &steps, &mut eps).await?;
-                xs.iter().map(|x| Pair::of(x)).collect()
-            }
-        };
-        Ok(pairs)
+        let (steps, mut eps) = self.guided(&inv.prompt, spec, s, false, stage, inv.latent.shape, obs)?;
+        s.sampler().denoise(vec![inv.pair.clone(); spec.targets.len()], &steps, &mut eps).await
     }
 
-    /// Invert then denoise with the same prompt; EDICT returns `z` bit for bit.
-    pub async fn reconstruct(
-        &mut self,
-        latent: &Latent,
-        prompt: &str,
-        s: &Settings,
-        method: Method,
-        obs: &mut dyn Observer,
-    ) -> Result<Reconstruction> {
+    /// Invert then denoise with the same prompt; the exact samplers return `z` bit for bit.
+    pub async fn reconstruct(&mut self, latent: &Latent, prompt: &str, s: &Settings, obs: &mut dyn Observer) -> Result<Reconstruction> {
         let before = self.unet_calls;
-        let inv = self.invert(latent, prompt, s, method, obs).await?;
+        let inv = self.invert(latent, prompt, s, obs).await?;
         let pair = self.denoise(&inv, prompt, "reconstruct", obs).await?;
         let values = pair.x_f64();
         let latent_rel_err = relative_error(&values, &latent.values);

@@ -24,10 +24,10 @@ impl Editor {
             )));
         }
         crate::io::image_io::check_pixels(width as u64, height as u64)?;
-        let s = Settings { strength: 1.0, ..s.clone() };
+        let s = Settings { strength: 1.0, method: Method::Ddim, ..s.clone() };
         let shape = [1, self.model.configs.vae.latent_channels, height / down, width / down];
         // one DDIM chain: one UNet call per step
-        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), &s, Method::Ddim, "generate", shape, obs)?;
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), &s, false, "generate", shape, obs)?;
         let mut rng = SplitMix(seed);
         let noise = (0..shape.iter().product::<usize>()).map(|_| rng.normal()).collect();
         let values = ddim_denoise(vec![noise], &steps, &mut eps).await?.remove(0);
@@ -40,11 +40,12 @@ impl Editor {
     /// timestep of the run `s` describes, `x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε` with seeded Gaussian ε
     /// (diffusers' img2img), then denoised by DDIM under `prompt`.
     pub async fn img2img(&mut self, latent: &Latent, prompt: &str, s: &Settings, seed: u64, obs: &mut dyn Observer) -> Result<Latent> {
+        let s = &Settings { method: Method::Ddim, ..s.clone() };
         let (steps, _) = s.validate(&self.schedule)?;
         let at = self.schedule.alphas_cumprod[steps[0].t];
         let mut rng = SplitMix(seed);
         let noisy = latent.values.iter().map(|z| at.sqrt() * z + (1.0 - at).sqrt() * rng.normal()).collect();
-        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, Method::Ddim, "img2img", latent.shape, obs)?;
+        let (steps, mut eps) = self.guided(prompt, &EditSpec::to(prompt), s, false, "img2img", latent.shape, obs)?;
         let values = ddim_denoise(vec![noisy], &steps, &mut eps).await?.remove(0);
         Ok(Latent { values, shape: latent.shape })
     }

@@ -1,7 +1,7 @@
 //! The latents file: an inversion saved as safetensors (`x`, `y`, `latent`, all f64
 //! `[1, 4, h/8, w/8]`, and `x_lo`, `y_lo`: the low parts of the double-double pair, so the
-//! pair reloads bit for bit) with its prompt and settings in the metadata, so one inversion can
-//! be edited many times, natively or in a browser. Files without the low parts load with
+//! pair reloads bit for bit) with its prompt and settings (the method and its knobs among them)
+//! in the metadata, so one inversion can be edited many times, natively or in a browser. Files without the low parts load with
 //! them zero (the pair rounded to f64: still an inversion, no longer guaranteed exact). The file names the model that inverted it by
 //! its fingerprint, so it is never denoised by weights that cannot reproduce the photo.
 
@@ -13,11 +13,13 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{PipelineError, Result};
 use crate::editor::{Inversion, Latent};
-use crate::settings::{Method, Settings};
+use crate::settings::{DEFAULTS, Settings};
 use crate::samplers::{Pair, hi};
 use twofloat::TwoFloat;
 
-const FORMAT: &str = "edict-latents/2";
+const FORMAT: &str = "edict-latents/3";
+/// The format before BDIA: no `gamma` (every such file is EDICT's or DDIM's, which ignore it).
+const FORMAT_2: &str = "edict-latents/2";
 
 /// The model a saved inversion was made with: the name the user gave it and its
 /// [`StableDiffusion::fingerprint`].
@@ -48,7 +50,6 @@ pub fn to_bytes(inv: &Inversion, origin: &Origin) -> Result<Vec<u8>> {
         ("model", origin.model.clone()),
         ("fingerprint", origin.fingerprint.clone()),
         ("prompt", inv.prompt.clone()),
-        ("method", inv.method.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -85,9 +86,10 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
         .metadata()
         .clone()
         .ok_or_else(|| bad("no metadata: not written by `edict invert`".into()))?;
-    match m.get("format").map(String::as_str) {
-        Some(FORMAT) => {}
-        Some("edict-latents/1") => {
+    let format = m.get("format").cloned().unwrap_or_default();
+    match format.as_str() {
+        FORMAT | FORMAT_2 => {}
+        "edict-latents/1" => {
             return Err(bad(
                 "written by an earlier edict that did not record the model's fingerprint; invert the photo again".into(),
             ));
@@ -140,8 +142,11 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
         x: pair_half("x", x)?,
         y: pair_half("y", y)?,
     };
-    let method: Method = get("method")?.parse().map_err(|e: PipelineError| bad(e.to_string()))?;
-    let settings = Settings::from_strings(|k| m.get(k).cloned()).map_err(bad)?;
+    let settings = Settings::from_strings(|k| match m.get(k) {
+        None if k == "gamma" && format == FORMAT_2 => Some(DEFAULTS.gamma.to_string()),
+        v => v.cloned(),
+    })
+    .map_err(bad)?;
     Ok((
         Inversion {
             pair,
@@ -151,7 +156,6 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<(Inversion, Origin)> {
             },
             prompt: get("prompt")?,
             settings,
-            method,
         },
         Origin {
             model: get("model")?,
@@ -207,11 +211,12 @@ mod tests {
             },
             prompt: "a cat, \"quoted\"".into(),
             settings: Settings {
+                method: crate::settings::Method::Bdia,
                 steps: 7,
                 strength: 0.7,
+                gamma: 0.9,
                 ..Settings::default()
             },
-            method: Method::Edict,
         }
     }
 
@@ -239,6 +244,24 @@ mod tests {
         edit(&mut t);
         let views = t.iter().map(|(k, b)| (k.clone(), TensorView::new(Dtype::F64, shape.clone(), b).unwrap()));
         safetensors::serialize(views, meta.metadata().clone()).unwrap()
+    }
+
+    #[test]
+    fn files_from_before_bdia_load_with_the_default_gamma() {
+        let edict = Inversion { settings: Settings { method: crate::settings::Method::Edict, ..inv().settings }, ..inv() };
+        let bytes = to_bytes(&edict, &origin()).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut m = meta.metadata().clone().unwrap();
+        m.remove("gamma");
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let views = || st.tensors().into_iter().map(|(k, v)| (k, TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()));
+        let missing = safetensors::serialize(views(), Some(m.clone())).unwrap();
+        let err = from_bytes(&missing, "t").unwrap_err().to_string();
+        assert!(err.contains("metadata lacks `gamma`"), "{err}");
+        m.insert("format".into(), FORMAT_2.into());
+        let old = safetensors::serialize(views(), Some(m)).unwrap();
+        let (back, _) = from_bytes(&old, "t").unwrap();
+        assert_eq!(back.settings, Settings { gamma: DEFAULTS.gamma, ..edict.settings });
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The samplers, on latents held on the host: EDICT ([`edict`], exact) and DDIM ([`ddim`], the
-//! inexact baseline) over the DDIM [`schedule`].
+//! The samplers, on latents held on the host: EDICT ([`edict`], exact, two network calls per
+//! step), BDIA and O-BELM ([`two_step`], exact, one call per step) and DDIM ([`ddim`], the
+//! inexact baseline), over the DDIM [`schedule`]; [`Sampler`] is the one the settings choose.
 //!
 //! A sampler sees no tensor library: it calls a [`NoisePredictor`] `ε(latent, t)` (the
 //! classifier-free-guided UNet, bound to one prompt) and does every step's arithmetic itself.
@@ -8,18 +9,65 @@
 //! significand): the inverse recovers each latent to ~1e-32 relative, so its rounding to the
 //! network's f32 input (and to f64 at the end) matches the forward pass, even through the
 //! large gains of the denoising dynamics that defeat f64 coupling (docs/exactness.md).
-//! DDIM stays in f64. Equations: docs/edict.md.
+//! The two-step samplers hold their pair of levels the same way. DDIM stays in f64.
+//! Equations: docs/edict.md, docs/samplers.md.
 
 pub mod ddim;
 pub mod edict;
 pub mod schedule;
+pub mod two_step;
 
 use std::ops::{Add, Div, Mul, Sub};
 
 use twofloat::TwoFloat;
 
 use crate::error::{PipelineError, Result};
+use ddim::{ddim_denoise, ddim_invert};
+use edict::Edict;
 use schedule::Step;
+use two_step::TwoStep;
+
+/// A sampler with its knobs, as the settings choose it ([`crate::settings::Settings::sampler`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    Edict(Edict),
+    TwoStep(TwoStep),
+    Ddim,
+}
+
+impl Sampler {
+    /// Inverts the image latent `z` through `steps` (denoising order) to the state denoising
+    /// starts from: EDICT's pair, the two-step samplers' top two levels, DDIM's chain (x = y).
+    pub async fn invert(&self, z: &[f64], steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Pair> {
+        match self {
+            Self::Edict(e) => e.invert(z, steps, eps).await,
+            Self::TwoStep(m) => m.invert(z, steps, eps).await,
+            Self::Ddim => Ok(Pair::of(&ddim_invert(z, steps, eps).await?)),
+        }
+    }
+
+    /// Denoises inverted states, all in each network call; each result's `x` is the image latent.
+    pub async fn denoise(&self, pairs: Vec<Pair>, steps: &[Step], eps: &mut impl NoisePredictor) -> Result<Vec<Pair>> {
+        match self {
+            Self::Edict(e) => e.denoise(pairs, steps, eps).await,
+            Self::TwoStep(m) => m.denoise(pairs, steps, eps).await,
+            Self::Ddim => {
+                let xs = ddim_denoise(pairs.iter().map(Pair::x_f64).collect(), steps, eps).await?;
+                Ok(xs.iter().map(|x| Pair::of(x)).collect())
+            }
+        }
+    }
+
+    /// Network calls (each batching every chain) of one pass over `run` steps.
+    pub fn calls(&self, run: usize, inverting: bool) -> usize {
+        match self {
+            Self::Edict(_) => 2 * run,
+            Self::TwoStep(_) if inverting => run,
+            Self::TwoStep(_) => run - 1,
+            Self::Ddim => run,
+        }
+    }
+}
 
 /// The classifier-free-guided noise prediction at one timestep for each of several latents,
 /// one per chain sampled together (several edit targets share each network call).
@@ -122,8 +170,6 @@ pub fn relative_error(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use super::ddim::{ddim_denoise, ddim_invert};
-    use super::edict::Edict;
     use super::schedule::Schedule;
 
     /// A deterministic, nonlinear predictor that depends on the latent and the timestep, so a
@@ -151,11 +197,11 @@ mod tests {
         }
     }
 
-    fn latent() -> Vec<f64> {
+    pub(super) fn latent() -> Vec<f64> {
         (0..64).map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0).collect()
     }
 
-    fn run<F: std::future::Future>(f: F) -> F::Output {
+    pub(super) fn run<F: std::future::Future>(f: F) -> F::Output {
         pollster::block_on(f)
     }
 

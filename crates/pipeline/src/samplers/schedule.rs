@@ -26,6 +26,8 @@ pub struct Step {
     pub index: usize,
     pub a: f64,
     pub b: f64,
+    /// ᾱ_t, what the two-step samplers build their coefficients from.
+    pub alpha_bar: f64,
 }
 
 impl Schedule {
@@ -79,6 +81,7 @@ impl Schedule {
                     index,
                     a: (ap / at).sqrt(),
                     b: (1.0 - ap).sqrt() - (ap * (1.0 - at) / at).sqrt(),
+                    alpha_bar: at,
                 }
             })
             .collect())
