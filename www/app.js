@@ -257,7 +257,10 @@ function readOptions() {
     return n;
   };
   const o = {
-    settings: { steps: num('steps', true), strength: num('strength'), mix: num('mix'), guidance: num('guidance'), negative: $('negative').value },
+    settings: {
+      method: $('method').value, steps: num('steps', true), strength: num('strength'), mix: num('mix'), gamma: num('gamma'),
+      guidance: num('guidance'), negative: $('negative').value,
+    },
     controls: { p2p: $('p2p').checked, reweight: readReweight() },
   };
   const w = $('width').value.trim(), h = $('height').value.trim();
@@ -480,7 +483,7 @@ window.addEventListener('unhandledrejection', (ev) => onTrap(ev.reason));
 // What the page keeps across that reload (in sessionStorage, the photo in the Cache API): the
 // form, which model to load again, and why.
 const RECOVERY = 'edict-recovery';
-const FIELDS = ['source', 'reweight', 'steps', 'strength', 'mix', 'guidance', 'negative', 'width', 'height',
+const FIELDS = ['source', 'reweight', 'method', 'steps', 'strength', 'mix', 'gamma', 'guidance', 'negative', 'width', 'height',
   'p2p-tokens-from', 'p2p-tokens-to', 'p2p-self-from', 'p2p-self-to', 'precision', 'model-url'];
 let reloading = false;
 
@@ -628,7 +631,7 @@ const recovery = takeRecoveryNote();
 try {
   await startGpu();
   const d = wasm.defaultOptions();
-  for (const k of ['steps', 'strength', 'mix', 'guidance']) $(k).value = d.settings[k];
+  for (const k of ['method', 'steps', 'strength', 'mix', 'gamma', 'guidance']) $(k).value = d.settings[k];
   for (const name of ['tokens', 'self']) {
     [$(`p2p-${name}-from`).value, $(`p2p-${name}-to`).value] = d.controls[`p2p_${name}`].split(':');
   }

@@ -137,9 +137,11 @@ fn from_latents_refuses_what_it_cannot_reproduce() {
         a.extend(extra);
         fails(&a)
     };
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--steps", "5"], "--steps 5 differs from the 4"),
         (&["--guidance", "7.5"], "--guidance 7.5 differs"),
+        (&["--method", "belm"], "--method belm differs from the edict"),
+        (&["--gamma", "0.5"], "--gamma 0.5 differs from the 0.96"),
         (&["--no-leapfrog"], "--no-leapfrog true differs"),
         (&["--width", "128", "--height", "64"], "holds a 64×64 inversion"),
         (&["--image", &inp], "already holds the inverted photo"),
@@ -168,12 +170,19 @@ fn report(t: &Tmp, m: &str, method: &str) -> serde_json::Value {
 }
 
 #[test]
-fn reconstruct_reports_exact_edict_and_inexact_ddim() {
+fn reconstruct_reports_exact_edict_bdia_belm_and_inexact_ddim() {
     let t = Tmp::new("recon");
     let m = model();
     write_photo(&t.path("in.png"), 64, 64);
     let edict = report(&t, &m, "edict");
     let ddim = report(&t, &m, "ddim");
+    for method in ["bdia", "belm"] {
+        let r = report(&t, &m, method);
+        assert_eq!((r["method"].as_str(), r["latent_rel_err"].as_f64()), (Some(method), Some(0.0)), "{r}");
+        // 8 levels: 8 calls to invert, 7 to denoise, against EDICT's 32
+        assert_eq!(r["unet_evals"].as_u64(), Some(8 + 7));
+        assert!(r["unet_evals"].as_f64().unwrap() <= 0.55 * edict["unet_evals"].as_f64().unwrap());
+    }
     for k in ["latent_rel_err", "mse", "psnr", "ssim", "unet_evals", "seconds"] {
         assert!(edict.get(k).is_some(), "report lacks {k}: {edict}");
     }
@@ -242,6 +251,10 @@ fn bad_input_is_one_clear_line() {
         (vec!["--image", &inp, "--out", &out, "--steps", "0"], "steps"),
         (vec!["--image", &inp, "--out", &out, "--steps", "5000"], "steps"),
         (vec!["--image", &inp, "--out", &out, "--mix", "0.4"], "mix"),
+        (vec!["--image", &inp, "--out", &out, "--method", "o-belm"], "method `o-belm`: expected edict, bdia, belm or ddim"),
+        (vec!["--image", &inp, "--out", &out, "--method", "bdia", "--gamma", "0"], "gamma must be a finite number > 0"),
+        (vec!["--image", &inp, "--out", &out, "--method", "bdia", "--gamma", "inf"], "gamma must be a finite number > 0"),
+        (vec!["--image", &inp, "--out", &out, "--method", "belm", "--steps", "10", "--strength", "0.1"], "belm needs at least 2 steps"),
         (vec!["--image", &inp, "--out", &out, "--guidance", "NaN"], "guidance"),
         (vec!["--image", &inp, "--out", &out, "--guidance=-1"], "guidance"),
         (vec!["--image", &inp, "--out", &out, "--width", "100", "--height", "64"], "multiples of 8"),

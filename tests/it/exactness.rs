@@ -1,7 +1,8 @@
-//! EDICT round trips are exact to the bit over a matrix of photos, sizes, step counts,
-//! strengths and guidance scales — including cases where coupling in f64 is not (the coffee
-//! photo at 128², 10 steps, strength 0.7, guidance 4: 1.2e-6 with f64 coupling, as a PyTorch run
-//! of the same algorithm also gives). A latents file keeps that exactness in another process.
+//! EDICT, BDIA and O-BELM round trips are exact to the bit over a matrix of photos, sizes, step
+//! counts, strengths and guidance scales — including cases where coupling in f64 is not (the
+//! coffee photo at 128², 10 steps, strength 0.7, guidance 4: 1.2e-6 with f64 coupling, as a
+//! PyTorch run of the same algorithm also gives). A latents file keeps that exactness in another
+//! process.
 
 
 use burn::tensor::Device;
@@ -9,7 +10,7 @@ use crate::common::*;
 use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::io::latents::{self, Origin};
 use edict_pipeline::editor::{Editor, Latent, Quiet};
-use edict_pipeline::settings::Settings;
+use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::Backend;
 use edict_sd::checkpoint::files::ModelFiles;
 use edict_sd::config::Precision;
@@ -29,8 +30,11 @@ fn photo_latent(ed: &mut Editor, photo: &str, size: u32) -> Latent {
     pollster::block_on(ed.encode(image_io::to_pixels(&img), size as usize, size as usize, None)).unwrap()
 }
 
+const EXACT: [Method; 3] = [Method::Edict, Method::Bdia, Method::Belm];
+
 #[derive(Clone, Copy, Debug)]
 struct Case {
+    method: Method,
     steps: usize,
     strength: f64,
     guidance: f64,
@@ -39,23 +43,35 @@ struct Case {
 impl Case {
     fn settings(&self) -> Settings {
         Settings {
+            method: self.method,
             steps: self.steps,
             strength: self.strength,
             guidance: self.guidance,
             ..Settings::default()
         }
     }
+
+    /// The same case with another method.
+    fn with(self, method: Method) -> Self {
+        Self { method, ..self }
+    }
 }
 
-/// Runs every case on every photo and size; panics listing the cases that were not bit-exact.
-fn sweep(backend: Backend, precision: Precision, sizes: &[u32], cases: &[Case]) {
+/// The case f64 coupling misses.
+const HARD: Case = Case { method: Method::Edict, steps: 10, strength: 0.7, guidance: 4.0 };
+
+/// Runs every case on every photo at each of its sizes; panics listing the cases that were not
+/// bit-exact.
+fn sweep(backend: Backend, precision: Precision, cases: &[(u32, Case)]) {
     let device = edict_sd::device::backend::device(backend).unwrap();
     let mut ed = editor(&device, precision);
     let (mut runs, mut errors) = (0, Vec::new());
+    let mut sizes: Vec<u32> = cases.iter().map(|c| c.0).collect();
+    sizes.dedup();
     for photo in PHOTOS {
-        for &size in sizes {
+        for &size in &sizes {
             let z = photo_latent(&mut ed, photo, size);
-            for c in cases {
+            for (_, c) in cases.iter().filter(|c| c.0 == size) {
                 let rec = pollster::block_on(ed.reconstruct(&z, PROMPT, &c.settings(), &mut Quiet)).unwrap();
                 runs += 1;
                 if rec.latent.values != z.values {
@@ -69,47 +85,57 @@ fn sweep(backend: Backend, precision: Precision, sizes: &[u32], cases: &[Case]) 
 }
 
 /// Odd and even inverted-step counts (floor(steps × strength): 3 … 25), with and without guidance.
-fn matrix() -> Vec<Case> {
+fn matrix(method: Method) -> Vec<Case> {
     let mut cases = vec![];
     for steps in [7, 8, 10, 25] {
         for strength in [0.5, 0.7, 1.0] {
             for guidance in [1.0, 3.0, 7.5] {
-                cases.push(Case { steps, strength, guidance });
+                cases.push(Case { method, steps, strength, guidance });
             }
         }
     }
     cases
 }
 
+/// EDICT over the matrix at 64² and 128²; BDIA and O-BELM (half the calls) over it at 64², and
+/// the hard case at 128².
 #[test]
 fn round_trips_are_bit_exact_on_cpu() {
-    let mut cases = matrix();
-    cases.push(Case { steps: 10, strength: 0.7, guidance: 4.0 }); // the case f64 coupling misses
-    sweep(Backend::Cpu, Precision::F32, &[64, 128], &cases);
+    let mut cases: Vec<(u32, Case)> = Vec::new();
+    for size in [64, 128] {
+        for method in EXACT {
+            if size == 64 || method == Method::Edict {
+                cases.extend(matrix(method).into_iter().map(|c| (size, c)));
+            }
+            cases.push((size, HARD.with(method)));
+        }
+    }
+    sweep(Backend::Cpu, Precision::F32, &cases);
 }
 
 #[test]
 fn round_trips_are_bit_exact_on_wgpu() {
     let cases = [
-        Case { steps: 10, strength: 0.7, guidance: 4.0 },
-        Case { steps: 8, strength: 1.0, guidance: 7.5 },
-        Case { steps: 25, strength: 0.5, guidance: 3.0 },
+        HARD,
+        Case { method: Method::Edict, steps: 8, strength: 1.0, guidance: 7.5 },
+        Case { method: Method::Edict, steps: 25, strength: 0.5, guidance: 3.0 },
+        HARD.with(Method::Bdia),
+        Case { method: Method::Belm, steps: 8, strength: 1.0, guidance: 7.5 },
     ];
-    sweep(Backend::Wgpu, Precision::F32, &[128], &cases);
+    sweep(Backend::Wgpu, Precision::F32, &cases.map(|c| (128, c)));
 }
 
 /// The networks in f16 (the GPU backends' f16 convolutions; with `gpu-tuned`, fused attention):
 /// less accurate, and still exact to the bit.
 #[test]
 fn round_trips_are_bit_exact_in_f16() {
-    let cases = [Case { steps: 10, strength: 0.7, guidance: 4.0 }];
     for backend in [Backend::Cpu, Backend::Wgpu] {
-        sweep(backend, Precision::F16, &[128], &cases);
+        sweep(backend, Precision::F16, &EXACT.map(|m| (128, HARD.with(m))));
     }
 }
 
-/// Inverts, saves the latents file, and has a fresh process (this test binary again) load it
-/// and denoise with the source prompt: the latent comes back bit for bit.
+/// Inverts with each exact method, saves the latents files, and has a fresh process (this test
+/// binary again) load them and denoise with the source prompt: the latent comes back bit for bit.
 #[test]
 fn latents_file_round_trips_exactly_across_processes_on_cpu() {
     across_processes(Backend::Cpu, "latents_file_round_trips_exactly_across_processes_on_cpu");
@@ -128,28 +154,33 @@ fn across_processes(backend: Backend, test: &str) {
     let device = edict_sd::device::backend::device(backend).unwrap();
     let mut ed = editor(&device, Precision::F32);
     let origin = Origin::of("tiny-sd", &ed.model);
-    if let Ok(path) = std::env::var(CHILD) {
-        // the child: load, check, denoise, write x as f64 bytes
-        let bytes = std::fs::read(&path).unwrap();
-        let (inv, from) = latents::from_bytes(&bytes, &path).unwrap();
-        latents::check_fits(&inv, &from, &ed.model, "tiny-sd", &path).unwrap();
-        let pair = pollster::block_on(ed.denoise(&inv, &inv.prompt, "reconstruct", &mut Quiet)).unwrap();
-        let out: Vec<u8> = pair.x_f64().iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(format!("{path}.x"), out).unwrap();
+    let file = |dir: &std::path::Path, m: Method| dir.join(format!("coffee-{m}.safetensors"));
+    if let Ok(dir) = std::env::var(CHILD) {
+        // the child: load, check, denoise, write x as f64 bytes; the method comes from the file
+        for m in EXACT {
+            let path = file(dir.as_ref(), m);
+            let shown = path.display().to_string();
+            let (inv, from) = latents::from_bytes(&std::fs::read(&path).unwrap(), &shown).unwrap();
+            latents::check_fits(&inv, &from, &ed.model, "tiny-sd", &shown).unwrap();
+            assert_eq!(inv.settings.method, m);
+            let pair = pollster::block_on(ed.denoise(&inv, &inv.prompt, "reconstruct", &mut Quiet)).unwrap();
+            let out: Vec<u8> = pair.x_f64().iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(format!("{shown}.x"), out).unwrap();
+        }
         return;
     }
     let z = photo_latent(&mut ed, "coffee.png", 128);
-    let s = Case { steps: 10, strength: 0.7, guidance: 4.0 }.settings();
-    let inv = pollster::block_on(ed.invert(&z, PROMPT, &s, &mut Quiet)).unwrap();
     let dir = std::env::temp_dir().join(format!("edict-exactness-{backend}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("coffee.safetensors");
-    std::fs::write(&path, latents::to_bytes(&inv, &origin).unwrap()).unwrap();
+    for m in EXACT {
+        let inv = pollster::block_on(ed.invert(&z, PROMPT, &HARD.with(m).settings(), &mut Quiet)).unwrap();
+        std::fs::write(file(&dir, m), latents::to_bytes(&inv, &origin).unwrap()).unwrap();
+    }
     // libtest names a test by its path below the crate root
     let name = format!("{}::{test}", module_path!().split_once("::").map_or("", |(_, m)| m));
     let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", &name, "--nocapture"])
-        .env(CHILD, &path)
+        .env(CHILD, &dir)
         .output()
         .unwrap();
     assert!(
@@ -158,13 +189,17 @@ fn across_processes(backend: Backend, test: &str) {
         String::from_utf8_lossy(&child.stdout),
         String::from_utf8_lossy(&child.stderr)
     );
-    let back: Vec<f64> = std::fs::read(dir.join("coffee.safetensors.x"))
-        .unwrap_or_else(|e| panic!("the child ({name}) wrote no result ({e}):\n{}", String::from_utf8_lossy(&child.stdout)))
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    for m in EXACT {
+        let result = format!("{}.x", file(&dir, m).display());
+        let back: Vec<f64> = std::fs::read(&result)
+            .unwrap_or_else(|e| panic!("the child ({name}) wrote no {result} ({e}):\n{}", String::from_utf8_lossy(&child.stdout)))
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let err = edict_pipeline::samplers::relative_error(&back, &z.values);
+        assert!(back == z.values, "{backend} {m}: round trip through the file: {err:e}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(back == z.values, "{backend}: round trip through the file: {:e}", edict_pipeline::samplers::relative_error(&back, &z.values));
 }
 
 /// The warm-up pass (on by default where autotune picks kernels) runs each call shape once before
@@ -180,7 +215,7 @@ fn warm_up_runs_each_call_shape_once_and_changes_no_bit() {
         let z = photo_latent(&mut cold, "chelsea.png", 64);
         // batch 2 (guidance), then batch 1 (guidance 1), then batch 2 again
         for guidance in [3.0, 1.0, 7.5] {
-            let s = Case { steps: 4, strength: 1.0, guidance }.settings();
+            let s = Case { method: Method::Edict, steps: 4, strength: 1.0, guidance }.settings();
             let a = pollster::block_on(cold.reconstruct(&z, PROMPT, &s, &mut Quiet)).unwrap();
             let b = pollster::block_on(warm.reconstruct(&z, PROMPT, &s, &mut Quiet)).unwrap();
             assert!(a.latent.values == b.latent.values, "{backend}, guidance {guidance}: the warm-up changed the result");

@@ -15,3 +15,4 @@ mod loading;
 mod networks;
 mod p2p;
 mod sd2;
+mod two_step;
