@@ -41,12 +41,33 @@ web() {
   )
 }
 
-test_web() {
-  # The native CLI the page is checked against: the binary the test build makes (a plain
-  # `cargo build` unifies features without the dev-dependencies and rebuilds much of burn).
-  cargo test --workspace --no-run --locked --quiet
+# The browser test against the native CLI it compares with: the binary the test build makes (a
+# plain `cargo build` unifies features without the dev-dependencies and rebuilds much of burn).
+run_web() {
   web
   EDICT_BIN="$CARGO_TARGET_DIR/debug/edict" node tests/web/run.mjs
+}
+
+test_web() {
+  cargo test --workspace --no-run --locked --quiet
+  run_web
+}
+
+# Everything: the native tests and the browser test side by side. Neither fills both cores alone
+# (the page runs on one renderer thread, wasm-opt on one), so together they take about the longer
+# one's time. The browser test's output is printed after the native tests'.
+test_all() {
+  cargo test --workspace --no-run --locked
+  local log status=0 web_status=0
+  log=$(mktemp)
+  run_web >"$log" 2>&1 &
+  local pid=$!
+  cargo test --workspace --locked 2>&1 || status=$?
+  wait "$pid" || web_status=$?
+  cat "$log"
+  rm -f "$log"
+  echo "native tests: $([[ $status == 0 ]] && echo passed || echo "FAILED ($status)"); browser test: $([[ $web_status == 0 ]] && echo passed || echo "FAILED ($web_status)")" >&2
+  [[ $status == 0 && $web_status == 0 ]]
 }
 
 case "${1:-}" in
@@ -54,8 +75,7 @@ case "${1:-}" in
     scripts/setup.sh ;;
   test)
     scripts/setup.sh
-    cargo test --workspace --locked 2>&1
-    test_web ;;
+    test_all ;;
   release)
     cargo build --release --locked ;;
   web)

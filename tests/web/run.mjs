@@ -155,9 +155,10 @@ async function testEdit(base) {
     const started = await waitState(page, ['ready', 'no-webgpu', 'failed'], 120_000);
     check(started === 'ready', `page starts with WebGPU (state ${started}; ${await page.textContent('#gpu-status')}) in ${secs(t)} s`);
     if (started !== 'ready') return;
-    check((await page.inputValue('#steps')) === '50' && (await page.inputValue('#strength')) === '0.8' &&
-      (await page.inputValue('#mix')) === '0.93' && (await page.inputValue('#guidance')) === '3',
-      'settings show the CLI defaults (50 / 0.8 / 0.93 / 3)');
+    check((await page.inputValue('#method')) === 'edict' && (await page.inputValue('#steps')) === '50' &&
+      (await page.inputValue('#strength')) === '0.8' && (await page.inputValue('#mix')) === '0.93' &&
+      (await page.inputValue('#gamma')) === '0.96' && (await page.inputValue('#guidance')) === '3',
+      'settings show the CLI defaults (edict, 50 / 0.8 / 0.93 / 0.96 / 3)');
 
     // a failed load leaves a message and a usable page
     await page.fill('#model-url', '../fixtures/no-such-model/');
@@ -208,13 +209,21 @@ async function testEdit(base) {
       `live preview: ${previews.invert} invert + ${previews.edit} edit callbacks (expected ${evals} each), ` +
       `canvas ${live.w}x${live.h} with ${live.colors} colours`);
 
-    // the page's own round trip (invert, then denoise with the source prompt) is bit-exact
+    // the page's own round trip (invert, then denoise with the source prompt) is bit-exact, here
+    // with O-BELM: one UNet call per level (5 to invert, 4 to denoise)
     t = Date.now();
+    await page.selectOption('#method', 'belm');
     await page.click('#reconstruct');
     const rec = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
     const report = await page.evaluate(() => window.edict.report);
-    check(rec === 'done' && report.latent_rel_err === 0,
-      `reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0) in ${secs(t)} s`);
+    const levels = Math.floor(STEPS * STRENGTH);
+    const recEvents = await page.evaluate(() => window.edict.events);
+    const passes = ['invert', 'reconstruct'].map((s) => recEvents.filter((e) => e.stage === s).length);
+    check(rec === 'done' && report.latent_rel_err === 0 && report.method === 'belm' && report.unet_evals === 2 * levels - 1 &&
+      passes[0] === levels && passes[1] === levels - 1,
+      `O-BELM reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0), ${report?.unet_evals} UNet calls ` +
+      `(${passes.join(' + ')}; EDICT: ${4 * levels}) in ${secs(t)} s`);
+    await page.selectOption('#method', 'edict');
 
     t = Date.now();
     await testOperations(page, web);
@@ -230,15 +239,18 @@ async function testEdit(base) {
     check(lost === 'recovered' && /GPU device was lost|crashed/.test(lostMsg) && /press Edit again/.test(lostMsg),
       `a lost GPU device is reported and the page recovers in ${secs(t)} s (state ${lost}): "${lostMsg.slice(0, 160)}"`);
     if (lost !== 'recovered') return;
+    // retried at 2 steps: the same edit as the one before the loss (testOperations)
     t = Date.now();
+    await page.fill('#steps', '2');
     await page.click('#edit');
     const again = await waitState(page, ['done', 'failed'], 480_000);
     check(again === 'done', `the retried edit finishes on the new device in ${secs(t)} s (${await page.textContent('#stage')})`);
     if (again !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
     await download(page, '#download-result-1', web('retry.png'));
-    const [pr] = await pixels(page, [web('retry.png')]);
-    const same = psnr(pr, pw);
-    check(same === Infinity, `the retried edit equals the first one (PSNR ${same})`);
+    const [pr, p2] = await pixels(page, [web('retry.png'), web('edit-2.png')]);
+    const same = psnr(pr, p2);
+    check(same === Infinity, `the retried edit equals the same edit on the first device (PSNR ${same})`);
+    await page.fill('#steps', `${STEPS}`);
 
     // a wgpu error that cubecl panics on (here an invalid buffer on its device) traps the wasm
     // module mid-edit: the page reloads itself (a fresh module: the trapped one's memory goes),

@@ -77,7 +77,8 @@ pub trait NoisePredictor {
     async fn predict(&mut self, latents: &[Vec<f64>], t: usize) -> Result<Vec<Vec<f64>>>;
 }
 
-/// The coupled latents (x, y) in double-double; both start as the image latent.
+/// Two latents in double-double: EDICT's coupled pair (both start as the image latent), or the
+/// two-step samplers' two newest levels (x the less noisy one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
     pub x: Vec<TwoFloat>,
