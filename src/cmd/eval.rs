@@ -13,7 +13,7 @@ use edict_pipeline::eval::metrics::{self, Quality};
 use edict_pipeline::settings::{Method, Settings};
 use serde_json::{Value, json};
 
-use super::results::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
+use super::results::{Results, Row, ShardArgs, method_label, method_named, methods_in_order, number, quote};
 use super::{ModelArgs, eval_settings, open, unique};
 
 #[derive(Args)]
@@ -348,11 +348,7 @@ fn markdown_table(means: &[Mean]) -> String {
     let mut t = String::from("| method | MSE ↓ | PSNR (dB) ↑ | SSIM ↑ | latent error | s / image |\n");
     t += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
     for m in means {
-        let label = match m.method.as_str() {
-            "vae" => "VAE only",
-            "ddim" => "DDIM",
-            _ => "EDICT",
-        };
+        let label = method_label(&m.method);
         let err = m.latent_rel_err.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "—".into());
         t += &format!("| {label} | {:.4} | {:.2} | {:.4} | {err} | {:.2} |\n", m.mse, m.psnr, m.ssim, m.seconds);
     }

@@ -18,7 +18,7 @@ use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
 use serde_json::{Value, json};
 
-use super::results::{Results, Row, ShardArgs, method_named, methods_in_order, number, quote};
+use super::results::{Results, Row, ShardArgs, method_label, method_named, methods_in_order, number, quote};
 use super::{ModelArgs, eval_settings, open, unique};
 use crate::model_source;
 
@@ -381,13 +381,8 @@ impl Row for EditRow {
         t += "| method | PSNR ↑ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ | UNet calls | s / image |\n";
         t += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         for m in &means {
-            let label = match m.method {
-                "edict" => format!("EDICT{p2p}"),
-                "bdia" => format!("BDIA{p2p}"),
-                "belm" => format!("O-BELM{p2p}"),
-                "ddim" => format!("DDIM{p2p}"),
-                _ => "img2img".into(),
-            };
+            // P2P applies to the inverting methods, not img2img
+            let label = if m.method == "img2img" { m.method.to_string() } else { format!("{}{p2p}", method_label(m.method)) };
             let [psnr, mse, ssim, whole, edited] = m.values;
             t += &format!(
                 "| {label} | {psnr:.2} | {:.2} | {:.2} | {whole:.2} | {edited:.2} | {:.0} | {:.2} |\n",

@@ -106,6 +106,18 @@ pub fn methods_in_order<R: Row>(rows: &[R]) -> Vec<&'static str> {
 }
 
 /// The one of `known` that a CSV field names.
+/// A method's row label in the Markdown tables.
+pub fn method_label(method: &str) -> &str {
+    match method {
+        "vae" => "VAE only",
+        "edict" => "EDICT",
+        "bdia" => "BDIA",
+        "belm" => "O-BELM",
+        "ddim" => "DDIM",
+        other => other,
+    }
+}
+
 pub fn method_named(field: &str, known: &[&'static str]) -> Result<&'static str> {
     known.iter().copied().find(|m| *m == field).with_context(|| format!("unknown method `{field}`"))
 }
