@@ -14,7 +14,7 @@ use edict_pipeline::ops;
 use edict_pipeline::prompt_edit::EditControls;
 use edict_pipeline::settings::Settings;
 
-use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, encode_image, open, read_image, write, write_png};
+use super::{ImageArgs, ModelArgs, PreviewArgs, check_output, check_settings, encode_image, open, read_image, write, write_png};
 
 #[derive(Args)]
 pub struct EditArgs {
@@ -59,6 +59,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
         check_output(p, a.force)?;
     }
     let spec = a.controls.spec(a.target.clone())?;
+    check_settings(&a.sample)?;
     let t = Instant::now();
     let photo = if a.from_latents.is_none() { Some(read_image(&a.image)?) } else { None };
     let mut s = open(&a.model)?;

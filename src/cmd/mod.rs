@@ -93,9 +93,10 @@ pub struct PhotoArgs {
 }
 
 impl PhotoArgs {
-    /// Reads the photo (before the model loads, so a bad image fails fast), opens the model and
-    /// encodes the photo.
+    /// Checks the settings and reads the photo (before the model loads, so bad input fails
+    /// fast), opens the model and encodes the photo.
     pub fn open(&self) -> Result<(Session, Photo)> {
+        check_settings(&self.sample)?;
         let photo = read_image(&self.image)?;
         let mut s = open(&self.model)?;
         let photo = encode_image(&mut s, photo, self.image.seed)?;
@@ -108,9 +109,16 @@ impl PhotoArgs {
 pub fn eval_settings(steps: usize, strength: f64, mix: f64, gamma: f64, guidance: f64, methods: &[Method]) -> Result<Settings> {
     let settings = Settings { steps, strength, mix, gamma, guidance, ..Settings::default() };
     for &method in methods {
-        Settings { method, ..settings.clone() }.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
+        check_settings(&Settings { method, ..settings.clone() })?;
     }
     Ok(settings)
+}
+
+/// Refuses settings the sampler would refuse, before the model loads (the steps do not depend
+/// on the model's noise schedule, only on the counts and the strength).
+pub fn check_settings(s: &Settings) -> Result<()> {
+    s.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
+    Ok(())
 }
 
 /// `list` without repeats, in order (`--methods edict,edict`).

@@ -4,6 +4,7 @@
 
 use burn::tensor::Device;
 use crate::common::*;
+use edict_sd::device::backend::Backend;
 use edict_pipeline::difflib::opcodes;
 use edict_pipeline::eval::metrics;
 use edict_pipeline::editor::{Editor, Inversion, Latent, Observer, Progress, Quiet, Rgb};
@@ -138,7 +139,9 @@ fn p2p_with_the_source_prompt_round_trips_exactly() {
     for (backend, device) in devices() {
         let mut ed = editor(&device);
         let z = Latent { values: reference("edict.safetensors")["latent"].values.clone(), shape: [1, 4, 8, 8] };
-        for method in [Method::Edict, Method::Bdia, Method::Belm] {
+        // the two-step samplers on the CPU only: the controls they pass through are the same
+        let methods: &[Method] = if backend == Backend::Cpu { &[Method::Edict, Method::Bdia, Method::Belm] } else { &[Method::Edict] };
+        for &method in methods {
             let inv = pollster::block_on(ed.invert(&z, SOURCE, &Settings { method, ..settings() }, &mut Quiet)).unwrap();
             let spec = EditSpec { p2p: Some(P2p::default()), ..EditSpec::to(SOURCE) };
             let pairs = pollster::block_on(ed.edit(&inv, &spec, "edit", &mut Quiet)).unwrap();

@@ -6,6 +6,7 @@
 
 use burn::tensor::{Device, Tensor};
 use crate::common::*;
+use edict_sd::device::backend::Backend;
 use edict_pipeline::editor::{Editor, Latent, Quiet};
 use edict_pipeline::settings::{Method, Settings};
 use edict_pipeline::samplers::{hi, relative_error};
@@ -109,8 +110,8 @@ fn edict_with_v_prediction_matches_the_float64_reference() {
         assert!(p >= 35.0, "{backend}: edited image PSNR {p:.1} dB");
         let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &s, &mut Quiet)).unwrap();
         assert!(rec.latent.values == z.values, "{backend}: round trip {:e}", rec.latent_rel_err);
-        // the two-step samplers take the same converted ε
-        for method in [Method::Bdia, Method::Belm] {
+        // the two-step samplers take the same converted ε (on the CPU: the conversion is the host's)
+        for method in [Method::Bdia, Method::Belm].into_iter().filter(|_| backend == Backend::Cpu) {
             let rec = pollster::block_on(ed.reconstruct(&z, "a photo of a cat", &Settings { method, ..s.clone() }, &mut Quiet)).unwrap();
             assert!(rec.latent.values == z.values, "{backend} {method}: round trip {:e}", rec.latent_rel_err);
         }

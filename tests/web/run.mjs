@@ -533,13 +533,17 @@ async function testSd2(base) {
     check(loaded === 'model-loaded' && /without caching/.test(note),
       `tiny SD 2.x model loads from URLs with a failing cache: "${await page.textContent('#model-status')}", note "${note.slice(0, 90)}…"`);
     if (loaded !== 'model-loaded') return;
+    // with BDIA (v-prediction converted to ε as for EDICT): 2 levels, 2 + 1 UNet calls
     await fillForm(page, photo, { source: SOURCE, steps: 4, strength: 0.5, size: SIZE });
+    await page.selectOption('#method', 'bdia');
     const t = Date.now();
     await page.click('#reconstruct');
     const rec = await waitState(page, ['done', 'failed', 'cancelled'], 480_000);
     const report = await page.evaluate(() => window.edict.report);
-    check(rec === 'done' && report.latent_rel_err === 0,
-      `SD 2.x reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0) in ${secs(t)} s`);
+    check(rec === 'done' && report.latent_rel_err === 0 && report.method === 'bdia' && report.unet_evals === 3,
+      `SD 2.x BDIA reconstruct in the page: latent round trip ${report?.latent_rel_err} (exactly 0), ` +
+      `${report?.unet_evals} UNet calls in ${secs(t)} s`);
+    await page.selectOption('#method', 'edict');
     await testLocalFiles(page);
   } finally {
     await ctx.close();

@@ -15,7 +15,7 @@ use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::{Precision, SdConfigs, folder_configs};
 use edict_sd::model::StableDiffusion;
 
-use super::{ModelArgs, open};
+use super::{ModelArgs, check_settings, open};
 use crate::model_source;
 
 #[derive(Args)]
@@ -71,7 +71,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         ..Settings::default()
     };
     if !a.no_edit {
-        settings.validate(&edict_pipeline::samplers::schedule::Schedule::default())?;
+        check_settings(&settings)?;
     }
 
     let t = Instant::now();
