@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::eval::metrics::{self, Quality};
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::{DEFAULTS, Method, Settings};
 use serde_json::{Value, json};
 
 use super::results::{Results, Row, ShardArgs, method_label, method_named, methods_in_order, number, quote};
@@ -42,7 +42,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0.93)]
     mix: f64,
     /// BDIA's weight γ, > 0.
-    #[arg(long, default_value_t = 0.96)]
+    #[arg(long, default_value_t = DEFAULTS.gamma)]
     gamma: f64,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 3.0)]

@@ -13,7 +13,7 @@ use clap::Args;
 use edict_pipeline::io::image_io::{self, Rgb, Size};
 use edict_pipeline::eval::pie_bench::{self, Background, ClipScorer, Entry, Mask};
 use edict_pipeline::editor::Latent;
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::{DEFAULTS, Method, Settings};
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
 use serde_json::{Value, json};
@@ -79,7 +79,7 @@ pub struct EvalEditArgs {
     #[arg(long, default_value_t = 0.93)]
     mix: f64,
     /// BDIA's weight γ, > 0.
-    #[arg(long, default_value_t = 0.96)]
+    #[arg(long, default_value_t = DEFAULTS.gamma)]
     gamma: f64,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 3.0)]

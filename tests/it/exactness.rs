@@ -67,6 +67,7 @@ fn sweep(backend: Backend, precision: Precision, cases: &[(u32, Case)]) {
     let mut ed = editor(&device, precision);
     let (mut runs, mut errors) = (0, Vec::new());
     let mut sizes: Vec<u32> = cases.iter().map(|c| c.0).collect();
+    sizes.sort();
     sizes.dedup();
     for photo in PHOTOS {
         for &size in &sizes {

@@ -73,14 +73,15 @@ impl Settings {
                 self.guidance
             )));
         }
+        let sampler = self.sampler();
         let mut warnings = Vec::new();
-        match self.sampler() {
+        match sampler {
             Sampler::Edict(e) => warnings.extend(e.validate()?),
             Sampler::TwoStep(m) => m.validate()?,
             Sampler::Ddim => {}
         }
         let steps = schedule.steps(self.steps, self.strength, self.steps_offset)?;
-        if matches!(self.sampler(), Sampler::TwoStep(_)) && steps.len() < 2 {
+        if matches!(sampler, Sampler::TwoStep(_)) && steps.len() < 2 {
             return Err(PipelineError::Invalid(format!(
                 "{} needs at least 2 steps to run (steps × strength = {} × {} runs {}): it denoises from a pair of levels",
                 self.method,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use edict_pipeline::editor::Editor;
-use edict_pipeline::settings::{Method, Settings};
+use edict_pipeline::settings::{DEFAULTS, Method, Settings};
 use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::{Precision, SdConfigs, folder_configs};
 use edict_sd::model::StableDiffusion;
@@ -47,7 +47,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
     /// Sampler of the timed edit: edict, bdia, belm or ddim.
-    #[arg(long, default_value_t = Method::Edict)]
+    #[arg(long, default_value_t = DEFAULTS.method)]
     method: Method,
     /// Skip the full edit.
     #[arg(long)]

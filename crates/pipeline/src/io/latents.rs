@@ -1,9 +1,10 @@
 //! The latents file: an inversion saved as safetensors (`x`, `y`, `latent`, all f64
 //! `[1, 4, h/8, w/8]`, and `x_lo`, `y_lo`: the low parts of the double-double pair, so the
 //! pair reloads bit for bit) with its prompt and settings (the method and its knobs among them)
-//! in the metadata, so one inversion can be edited many times, natively or in a browser. Files without the low parts load with
-//! them zero (the pair rounded to f64: still an inversion, no longer guaranteed exact). The file names the model that inverted it by
-//! its fingerprint, so it is never denoised by weights that cannot reproduce the photo.
+//! in the metadata, so one inversion can be edited many times, natively or in a browser. Files
+//! without the low parts load with them zero (the pair rounded to f64: still an inversion, no
+//! longer guaranteed exact). The file names the model that inverted it by its fingerprint, so it
+//! is never denoised by weights that cannot reproduce the photo.
 
 use std::collections::HashMap;
 
