@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use edict_sd::models::clip_score;
 use edict_sd::checkpoint::files::{ModelFiles, weight_candidates};
 use edict_sd::config::Precision;
+use edict_sd::models::unet_2d::UNetConfig;
 
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 
@@ -21,6 +22,16 @@ const REPO_TEXT_FILES: [&str; 8] = [
     "tokenizer/special_tokens_map.json",
     "tokenizer/tokenizer_config.json",
     "scheduler/scheduler_config.json",
+];
+
+/// The text files an SDXL repository adds (its UNet's config says `text_time`).
+const SDXL_TEXT_FILES: [&str; 6] = [
+    "model_index.json",
+    "text_encoder_2/config.json",
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
 ];
 
 pub fn resolve(model: &str, config: Option<&Path>, precision: Precision) -> Result<ModelFiles> {
@@ -109,10 +120,25 @@ fn fetch(id: &str, precision: Precision) -> Result<PathBuf> {
         let depth = Path::new(f).components().count();
         snapshot = snapshot.take().or(local.ancestors().nth(depth).map(Path::to_path_buf));
     };
+    let mut unet_config = None;
     for f in REPO_TEXT_FILES {
-        found(f, hub.get(f).with_context(|| failed(f))?);
+        let local = hub.get(f).with_context(|| failed(f))?;
+        if f == "unet/config.json" {
+            unet_config = Some(local.clone());
+        }
+        found(f, local);
     }
-    for component in ["text_encoder", "unet", "vae"] {
+    let unet_config = unet_config.context("unet/config.json")?;
+    let text = std::fs::read_to_string(&unet_config).with_context(|| unet_config.display().to_string())?;
+    let sdxl = UNetConfig::from_json(&text, &unet_config.display().to_string())?.text_time().is_some();
+    let mut components = vec!["text_encoder", "unet", "vae"];
+    if sdxl {
+        for f in SDXL_TEXT_FILES {
+            found(f, hub.get(f).with_context(|| failed(f))?);
+        }
+        components.push("text_encoder_2");
+    }
+    for component in components {
         let candidates = weight_candidates(component, precision);
         let (f, local) = candidates
             .iter()

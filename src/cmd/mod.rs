@@ -35,7 +35,8 @@ pub struct ModelArgs {
     /// Hugging Face model id, local diffusers folder, or single-file .safetensors checkpoint.
     #[arg(long, default_value = model_source::DEFAULT_MODEL)]
     pub model: String,
-    /// For a single-file checkpoint: a diffusers folder whose configs describe it (default SD1.5's).
+    /// For a single-file checkpoint: a diffusers folder whose configs describe it (default: SDXL
+    /// base's, SD 2.1's or SD 1.5's, as its keys say).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// What the UNet predicts, overriding the scheduler config (a single file has none):

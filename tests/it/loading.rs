@@ -230,7 +230,7 @@ fn fingerprint_names_the_weights_not_their_form() {
 }
 
 /// The parameter counts `footprint` works out from the configs equal the tensors in the tiny
-/// SD 1.x and 2.x folders' files, and SD 1.5's published sizes (UNet 859,520,964, VAE
+/// SD 1.x, 2.x and XL folders' files, and SD 1.5's published sizes (UNet 859,520,964, VAE
 /// 83,653,863, text encoder 123,060,480 with its 37,945,344-value token table).
 #[test]
 fn footprint_counts_the_weights_from_the_configs() {
@@ -240,7 +240,7 @@ fn footprint_counts_the_weights_from_the_configs() {
         let floats = st.tensors().into_iter().filter(|(_, t)| matches!(t.dtype(), Dtype::F32 | Dtype::F16));
         floats.map(|(_, t)| t.shape().iter().product::<usize>() as u64).sum()
     };
-    for (folder, fp16) in [(tiny_sd(), false), (fixtures().join("tiny-sd2"), true)] {
+    for (folder, fp16) in [(tiny_sd(), false), (fixtures().join("tiny-sd2"), true), (fixtures().join("tiny-sdxl"), true)] {
         let files = ModelFiles::from_folder(&folder, Precision::F16).unwrap();
         let c = &files.configs;
         let file = |part: &str, name: &str| {
@@ -250,10 +250,17 @@ fn footprint_counts_the_weights_from_the_configs() {
         let text = file("text_encoder", "model.safetensors");
         let unet = file("unet", "diffusion_pytorch_model.safetensors");
         let vae = file("vae", "diffusion_pytorch_model.safetensors");
-        let (host, device) = c.clip.parameters();
+        let (mut host, device) = c.clip.parameters();
         assert_eq!((host + device, c.unet.parameters(), c.vae.parameters()), (text, unet, vae), "{}", folder.display());
+        let mut device_parameters = text - host + unet + vae;
+        if let Some(c2) = &c.clip_2 {
+            let (host_2, device_2) = c2.parameters();
+            assert_eq!(host_2 + device_2 + c2.projection_parameters(), file("text_encoder_2", "model.safetensors"));
+            host += host_2;
+            device_parameters += device_2 + c2.projection_parameters();
+        }
         let f = c.footprint(Precision::F32, 64, 64);
-        assert_eq!((f.host_parameters, f.device_parameters), (host, text - host + unet + vae));
+        assert_eq!((f.host_parameters, f.device_parameters), (host, device_parameters));
         assert_eq!(f.weight_bytes, 4 * f.device_parameters);
     }
     let sd15 = edict_sd::config::SdConfigs::sd15();

@@ -15,4 +15,5 @@ mod loading;
 mod networks;
 mod p2p;
 mod sd2;
+mod sdxl;
 mod two_step;

@@ -72,12 +72,6 @@ fn unet_in_f16_is_close() {
     assert!(err <= 2e-2 * scale, "f16 max abs error {err:e}");
 }
 
-fn psnr(a: &[f64], b: &[f64]) -> f64 {
-    // images in [−1, 1]: peak-to-peak 2
-    let mse = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.len() as f64;
-    10.0 * (4.0 / mse).log10()
-}
-
 /// Invert and edit with v-prediction, against the float64 reference; the round trip is bit-exact.
 #[test]
 fn edict_with_v_prediction_matches_the_float64_reference() {

@@ -4,7 +4,8 @@
 //!
 //! A folder streams: once its configs and tokenizer are in, `begin` checks the GPU's limits and
 //! every weight file added afterwards is built into its network on the GPU at once and freed, so
-//! wasm memory holds one weight file at a time (SD 1.5's largest, the fp16 UNet, is 1.7 GB).
+//! wasm memory holds one weight file at a time (SD 1.5's largest, the fp16 UNet, is 1.7 GB;
+//! SDXL's, 5.1 GB, is more than wasm32 can hold).
 
 use std::collections::BTreeMap;
 
@@ -63,8 +64,8 @@ impl ModelBuilder {
         let precision = gpu.precision(precision)?;
         let configs = self.configs().map_err(js_err)?;
         let needs = gpu.check_limits(&configs, precision)?;
-        let tokenizer = self.tokenizer().map_err(js_err)?;
-        let assembly = ModelAssembly::new(configs, tokenizer, &gpu.device, precision).map_err(js_err)?;
+        let (tokenizer, tokenizer_2) = self.tokenizers().map_err(js_err)?;
+        let assembly = ModelAssembly::new(configs, tokenizer, tokenizer_2, &gpu.device, precision).map_err(js_err)?;
         self.assembly = Some((assembly, precision));
         Ok(needs)
     }
@@ -111,30 +112,29 @@ impl ModelBuilder {
             .filter(|p| !p.contains('/') && is_weights(p))
             .cloned()
             .collect();
-        let has_components = Part::ALL.iter().all(|p| self.files.contains_key(&format!("{}/config.json", p.folder())));
-        let (weights, configs, tokenizer) = match single.as_slice() {
+        // SD 1.x and 2.x have the first three networks; SDXL's configs ask for the fourth
+        let has_components = Part::ALL[..3].iter().all(|p| self.files.contains_key(&format!("{}/config.json", p.folder())));
+        let (weights, configs, (tokenizer, tokenizer_2)) = match single.as_slice() {
             // a single-file checkpoint, read with the folder's configs if they came along
             [path] => {
                 let file = self.weight_file(path)?;
-                let (configs, tokenizer) = if has_components {
-                    (self.configs()?, self.tokenizer()?)
+                let (configs, tokenizers) = if has_components {
+                    (self.configs()?, self.tokenizers()?)
                 } else {
-                    SdConfigs::for_single_file(&file)?
+                    let (configs, tokenizer) = SdConfigs::for_single_file(&file)?;
+                    (configs, (tokenizer, None))
                 };
-                (WeightSource::SingleFile(file), configs, tokenizer)
+                (WeightSource::SingleFile(file), configs, tokenizers)
             }
             [] if has_components => {
                 let configs = self.configs()?;
-                let mut take = |c: &str| -> Result<WeightFile, SdError> {
-                    let path = self.weight_path(c, precision)?;
-                    self.weight_file(&path)
+                let tokenizers = self.tokenizers()?;
+                let mut take = |part: Part| -> Result<(Part, WeightFile), SdError> {
+                    let path = self.weight_path(part.folder(), precision)?;
+                    Ok((part, self.weight_file(&path)?))
                 };
-                let weights = WeightSource::Diffusers {
-                    text_encoder: take("text_encoder")?,
-                    unet: take("unet")?,
-                    vae: take("vae")?,
-                };
-                (weights, configs, self.tokenizer()?)
+                let weights = configs.parts().iter().map(|&p| take(p)).collect::<Result<_, _>>()?;
+                (WeightSource::Diffusers(weights), configs, tokenizers)
             }
             [] => {
                 return Err(SdError::Config {
@@ -154,6 +154,7 @@ impl ModelBuilder {
         Ok(ModelFiles {
             configs,
             tokenizer,
+            tokenizer_2,
             weights,
         })
     }
@@ -165,10 +166,10 @@ impl ModelBuilder {
         })
     }
 
-    /// The folder's tokenizer, or the embedded CLIP vocabulary when the folder has none.
-    fn tokenizer(&self) -> Result<ClipTokenizer, SdError> {
-        let read = |name: &str| Ok(self.files.get(&format!("tokenizer/{name}")).cloned());
-        ClipTokenizer::from_folder_files(read)?.map_or_else(ClipTokenizer::embedded, Ok)
+    /// The folder's tokenizer (else the embedded CLIP vocabulary) and SDXL's `tokenizer_2`.
+    fn tokenizers(&self) -> Result<(ClipTokenizer, Option<ClipTokenizer>), SdError> {
+        let folder = |sub: &str| ClipTokenizer::from_folder_files(|name| Ok(self.files.get(&format!("{sub}/{name}")).cloned()));
+        Ok((folder("tokenizer")?.map_or_else(ClipTokenizer::embedded, Ok)?, folder("tokenizer_2")?))
     }
 
     fn configs(&self) -> Result<SdConfigs, SdError> {

@@ -1,10 +1,10 @@
-//! What a Stable Diffusion model is, before any weight is read: the three networks' and the
+//! What a Stable Diffusion model is, before any weight is read: the networks' and the
 //! scheduler's configs (from a folder's `config.json` files or a preset), what they need on a
 //! device, the checks that they fit together, and the precision the networks run in.
 
 use burn::tensor::DType;
 
-use crate::checkpoint::single_file::{Layout, is_sd2};
+use crate::checkpoint::single_file::{Layout, Part, is_sd2, is_sdxl};
 use crate::checkpoint::weights::WeightFile;
 use crate::layers::MAX_BUFFER_ELEMENTS;
 use crate::models::clip_text::ClipConfig;
@@ -76,13 +76,18 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// The three networks' configs and the scheduler's.
+/// The networks' configs and the scheduler's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SdConfigs {
     pub clip: ClipConfig,
+    /// SDXL's second text encoder (`text_encoder_2`, projected); `None` for SD 1.x and 2.x.
+    pub clip_2: Option<ClipConfig>,
     pub unet: UNetConfig,
     pub vae: VaeConfig,
     pub scheduler: SchedulerConfig,
+    /// SDXL (`model_index.json`, true in SDXL base): an empty negative prompt's embedding and
+    /// pooled embedding are zeros, not the encoders' output for "".
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 impl SdConfigs {
@@ -90,10 +95,41 @@ impl SdConfigs {
     pub fn sd15() -> Self {
         Self {
             clip: ClipConfig::sd15(),
+            clip_2: None,
             unet: UNetConfig::sd15(),
             vae: VaeConfig::sd15(),
             scheduler: SchedulerConfig::default(),
+            force_zeros_for_empty_prompt: false,
         }
+    }
+
+    /// SDXL base 1.0 (1024², ε-prediction), the configs SDXL single-file checkpoints are read
+    /// with by default: CLIP ViT-L and OpenCLIP ViT-bigG text towers side by side (768 + 1280 =
+    /// 2048-wide context), the `text_time` UNet, SD's VAE retrained (scaling 0.13025, upcast).
+    pub fn sdxl() -> Self {
+        Self {
+            clip_2: Some(ClipConfig::sdxl_2()),
+            unet: UNetConfig::sdxl(),
+            vae: VaeConfig::sdxl(),
+            force_zeros_for_empty_prompt: true,
+            ..Self::sd15()
+        }
+    }
+
+    /// Whether this is an SDXL model (two text encoders, the `text_time` UNet).
+    pub fn is_sdxl(&self) -> bool {
+        self.clip_2.is_some()
+    }
+
+    /// The networks this model has, in loading order.
+    pub fn parts(&self) -> &'static [Part] {
+        if self.is_sdxl() { &Part::ALL } else { &Part::ALL[..3] }
+    }
+
+    /// The precision the VAE runs in: SDXL pipelines run a `force_upcast` VAE in f32 (SDXL's
+    /// overflows in f16); everything else runs in the model's.
+    pub fn vae_precision(&self, precision: Precision) -> Precision {
+        if self.is_sdxl() && self.vae.force_upcast { Precision::F32 } else { precision }
     }
 
     /// SD 2.1 (768², v-prediction), the configs SD 2.x single-file checkpoints are read with by
@@ -118,19 +154,22 @@ impl SdConfigs {
                 sample_size: 96,
                 ..sd15.unet
             },
-            vae: sd15.vae,
             scheduler: SchedulerConfig {
                 prediction: Prediction::V,
                 ..SchedulerConfig::default()
             },
+            ..sd15
         }
     }
 
-    /// What a single-file checkpoint is read with when no configs are given: SD 2.1's when its
-    /// text encoder is OpenCLIP's, else SD 1.5's; the embedded CLIP vocabulary, padded as
-    /// that family pads.
+    /// What a single-file checkpoint is read with when no configs are given: SDXL base's when
+    /// it has SGM's two text encoders, SD 2.1's when its text encoder is OpenCLIP's, else SD
+    /// 1.5's; the embedded CLIP vocabulary, padded as that family pads (SDXL's second
+    /// tokenizer with `!`, [`ModelAssembly::new`](crate::model::ModelAssembly::new)).
     pub fn for_single_file(file: &WeightFile) -> Result<(Self, ClipTokenizer)> {
-        Ok(if is_sd2(file.keys()) {
+        Ok(if is_sdxl(file.keys()) {
+            (Self::sdxl(), ClipTokenizer::embedded()?)
+        } else if is_sd2(file.keys()) {
             (Self::sd21(), ClipTokenizer::embedded()?.with_pad("!")?)
         } else {
             (Self::sd15(), ClipTokenizer::embedded()?)
@@ -148,22 +187,37 @@ impl SdConfigs {
             })?;
             Ok((text, format!("{folder}/{path}")))
         };
+        let optional = |path: &str| -> Result<Option<(String, String)>> { Ok(read(path)?.map(|t| (t, format!("{folder}/{path}")))) };
+        let clip_2 = optional("text_encoder_2/config.json")?;
+        if clip_2.is_some() && read("text_encoder/config.json")?.is_none() {
+            return Err(SdError::config(
+                folder,
+                "an SDXL refiner (one text encoder, conditioned on aesthetic scores) is not supported; use an SDXL base model",
+            ));
+        }
         let (t, p) = required("text_encoder")?;
         let clip = ClipConfig::from_json(&t, &p)?;
+        let clip_2 = clip_2.map(|(t, p)| ClipConfig::from_json(&t, &p)).transpose()?;
         let (t, p) = required("unet")?;
         let unet = UNetConfig::from_json(&t, &p)?;
         let (t, p) = required("vae")?;
         let vae = VaeConfig::from_json(&t, &p)?;
-        let sched = "scheduler/scheduler_config.json";
-        let scheduler = match read(sched)? {
-            Some(t) => SchedulerConfig::from_json(&t, &format!("{folder}/{sched}"))?,
+        let scheduler = match optional("scheduler/scheduler_config.json")? {
+            Some((t, p)) => SchedulerConfig::from_json(&t, &p)?,
             None => SchedulerConfig::default(),
         };
-        Ok(Self { clip, unet, vae, scheduler })
+        // diffusers' StableDiffusionXLPipeline defaults it to true
+        let force_zeros_for_empty_prompt = clip_2.is_some()
+            && match optional("model_index.json")? {
+                Some((t, p)) => crate::error::parse_config::<ModelIndex>(&t, &p)?.force_zeros_for_empty_prompt,
+                None => true,
+            };
+        Ok(Self { clip, clip_2, unet, vae, scheduler, force_zeros_for_empty_prompt })
     }
 
     /// The long side images get by default: the UNet's native size (`sample_size` latents times
-    /// the VAE's downscale: 512 for SD 1.x and 2.x-base, 768 for SD 2.x), and at least 512.
+    /// the VAE's downscale: 512 for SD 1.x and 2.x-base, 768 for SD 2.x, 1024 for SDXL), and at
+    /// least 512.
     pub fn default_long_side(&self) -> u32 {
         ((self.unet.sample_size * self.vae.downscale()) as u32).max(512)
     }
@@ -172,15 +226,18 @@ impl SdConfigs {
     /// configs alone (before any weight is read).
     pub fn footprint(&self, precision: Precision, width: usize, height: usize) -> Footprint {
         let bytes = precision.element_bytes() as u64;
-        let (clip_host, clip) = self.clip.parameters();
-        let device_parameters = clip + self.unet.parameters() + self.vae.parameters();
-        let c = &self.clip;
-        let largest_weight = [
-            c.hidden_size * c.intermediate_size,
-            c.max_position_embeddings * c.hidden_size,
-            self.unet.largest_weight(),
-            self.vae.largest_weight(),
-        ];
+        let vae_bytes = self.vae_precision(precision).element_bytes() as u64;
+        let (mut host_parameters, clip) = self.clip.parameters();
+        let mut device_parameters = clip + self.unet.parameters();
+        let mut largest_weight = vec![self.unet.largest_weight(), self.vae.largest_weight()];
+        for c in std::iter::once(&self.clip).chain(&self.clip_2) {
+            largest_weight.extend([c.hidden_size * c.intermediate_size, c.max_position_embeddings * c.hidden_size]);
+        }
+        if let Some(c) = &self.clip_2 {
+            let (host, device) = c.parameters();
+            host_parameters += host;
+            device_parameters += device + c.projection_parameters();
+        }
         // the widest full-resolution VAE activation and the UNet's first-level feed-forward
         // projection (batch 2), as cut to MAX_BUFFER_ELEMENTS
         let down = self.vae.downscale().max(1);
@@ -189,12 +246,13 @@ impl SdConfigs {
         let widest_vae = self.vae.block_out_channels.iter().take(2).copied().max().unwrap_or(0);
         let activation = (widest_vae * width * height).max(2 * tokens * 8 * c0).min(MAX_BUFFER_ELEMENTS);
         let largest = largest_weight.into_iter().max().unwrap_or(0).max(activation);
+        let vae_parameters = self.vae.parameters();
         Footprint {
-            host_parameters: clip_host,
-            device_parameters,
-            weight_bytes: device_parameters * bytes,
-            largest_buffer_bytes: largest as u64 * bytes,
-            activation_bytes: self.vae.activation_bytes(width, height, bytes as usize),
+            host_parameters,
+            device_parameters: device_parameters + vae_parameters,
+            weight_bytes: device_parameters * bytes + vae_parameters * vae_bytes,
+            largest_buffer_bytes: largest as u64 * bytes.max(vae_bytes),
+            activation_bytes: self.vae.activation_bytes(width, height, vae_bytes as usize),
         }
     }
 
@@ -215,14 +273,29 @@ impl SdConfigs {
                 u.in_channels, u.out_channels
             )));
         }
-        if u.cross_attention_dim != self.clip.hidden_size {
+        let text_width = self.clip.hidden_size + self.clip_2.as_ref().map_or(0, |c| c.hidden_size);
+        if u.cross_attention_dim != text_width {
+            let encoders = if self.is_sdxl() { "text encoders give" } else { "text encoder gives" };
             return Err(SdError::Invalid(format!(
-                "the UNet attends to {}-wide text embeddings, but the text encoder gives {}: they come \
+                "the UNet attends to {}-wide text embeddings, but the {encoders} {text_width}: they come \
                  from different models",
-                u.cross_attention_dim, self.clip.hidden_size
+                u.cross_attention_dim
             )));
         }
-        Ok(())
+        match (u.text_time(), &self.clip_2) {
+            (None, None) => Ok(()),
+            (Some(d), Some(c)) if d.pooled == c.projection_dim => Ok(()),
+            // five size numbers and an aesthetic score in place of six: 2560 = 1280 + 5·256
+            (Some(d), Some(c)) if d.pooled + d.time == c.projection_dim => Err(SdError::Invalid(
+                "an SDXL refiner UNet (conditioned on aesthetic scores) is not supported; use an SDXL base model".into(),
+            )),
+            (Some(d), Some(c)) => Err(SdError::Invalid(format!(
+                "the UNet takes a {}-wide pooled text embedding, but text_encoder_2 projects to {}",
+                d.pooled, c.projection_dim
+            ))),
+            (Some(_), None) => Err(SdError::Invalid("an SDXL UNet (addition_embed_type text_time) needs text_encoder_2".into())),
+            (None, Some(_)) => Err(SdError::Invalid("text_encoder_2 is given, but the UNet takes no pooled text embedding".into())),
+        }
     }
 
     pub(crate) fn layout(&self) -> Layout {
@@ -230,8 +303,20 @@ impl SdConfigs {
             unet_layers_per_block: self.unet.layers_per_block,
             vae_blocks: self.vae.block_out_channels.len(),
             text_layers: self.clip.num_hidden_layers,
+            text_2_layers: self.clip_2.as_ref().map_or(0, |c| c.num_hidden_layers),
         }
     }
+}
+
+/// The field of a pipeline's `model_index.json` the conditioning depends on.
+#[derive(serde::Deserialize)]
+struct ModelIndex {
+    #[serde(default = "yes")]
+    force_zeros_for_empty_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Reads the configs of a diffusers folder on disk.
@@ -306,5 +391,33 @@ mod tests {
         assert!(e.contains("missing field `block_out_channels` at line 1 column 2"), "{e}");
         let e = VaeConfig::from_json(&format!("{vae} x"), "f").unwrap_err().to_string();
         assert!(e.contains("trailing characters"), "{e}");
+    }
+
+    /// SDXL base's published sizes (diffusers' `num_parameters()` of each network).
+    #[test]
+    fn sdxl_preset_has_the_published_sizes() {
+        let c = SdConfigs::sdxl();
+        c.check().unwrap();
+        assert_eq!(c.unet.parameters(), 2_567_463_684);
+        let (host, device) = c.clip.parameters();
+        assert_eq!(host + device, 123_060_480);
+        let c2 = c.clip_2.as_ref().unwrap();
+        let (host, device) = c2.parameters();
+        assert_eq!(host + device + c2.projection_parameters(), 694_659_840);
+        assert_eq!(c.vae.parameters(), 83_653_863);
+        assert_eq!(c.default_long_side(), 1024);
+        // f16 weights with the VAE upcast to f32
+        let f = c.footprint(Precision::F16, 1024, 1024);
+        let te = 123_060_480 + 694_659_840 - (49408 * 768 + 49408 * 1280);
+        assert_eq!(f.weight_bytes, 2 * (te + 2_567_463_684) + 4 * 83_653_863);
+    }
+
+    /// A refiner's UNet (aesthetic score in place of the sixth size number) is refused by name.
+    #[test]
+    fn sdxl_refiner_unet_is_refused() {
+        let mut c = SdConfigs::sdxl();
+        c.unet.projection_class_embeddings_input_dim = Some(1280 + 5 * 256);
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("SDXL refiner"), "{e}");
     }
 }

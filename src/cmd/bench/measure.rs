@@ -8,6 +8,8 @@ use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use edict_pipeline::editor::{Editor, Quiet};
 use edict_pipeline::settings::Settings;
 use edict_sd::device::profile::Breakdown;
+use edict_sd::model::StableDiffusion;
+use edict_sd::models::unet_2d::{Cond, TextTime};
 
 use super::BenchArgs;
 
@@ -48,25 +50,29 @@ pub fn run(ed: &mut Editor, a: &BenchArgs, settings: &Settings) -> Result<Measur
     };
     let x = upload(pattern(latent.iter().product()), latent);
     let pixels = pattern(3 * size * size);
-    let image = upload(pixels.clone(), [1, 3, size, size]);
-    let (uncond, _) = ed.embed("")?;
-    let (cond, _) = ed.embed("a photo of a cat")?;
-    let context = Tensor::cat(vec![uncond, cond], 0);
+    let vae_options = TensorCreationOptions::new(ed.device.clone()).with_dtype(ed.vae_dtype());
+    let image = Tensor::from_data(TensorData::new(pixels.clone(), [1, 3, size, size]), vae_options.clone());
+    let (uncond, _) = ed.embed("", true)?;
+    let (cond, _) = ed.embed("a photo of a cat", false)?;
+    let context = Tensor::cat(vec![uncond.context, cond.context], 0);
+    let pooled = uncond.pooled.zip(cond.pooled).map(|(u, c)| Tensor::cat(vec![u, c], 0));
+    let text_time = pooled.as_ref().map(|pooled| TextTime { pooled, time_ids: StableDiffusion::time_ids(size, size) });
+    let cond = Cond { context: &context, text_time };
 
     // every timed call ends by reading one output value back to the host, which waits for the
     // queued GPU work (a whole-tensor sum would also do, but with atomics and a kernel of its own)
     let unet = timed(a.iters, || {
-        let out = ed.model.unet.forward(x.clone(), 500.0, &context);
+        let out = ed.model.unet.forward(x.clone(), 500.0, cond);
         sync(out)
     })?;
     // one more call with the device synced around every instrumented step, to see where it goes
-    let (_, parts) = edict_sd::device::profile::record(&ed.device, || ed.model.unet.forward(x.clone(), 500.0, &context))?;
+    let (_, parts) = edict_sd::device::profile::record(&ed.device, || ed.model.unet.forward(x.clone(), 500.0, cond))?;
     let encode = timed(a.iters, || {
         let (mean, logvar) = ed.model.vae.encode(image.clone());
         sync(mean)?;
         sync(logvar)
     })?;
-    let z = upload(pattern(latent[1..].iter().product()), [1, latent[1], latent[2], latent[3]]);
+    let z = Tensor::from_data(TensorData::new(pattern(latent[1..].iter().product()), [1, latent[1], latent[2], latent[3]]), vae_options);
     let decode = timed(a.iters, || sync(ed.model.vae.decode(z.clone())))?;
 
     let edit = if a.no_edit {

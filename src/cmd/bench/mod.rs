@@ -24,8 +24,8 @@ pub struct BenchArgs {
     /// (default SD v1.5 from the hub, unless --config is given).
     #[arg(long, conflicts_with = "config")]
     model: Option<String>,
-    /// Build this architecture with seeded random weights instead (no download): `sd15`, or a
-    /// diffusers folder whose configs to use.
+    /// Build this architecture with seeded random weights instead (no download): `sd15`,
+    /// `sd21`, `sdxl`, or a diffusers folder whose configs to use.
     #[arg(long)]
     config: Option<String>,
     /// wgpu or cpu.
@@ -90,6 +90,8 @@ fn load(a: &BenchArgs) -> Result<(Editor, String)> {
         Some(c) => {
             let configs = match c.as_str() {
                 "sd15" => SdConfigs::sd15(),
+                "sd21" => SdConfigs::sd21(),
+                "sdxl" => SdConfigs::sdxl(),
                 dir => folder_configs(std::path::Path::new(dir))?,
             };
             let dev = device(a.backend)?;

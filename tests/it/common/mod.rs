@@ -69,6 +69,12 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
+/// PSNR of two images in [−1, 1] (peak-to-peak 2), in dB.
+pub fn psnr(a: &[f64], b: &[f64]) -> f64 {
+    let mse = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.len() as f64;
+    10.0 * (4.0 / mse).log10()
+}
+
 pub fn max_abs(a: &[f64]) -> f64 {
     a.iter().map(|x| x.abs()).fold(0.0, f64::max)
 }
@@ -146,7 +152,7 @@ impl Drop for Model {
     }
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
+pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();

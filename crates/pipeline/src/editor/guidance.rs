@@ -3,7 +3,9 @@
 //! the warm-up pass, behind the sampler's [`NoisePredictor`].
 
 use burn::tensor::{Int, Tensor, TensorData};
+use edict_sd::model::{StableDiffusion, TextEmbedding};
 use edict_sd::models::attention_control::AttentionControl;
+use edict_sd::models::unet_2d::{Cond, TextTime};
 use edict_sd::scheduler::Prediction;
 
 use super::{Editor, Observer, Progress, WarmShape, read_f64};
@@ -31,8 +33,8 @@ impl Editor {
     ) -> Result<(Vec<Step>, Guided<'a>)> {
         spec.validate()?;
         let (steps, mut warnings) = s.validate(&self.schedule)?;
-        let mut embed = |ed: &mut Self, prompt: &str| -> Result<Tensor<3>> {
-            let (e, w) = ed.embed(prompt)?;
+        let mut embed = |ed: &mut Self, prompt: &str, negative: bool| -> Result<TextEmbedding> {
+            let (e, w) = ed.embed(prompt, negative)?;
             if let Some(w) = w.filter(|w| !warnings.contains(w)) {
                 warnings.push(w);
             }
@@ -43,17 +45,20 @@ impl Editor {
         let uncond = s.guidance != 1.0;
         let mut shared = Vec::new();
         if uncond {
-            shared.push(embed(self, &s.negative)?);
+            shared.push(embed(self, &s.negative, true)?);
         }
         if spec.p2p.is_some() {
-            shared.push(embed(self, source)?);
+            shared.push(embed(self, source, false)?);
         }
         let mut rows = Vec::new();
         for t in &spec.targets {
             rows.extend(shared.iter().cloned());
-            rows.push(embed(self, t)?);
+            rows.push(embed(self, t, false)?);
         }
-        let context = Tensor::cat(rows, 0);
+        let context = Tensor::cat(rows.iter().map(|e| e.context.clone()).collect(), 0);
+        let pooled = rows.iter().map(|e| e.pooled.clone()).collect::<Option<Vec<_>>>().map(|p| Tensor::cat(p, 0));
+        let down = self.model.configs.vae.downscale();
+        let time_ids = StableDiffusion::time_ids(shape[2] * down, shape[3] * down);
         let controls = self.controls(source, spec)?;
         let total = s.sampler().calls(steps.len(), inverting);
         for w in &warnings {
@@ -64,6 +69,8 @@ impl Editor {
             Guided {
                 editor: self,
                 context,
+                pooled,
+                time_ids,
                 uncond,
                 controls,
                 guidance: s.guidance,
@@ -147,6 +154,9 @@ pub(super) struct Guided<'a> {
     editor: &'a mut Editor,
     /// `[unit · k, 77, d]` in the row order above
     context: Tensor<3>,
+    /// SDXL: `[unit · k, pooled]` in the same order, and the image's size conditioning
+    pooled: Option<Tensor<2>>,
+    time_ids: [f64; 6],
     uncond: bool,
     controls: Option<Controls>,
     guidance: f64,
@@ -168,9 +178,11 @@ impl NoisePredictor for Guided<'_> {
         let x: Vec<f32> = latents.iter().flat_map(|l| std::iter::repeat_n(l, unit)).flatten().map(|&v| v as f32).collect();
         let x = self.editor.upload(x, [k * unit, c, h, w]);
         let control = self.controls.as_ref().map(|s| s.at(t, unit));
+        let text_time = self.pooled.as_ref().map(|pooled| TextTime { pooled, time_ids: self.time_ids });
+        let cond = Cond { context: &self.context, text_time };
         let call = |editor: &Editor, x: Tensor<4>| match &control {
-            None => editor.model.unet.forward(x, t as f64, &self.context),
-            Some(ctl) => editor.model.unet.forward_controlled(x, t as f64, &self.context, ctl),
+            None => editor.model.unet.forward(x, t as f64, cond),
+            Some(ctl) => editor.model.unet.forward_controlled(x, t as f64, cond, ctl),
         };
         let shape: WarmShape = (x.dims(), control.as_ref().map(|c| [c.inject_self, c.inject_tokens.is_some(), c.weights.is_some()]));
         if self.editor.warm_up && !self.editor.warmed.contains(&shape) {
@@ -216,7 +228,8 @@ impl NoisePredictor for Guided<'_> {
                 .zip(&eps)
                 .map(|(x, e)| x.iter().zip(e).map(|(x, e)| (x - sb * e) / sa).collect())
                 .collect();
-            if let Some(image) = preview::latents_to_rgb(&x0, self.shape) {
+            let map = if self.editor.model.configs.is_sdxl() { &preview::SDXL } else { &preview::SD };
+            if let Some(image) = preview::latents_to_rgb(&x0, self.shape, map) {
                 self.obs.preview(progress, &image);
             }
         }

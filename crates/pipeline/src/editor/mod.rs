@@ -7,7 +7,7 @@ mod guidance;
 mod noise;
 
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
-use edict_sd::model::StableDiffusion;
+use edict_sd::model::{StableDiffusion, TextEmbedding};
 use edict_sd::models::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
@@ -93,8 +93,9 @@ pub struct Editor {
     pub model: StableDiffusion,
     pub device: Device,
     pub schedule: Schedule,
-    /// The last [`EMBEDDING_CACHE`] prompts' embeddings, least recently used first.
-    embeddings: Vec<(String, Tensor<3>)>,
+    /// The last [`EMBEDDING_CACHE`] prompts' embeddings (by prompt and whether it is the
+    /// negative one), least recently used first.
+    embeddings: Vec<((String, bool), TextEmbedding)>,
     /// UNet calls made so far (each a batch of 2 under guidance), warm-up calls not counted.
     pub unet_calls: usize,
     /// Run each new UNet call shape once, discarded, before the first call whose result is kept:
@@ -140,7 +141,7 @@ impl Editor {
     /// by the device instead.
     pub fn check_fits_memory(&self, width: usize, height: usize) -> Result<()> {
         match self.free_memory.and_then(|free| free()) {
-            Some(available) => check_memory(&self.model.configs.vae, width, height, self.dtype().size(), available),
+            Some(available) => check_memory(&self.model.configs.vae, width, height, self.vae_dtype().size(), available),
             None => Ok(()),
         }
     }
@@ -149,17 +150,29 @@ impl Editor {
         self.model.unet.conv_in.weight.val().dtype()
     }
 
-    fn upload<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        Tensor::from_data(
-            TensorData::new(values, shape),
-            TensorCreationOptions::new(self.device.clone()).with_dtype(self.dtype()),
-        )
+    /// The VAE's dtype: the UNet's, or f32 for an upcast SDXL VAE.
+    pub fn vae_dtype(&self) -> DType {
+        self.model.vae.quant_conv.weight.val().dtype()
     }
 
-    /// The text embedding of `prompt` (`[1, 77, d]`), computed once per prompt while it stays
-    /// among the last [`EMBEDDING_CACHE`] used.
-    pub fn embed(&mut self, prompt: &str) -> Result<(Tensor<3>, Option<String>)> {
-        let tokens = self.model.tokenizer.encode(prompt)?;
+    fn upload<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        self.upload_as(values, shape, self.dtype())
+    }
+
+    fn upload_as<const D: usize>(&self, values: Vec<f32>, shape: [usize; D], dtype: DType) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), TensorCreationOptions::new(self.device.clone()).with_dtype(dtype))
+    }
+
+    /// The conditioning of `prompt` ([`StableDiffusion::encode_prompt`]; `negative`: the
+    /// prompt guidance steers away from), computed once per prompt while it stays among the
+    /// last [`EMBEDDING_CACHE`] used; and the warning of a prompt cut at 77 tokens.
+    pub fn embed(&mut self, prompt: &str, negative: bool) -> Result<(TextEmbedding, Option<String>)> {
+        let key = (prompt.to_string(), negative);
+        let cached = self.embeddings.iter().position(|(k, _)| *k == key).map(|i| self.embeddings.remove(i).1);
+        let (e, tokens) = match cached {
+            Some(e) => (e, self.model.tokenizer.encode(prompt)?),
+            None => self.model.encode_prompt(prompt, negative)?,
+        };
         let warning = tokens.truncated.then(|| {
             format!(
                 "prompt is longer than 77 tokens; dropped: \"{}\"",
@@ -167,17 +180,10 @@ impl Editor {
             )
         });
         // most recently used last
-        if let Some(i) = self.embeddings.iter().position(|(p, _)| p == prompt) {
-            let hit = self.embeddings.remove(i);
-            let e = hit.1.clone();
-            self.embeddings.push(hit);
-            return Ok((e, warning));
-        }
-        let e = self.model.text_encoder.forward(&tokens.ids)?;
         if self.embeddings.len() == EMBEDDING_CACHE {
             self.embeddings.remove(0);
         }
-        self.embeddings.push((prompt.to_string(), e.clone()));
+        self.embeddings.push((key, e.clone()));
         Ok((e, warning))
     }
 
@@ -190,7 +196,7 @@ impl Editor {
                 "image size {w}×{h} must be a positive multiple of {down}"
             )));
         }
-        let img = self.upload(pixels, [1, 3, h, w]);
+        let img = self.upload_as(pixels, [1, 3, h, w], self.vae_dtype());
         let (mean, logvar) = self.model.vae.encode(img);
         let shape = mean.dims();
         let mut values = read_f64(mean).await?;
@@ -210,7 +216,7 @@ impl Editor {
     pub async fn decode(&mut self, latent: &Latent) -> Result<Rgb> {
         let scale = self.model.configs.vae.scaling_factor;
         let z = latent.values.iter().map(|v| (v / scale) as f32).collect();
-        let img = self.model.vae.decode(self.upload(z, latent.shape));
+        let img = self.model.vae.decode(self.upload_as(z, latent.shape, self.vae_dtype()));
         let [_, _, h, w] = img.dims();
         let v = read_f64(img).await?;
         let mut data = vec![0u8; h * w * 3];

@@ -1,6 +1,7 @@
 //! Which files make a model: the weight file each diffusers component is read from (one rule for
 //! folders on disk, hub downloads and the page), a folder's or a single file's [`ModelFiles`].
 
+use crate::checkpoint::single_file::Part;
 use crate::checkpoint::weights::{WeightFile, is_pickle_name};
 use crate::config::{Precision, SdConfigs};
 use crate::tokenizer::ClipTokenizer;
@@ -17,7 +18,7 @@ pub fn weight_candidates(component: &str, precision: Precision) -> Vec<String> {
         Precision::F32 => [".safetensors", ".fp16.safetensors"],
     };
     let stems = match component {
-        "text_encoder" => ["model", "diffusion_pytorch_model"],
+        "text_encoder" | "text_encoder_2" => ["model", "diffusion_pytorch_model"],
         _ => ["diffusion_pytorch_model", "model"],
     };
     variants.iter().flat_map(|v| stems.map(|s| format!("{component}/{s}{v}"))).collect()
@@ -52,16 +53,15 @@ pub fn select_weight_file<'a>(
 pub struct ModelFiles {
     pub configs: SdConfigs,
     pub tokenizer: ClipTokenizer,
-    /// Either one file per network (diffusers layout) or a single checkpoint holding all three.
+    /// SDXL's `tokenizer_2/` when the folder has one.
+    pub tokenizer_2: Option<ClipTokenizer>,
+    /// Either one file per network (diffusers layout) or a single checkpoint holding them all.
     pub weights: WeightSource,
 }
 
 pub enum WeightSource {
-    Diffusers {
-        text_encoder: WeightFile,
-        unet: WeightFile,
-        vae: WeightFile,
-    },
+    /// One file per network, in [`SdConfigs::parts`] order.
+    Diffusers(Vec<(Part, WeightFile)>),
     SingleFile(WeightFile),
 }
 
@@ -98,10 +98,16 @@ mod native {
         Ok(dir.join(rel))
     }
 
-    /// The tokenizer of a diffusers folder (`tokenizer/`), else the embedded CLIP vocabulary.
-    fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer> {
-        let tok_dir = dir.join("tokenizer");
-        ClipTokenizer::from_folder_files(|name| read_optional(&tok_dir.join(name)))?.map_or_else(ClipTokenizer::embedded, Ok)
+    /// The tokenizer in a diffusers folder's `sub/` (`tokenizer`, `tokenizer_2`), if any.
+    fn folder_tokenizer(dir: &Path, sub: &str) -> Result<Option<ClipTokenizer>> {
+        let tok_dir = dir.join(sub);
+        ClipTokenizer::from_folder_files(|name| read_optional(&tok_dir.join(name)))
+    }
+
+    /// A folder's tokenizers: `tokenizer/` (else the embedded CLIP vocabulary) and `tokenizer_2/`.
+    fn folder_tokenizers(dir: &Path) -> Result<(ClipTokenizer, Option<ClipTokenizer>)> {
+        let first = folder_tokenizer(dir, "tokenizer")?.map_or_else(ClipTokenizer::embedded, Ok)?;
+        Ok((first, folder_tokenizer(dir, "tokenizer_2")?))
     }
 
 
@@ -116,33 +122,30 @@ mod native {
                 });
             }
             let configs = folder_configs(dir)?;
-            let tokenizer = folder_tokenizer(dir)?;
-            let open = |name: &str| -> Result<WeightFile> {
-                component(dir, name)?;
-                WeightFile::open(&weight_file(dir, name, precision)?)
+            let (tokenizer, tokenizer_2) = folder_tokenizers(dir)?;
+            let open = |part: Part| -> Result<(Part, WeightFile)> {
+                component(dir, part.folder())?;
+                Ok((part, WeightFile::open(&weight_file(dir, part.folder(), precision)?)?))
             };
-            Ok(Self {
-                configs,
-                tokenizer,
-                weights: WeightSource::Diffusers {
-                    text_encoder: open("text_encoder")?,
-                    unet: open("unet")?,
-                    vae: open("vae")?,
-                },
-            })
+            let weights = configs.parts().iter().map(|&p| open(p)).collect::<Result<_>>()?;
+            Ok(Self { configs, tokenizer, tokenizer_2, weights: WeightSource::Diffusers(weights) })
         }
 
         /// An original single-file checkpoint, read with the configs and tokenizer of the
         /// diffusers folder `config`, else [`SdConfigs::for_single_file`]'s.
         pub fn from_single_file(path: &Path, config: Option<&Path>) -> Result<Self> {
             let file = WeightFile::open(path)?;
-            let (configs, tokenizer) = match config {
-                Some(dir) => (folder_configs(dir)?, folder_tokenizer(dir)?),
-                None => SdConfigs::for_single_file(&file)?,
+            let (configs, (tokenizer, tokenizer_2)) = match config {
+                Some(dir) => (folder_configs(dir)?, folder_tokenizers(dir)?),
+                None => {
+                    let (configs, tokenizer) = SdConfigs::for_single_file(&file)?;
+                    (configs, (tokenizer, None))
+                }
             };
             Ok(Self {
                 configs,
                 tokenizer,
+                tokenizer_2,
                 weights: WeightSource::SingleFile(file),
             })
         }

@@ -1,5 +1,6 @@
-//! The published key mapping from original (CompVis/LDM) single-file SD checkpoints to
-//! diffusers/transformers keys, so one `.safetensors` file loads without conversion.
+//! The published key mapping from original single-file SD checkpoints (CompVis/LDM for SD 1.x
+//! and 2.x, Stability's SGM for SDXL) to diffusers/transformers keys, so one `.safetensors` file
+//! loads without conversion.
 
 /// Which network a mapped key (or a model file) belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -7,10 +8,13 @@ pub enum Part {
     TextEncoder,
     Unet,
     Vae,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG, projected).
+    TextEncoder2,
 }
 
 impl Part {
-    pub const ALL: [Part; 3] = [Part::TextEncoder, Part::Unet, Part::Vae];
+    /// Every network a model may have; SD 1.x and 2.x have the first three.
+    pub const ALL: [Part; 4] = [Part::TextEncoder, Part::Unet, Part::Vae, Part::TextEncoder2];
 
     /// Its folder in a diffusers model.
     pub fn folder(self) -> &'static str {
@@ -18,6 +22,7 @@ impl Part {
             Part::TextEncoder => "text_encoder",
             Part::Unet => "unet",
             Part::Vae => "vae",
+            Part::TextEncoder2 => "text_encoder_2",
         }
     }
 }
@@ -30,6 +35,8 @@ pub struct Layout {
     pub vae_blocks: usize,
     /// SD 2.x uses the first 23 of OpenCLIP's 24 text layers; the file holds all of them.
     pub text_layers: usize,
+    /// SDXL's second text encoder: all of its layers (its pooled state is read after the last).
+    pub text_2_layers: usize,
 }
 
 /// True when the keys look like an original SD checkpoint.
@@ -42,7 +49,14 @@ pub fn is_sd2<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
     keys.any(|k| k.starts_with(OPEN_CLIP))
 }
 
+/// True when a single file is SGM's SDXL layout (two text encoders under `conditioner.`).
+pub fn is_sdxl<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
+    keys.any(|k| k.starts_with(SDXL_OPEN_CLIP))
+}
+
 const OPEN_CLIP: &str = "cond_stage_model.model.";
+const SDXL_CLIP: &str = "conditioner.embedders.0.transformer.";
+const SDXL_OPEN_CLIP: &str = "conditioner.embedders.1.model.";
 
 /// Maps one original key to `(part, diffusers key)`; `None` for keys no network uses
 /// (EMA copies, `position_ids`, loss buffers, …).
@@ -54,9 +68,12 @@ pub fn map_key(key: &str, layout: Layout) -> Option<(Part, String)> {
         return map_vae(rest, layout.vae_blocks).map(|k| (Part::Vae, k));
     }
     if let Some(rest) = key.strip_prefix(OPEN_CLIP) {
-        return map_open_clip(rest, layout.text_layers).map(|k| (Part::TextEncoder, format!("text_model.{k}")));
+        return map_open_clip(rest, layout.text_layers, false).map(|k| (Part::TextEncoder, k));
     }
-    if let Some(rest) = key.strip_prefix("cond_stage_model.transformer.") {
+    if let Some(rest) = key.strip_prefix(SDXL_OPEN_CLIP) {
+        return map_open_clip(rest, layout.text_2_layers, true).map(|k| (Part::TextEncoder2, k));
+    }
+    if let Some(rest) = key.strip_prefix("cond_stage_model.transformer.").or_else(|| key.strip_prefix(SDXL_CLIP)) {
         if rest.ends_with("position_ids") {
             return None;
         }
@@ -66,10 +83,18 @@ pub fn map_key(key: &str, layout: Layout) -> Option<(Part, String)> {
     None
 }
 
-/// OpenCLIP's text tower (SD 2.x) to transformers names under `text_model.`; q, k and v stay
-/// fused as `self_attn.in_proj` (the text encoder splits them). `text_projection`, `logit_scale`
-/// and layers past the ones used map to nothing.
-fn map_open_clip(k: &str, layers: usize) -> Option<String> {
+/// OpenCLIP's text tower (SD 2.x, SDXL's second) to transformers names; q, k and v stay fused
+/// as `self_attn.in_proj` (the text encoder splits them). `text_projection` keeps its name
+/// (`[hidden, projection]`, read as such) when `projection` is wanted; it, `logit_scale` and
+/// layers past the ones used map to nothing otherwise.
+fn map_open_clip(k: &str, layers: usize, projection: bool) -> Option<String> {
+    if k == "text_projection" {
+        return projection.then(|| k.to_string());
+    }
+    map_open_clip_tower(k, layers).map(|k| format!("text_model.{k}"))
+}
+
+fn map_open_clip_tower(k: &str, layers: usize) -> Option<String> {
     let direct = [
         ("token_embedding.weight", "embeddings.token_embedding.weight"),
         ("positional_embedding", "embeddings.position_embedding.weight"),
@@ -122,6 +147,9 @@ fn map_unet(k: &str, layers: usize) -> Option<String> {
     let direct = [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),
+        // SDXL's size and pooled-text embedding
+        ("label_emb.0.0.", "add_embedding.linear_1."),
+        ("label_emb.0.2.", "add_embedding.linear_2."),
         ("input_blocks.0.0.", "conv_in."),
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
@@ -253,6 +281,7 @@ mod tests {
         unet_layers_per_block: 2,
         vae_blocks: 4,
         text_layers: 23,
+        text_2_layers: 32,
     };
 
     fn m(k: &str) -> String {
@@ -299,5 +328,25 @@ mod tests {
         assert_eq!(map_key("cond_stage_model.model.text_projection", SD), None);
         assert!(is_sd2(["cond_stage_model.model.ln_final.bias"].into_iter()));
         assert_eq!(map_legacy_vae_key("encoder.mid_block.attentions.0.query.weight"), "encoder.mid_block.attentions.0.to_q.weight");
+    }
+
+    /// SGM's SDXL layout: the first text encoder in transformers' names, the second in
+    /// OpenCLIP's with every layer and its projection kept, the UNet's `label_emb`.
+    #[test]
+    fn sdxl_keys_follow_the_published_mapping() {
+        let part = |k: &str| map_key(k, SD).map(|(p, _)| p);
+        assert_eq!(m("conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"), "text_model.final_layer_norm.bias");
+        assert_eq!(part("conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"), Some(Part::TextEncoder));
+        assert_eq!(map_key("conditioner.embedders.0.transformer.text_model.embeddings.position_ids", SD), None);
+        let k = "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_bias";
+        assert_eq!((m(k), part(k)), ("text_model.encoder.layers.31.self_attn.in_proj.bias".into(), Some(Part::TextEncoder2)));
+        assert_eq!(m("conditioner.embedders.1.model.text_projection"), "text_projection");
+        assert_eq!(m("conditioner.embedders.1.model.ln_final.weight"), "text_model.final_layer_norm.weight");
+        assert_eq!(map_key("conditioner.embedders.1.model.logit_scale", SD), None);
+        assert_eq!(m("model.diffusion_model.label_emb.0.2.weight"), "add_embedding.linear_2.weight");
+        // SDXL's first up block has attention: its upsampler is the third child
+        assert_eq!(m("model.diffusion_model.output_blocks.2.2.conv.weight"), "up_blocks.0.upsamplers.0.conv.weight");
+        assert!(is_sdxl(["conditioner.embedders.1.model.ln_final.bias"].into_iter()));
+        assert!(!is_sdxl(["cond_stage_model.model.ln_final.bias"].into_iter()));
     }
 }

@@ -23,6 +23,12 @@ pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<
     Ok(linear_from(vb, &w, b, d_in, d_out))
 }
 
+/// A bias-free linear map stored `[in, out]` under `name` (OpenCLIP's `x @ proj` projections),
+/// Burn's own layout.
+pub fn linear_in_out(vb: &VarBuilder, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+    Ok(Linear { weight: Param::from_tensor(vb.get(name, [d_in, d_out])?), bias: None })
+}
+
 /// q, k and v of width `d` from one fused projection (`in_proj`, `[3d, d]`, OpenCLIP).
 pub fn fused_qkv(vb: &VarBuilder, d: usize) -> Result<[Linear; 3]> {
     let w = vb.host_f32("weight", &[3 * d, d])?;

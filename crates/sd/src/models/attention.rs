@@ -282,11 +282,10 @@ pub struct Transformer2DModel {
     pub proj_out: Linear,
 }
 
-/// What every `Transformer2DModel` of a UNet shares.
+/// What every `Transformer2DModel` of a UNet shares (their depth is per block:
+/// `transformer_layers_per_block`).
 #[derive(Debug, Clone, Copy)]
 pub struct TransformerConfig {
-    /// `transformer_layers_per_block`
-    pub layers: usize,
     /// `cross_attention_dim`: the text embeddings' width
     pub context_dim: usize,
     /// `norm_num_groups`
@@ -296,15 +295,16 @@ pub struct TransformerConfig {
 }
 
 impl TransformerConfig {
-    /// Parameters of one `Transformer2DModel` over `c` channels (heads do not change them).
-    pub fn parameters(&self, c: usize) -> u64 {
+    /// Parameters of one `Transformer2DModel` of `layers` blocks over `c` channels (heads do
+    /// not change them).
+    pub fn parameters(&self, c: usize, layers: usize) -> u64 {
         let attention = |ctx: usize| linear_params(c, c, false) + 2 * linear_params(ctx, c, false) + linear_params(c, c, true);
         let block = 3 * norm_params(c)
             + attention(c)
             + attention(self.context_dim)
             + linear_params(c, 8 * c, true)
             + linear_params(4 * c, c, true);
-        norm_params(c) + 2 * linear_params(c, c, true) + self.layers as u64 * block
+        norm_params(c) + 2 * linear_params(c, c, true) + layers as u64 * block
     }
 }
 
@@ -314,11 +314,11 @@ pub fn vae_attention_parameters(c: usize) -> u64 {
 }
 
 impl Transformer2DModel {
-    pub fn load(vb: &VarBuilder, channels: usize, heads: usize, t: &TransformerConfig) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, channels: usize, heads: usize, layers: usize, t: &TransformerConfig) -> Result<Self> {
         Ok(Self {
             norm: group_norm(&vb.pp("norm"), t.groups, channels, 1e-6)?,
             proj_in: linear(&vb.pp("proj_in"), channels, channels, true)?,
-            transformer_blocks: (0..t.layers)
+            transformer_blocks: (0..layers)
                 .map(|i| BasicTransformerBlock::load(&vb.pp("transformer_blocks").pp(i), channels, heads, t))
                 .collect::<Result<_>>()?,
             proj_out: linear(&vb.pp("proj_out"), channels, channels, true)?,

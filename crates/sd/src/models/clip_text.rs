@@ -1,4 +1,6 @@
-//! transformers `CLIPTextModel`: the text encoder of SD 1.x (ViT-L/14's text tower) and SD 2.x (OpenCLIP ViT-H's).
+//! transformers `CLIPTextModel`: the text encoder of SD 1.x (ViT-L/14's text tower), SD 2.x
+//! (OpenCLIP ViT-H's) and SDXL's first; and `CLIPTextModelWithProjection`, SDXL's second
+//! (OpenCLIP ViT-bigG's), whose pooled state is projected.
 
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
@@ -8,7 +10,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::models::attention::{Attend, project_attend};
-use crate::layers::nn::{embedding, fused_qkv, layer_norm, linear, linear_params, norm_params};
+use crate::layers::nn::{embedding, fused_qkv, layer_norm, linear, linear_in_out, linear_params, norm_params};
+use crate::models::clip_score::pooled_position;
 use crate::checkpoint::weights::VarBuilder;
 use crate::error::parse_config_requiring;
 use crate::{Result, SdError};
@@ -32,6 +35,8 @@ pub struct ClipConfig {
     /// Where a `CLIPModel` pools the prompt, see [`crate::models::clip_score::pooled_position`];
     /// SD's text encoder gives every token's state and does not read it.
     pub eos_token_id: u32,
+    /// Width of `text_projection` (a `CLIPTextModelWithProjection`'s: SDXL's `text_encoder_2`).
+    pub projection_dim: usize,
 }
 
 /// transformers' `CLIPTextConfig` defaults.
@@ -47,6 +52,7 @@ impl Default for ClipConfig {
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
+            projection_dim: 512,
         }
     }
 }
@@ -78,6 +84,24 @@ impl ClipConfig {
             eos_token_id: 2,
             ..Self::default()
         }
+    }
+
+    /// SDXL's `text_encoder_2` (OpenCLIP ViT-bigG/14's text tower, all 32 layers, projected).
+    pub fn sdxl_2() -> Self {
+        Self {
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            hidden_act: "gelu".into(),
+            projection_dim: 1280,
+            ..Self::sd15()
+        }
+    }
+
+    /// Parameters of `text_projection` (no bias).
+    pub fn projection_parameters(&self) -> u64 {
+        linear_params(self.hidden_size, self.projection_dim, false)
     }
 
     /// Parameters of the text encoder: the token table (kept on the host) and the rest (on the
@@ -202,8 +226,12 @@ pub struct ClipTextModel {
     pub position_embedding: Embedding,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s projection of the pooled state (SDXL's `text_encoder_2`).
+    pub text_projection: Option<Linear>,
     pub vocab_size: usize,
     pub max_positions: usize,
+    /// Where the pooled state is read ([`pooled_position`]).
+    pub eos_token_id: u32,
 }
 
 /// The key a `CLIPTextModel` file's `key` is loaded under. transformers 5 saves the model
@@ -238,13 +266,53 @@ impl ClipTextModel {
             )?,
             layers,
             final_layer_norm: layer_norm(&vb.pp("final_layer_norm"), d, eps)?,
+            text_projection: None,
             vocab_size: c.vocab_size,
             max_positions: c.max_position_embeddings,
+            eos_token_id: c.eos_token_id,
         })
+    }
+
+    /// A `CLIPTextModelWithProjection`: [`Self::load`] and `text_projection` (transformers'
+    /// `text_projection.weight`, `[projection, hidden]`; or OpenCLIP's `text_projection`,
+    /// `[hidden, projection]`, as SDXL single files keep it).
+    pub fn load_with_projection(vb: &VarBuilder, c: &ClipConfig) -> Result<Self> {
+        let (d, p) = (c.hidden_size, c.projection_dim);
+        let text_projection = if vb.contains("text_projection.weight") {
+            linear(&vb.pp("text_projection"), d, p, false)?
+        } else {
+            linear_in_out(vb, "text_projection", d, p)?
+        };
+        Ok(Self { text_projection: Some(text_projection), ..Self::load(vb, c)? })
     }
 
     /// `last_hidden_state` for one sequence of token ids: `[1, len, hidden]`.
     pub fn forward(&self, ids: &[u32]) -> Result<Tensor<3>> {
+        let x = self.layers.iter().fold(self.embed(ids)?, |x, layer| layer.forward(x));
+        Ok(self.final_layer_norm.forward(x))
+    }
+
+    /// What SDXL reads of a prompt's ids: `hidden_states[-2]`, the penultimate layer's output
+    /// (`[1, len, hidden]`, no final norm), and with a projection the pooled embedding
+    /// `text_embeds` (`[1, projection]`: the final-normed state at [`pooled_position`],
+    /// projected).
+    pub fn forward_penultimate(&self, ids: &[u32]) -> Result<(Tensor<3>, Option<Tensor<2>>)> {
+        let (last, before) = self.layers.split_last().ok_or_else(|| SdError::Invalid("a text encoder without layers".into()))?;
+        let penultimate = before.iter().fold(self.embed(ids)?, |x, layer| layer.forward(x));
+        let pooled = match &self.text_projection {
+            Some(projection) => {
+                let x = self.final_layer_norm.forward(last.forward(penultimate.clone()));
+                let d = x.dims()[2];
+                let state = x.narrow(1, pooled_position(ids, self.eos_token_id), 1).reshape([1, d]);
+                Some(projection.forward(state))
+            }
+            None => None,
+        };
+        Ok((penultimate, pooled))
+    }
+
+    /// Token and position embeddings of `ids`, checked: `[1, len, hidden]`.
+    fn embed(&self, ids: &[u32]) -> Result<Tensor<3>> {
         if ids.is_empty() || ids.len() > self.max_positions {
             return Err(SdError::Invalid(format!(
                 "text encoder takes 1..={} token ids, got {}",
@@ -270,10 +338,6 @@ impl ClipTextModel {
             TensorData::new((0..n as i64).collect::<Vec<_>>(), [1, n]),
             &device,
         );
-        let mut x = tok + self.position_embedding.forward(pos);
-        for layer in &self.layers {
-            x = layer.forward(x);
-        }
-        Ok(self.final_layer_norm.forward(x))
+        Ok(tok + self.position_embedding.forward(pos))
     }
 }

@@ -1,4 +1,4 @@
-//! diffusers `UNet2DConditionModel` for SD 1.x and 2.x.
+//! diffusers `UNet2DConditionModel` for SD 1.x, 2.x and XL (its `text_time` additional embedding).
 
 use burn::module::Module;
 use burn::nn::GroupNorm;
@@ -37,7 +37,7 @@ impl PerBlock {
     }
 }
 
-/// `unet/config.json`: the fields an SD1.x/2.x UNet needs. A field the file leaves out takes
+/// `unet/config.json`: the fields an SD 1.x, 2.x or XL UNet needs. A field the file leaves out takes
 /// SD 1.5's value ([`UNetConfig::sd15`]), except the block channels and types and the
 /// cross-attention width, which [`UNetConfig::from_json`] requires.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -58,11 +58,40 @@ pub struct UNetConfig {
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
     pub use_linear_projection: bool,
-    /// Attention scores and softmax in f32 when the networks run in f16 (SD 2.1).
+    /// Attention scores and softmax in f32 when the networks run in f16 (SD 2.1); SDXL's
+    /// config says `null`, diffusers' false.
+    #[serde(deserialize_with = "null_as_default")]
     pub upcast_attention: bool,
-    pub transformer_layers_per_block: usize,
+    /// Transformer blocks per `Transformer2DModel`, per down block (SDXL: [1, 2, 10]); the mid
+    /// block takes the last entry, the up blocks the list reversed.
+    pub transformer_layers_per_block: PerBlock,
     pub sample_size: usize,
+    /// `text_time` (SDXL): a pooled text embedding and six size numbers are embedded and added
+    /// to the timestep's embedding ([`TextTime`]); `null` otherwise.
+    pub addition_embed_type: Option<String>,
+    /// Width of each size number's sinusoidal embedding (SDXL: 256).
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of `add_embedding`: the pooled embedding's plus six size embeddings (SDXL:
+    /// 1280 + 6·256 = 2816).
+    pub projection_class_embeddings_input_dim: Option<usize>,
 }
+
+/// `null` in a config reads as the field's default.
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> std::result::Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The widths of SDXL's additional embedding (`addition_embed_type: text_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTimeDims {
+    /// The pooled text embedding's width (SDXL: `text_encoder_2`'s projection, 1280).
+    pub pooled: usize,
+    /// Each size number's sinusoidal embedding width (256).
+    pub time: usize,
+}
+
+/// The size numbers SDXL's UNet is conditioned on, in diffusers' order.
+pub const TIME_IDS: usize = 6;
 
 impl Default for UNetConfig {
     fn default() -> Self {
@@ -101,9 +130,41 @@ impl UNetConfig {
             freq_shift: 0.0,
             use_linear_projection: false,
             upcast_attention: false,
-            transformer_layers_per_block: 1,
+            transformer_layers_per_block: PerBlock::One(1),
             sample_size: 64,
+            addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
         }
+    }
+
+    /// SDXL base's UNet (stabilityai/stable-diffusion-xl-base-1.0).
+    pub fn sdxl() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Self {
+            block_out_channels: vec![320, 640, 1280],
+            down_block_types: s(&["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]),
+            up_block_types: s(&["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]),
+            attention_head_dim: PerBlock::Each(vec![5, 10, 20]),
+            cross_attention_dim: 2048,
+            use_linear_projection: true,
+            transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
+            sample_size: 128,
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+            ..Self::sd15()
+        }
+    }
+
+    /// The additional embedding's widths when `addition_embed_type` is `text_time` (SDXL).
+    pub fn text_time(&self) -> Option<TextTimeDims> {
+        if self.addition_embed_type.as_deref() != Some("text_time") {
+            return None;
+        }
+        let time = self.addition_time_embed_dim?;
+        let pooled = self.projection_class_embeddings_input_dim?.checked_sub(TIME_IDS * time)?;
+        Some(TextTimeDims { pooled, time })
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
@@ -143,6 +204,21 @@ impl UNetConfig {
         if self.layers_per_block == 0 {
             return Err("layers_per_block must be at least 1".into());
         }
+        match self.transformer_layers_per_block.expand(n) {
+            Some(l) if l.iter().all(|&l| l > 0) => {}
+            _ => return Err(format!("transformer_layers_per_block must be one count ≥ 1 or one per block ({n})")),
+        }
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time") if self.text_time().is_some_and(|d| d.time > 0 && d.pooled > 0) => {}
+            Some("text_time") => {
+                return Err(format!(
+                    "addition_embed_type text_time needs addition_time_embed_dim and a projection_class_embeddings_input_dim \
+                     above {TIME_IDS} of them"
+                ));
+            }
+            Some(other) => return Err(format!("unsupported addition_embed_type `{other}` (only SDXL's text_time)")),
+        }
         Ok(())
     }
 
@@ -151,12 +227,12 @@ impl UNetConfig {
         let ch = &self.block_out_channels;
         let n = ch.len();
         let heads = self.heads().unwrap_or_default();
+        let depth = self.transformer_layers_per_block.expand(n).unwrap_or_default();
         let settings = BlockSettings {
             temb_channels: ch[0] * 4,
             groups: self.norm_num_groups,
             eps: self.norm_eps,
             transformer: TransformerConfig {
-                layers: self.transformer_layers_per_block,
                 context_dim: self.cross_attention_dim,
                 groups: self.norm_num_groups,
                 upcast: self.upcast_attention,
@@ -167,7 +243,7 @@ impl UNetConfig {
                 c_in: ch[i.saturating_sub(1)],
                 c_out: ch[i],
                 layers: self.layers_per_block,
-                kind: block_kind(kind, "CrossAttnDownBlock2D", heads[i]),
+                kind: block_kind(kind, "CrossAttnDownBlock2D", heads[i], depth[i]),
                 add_downsample: i + 1 < n,
             })
             .collect();
@@ -178,11 +254,11 @@ impl UNetConfig {
                 c_prev: rev[i.saturating_sub(1)],
                 c_out: rev[i],
                 layers: self.layers_per_block + 1,
-                kind: block_kind(kind, "CrossAttnUpBlock2D", heads[n - 1 - i]),
+                kind: block_kind(kind, "CrossAttnUpBlock2D", heads[n - 1 - i], depth[n - 1 - i]),
                 add_upsample: i + 1 < n,
             })
             .collect();
-        Blocks { settings, down, up }
+        Blocks { settings, down, up, mid: (heads[n - 1], depth[n - 1]) }
     }
 
     /// Parameters of the UNet [`UNet2DConditionModel::load`] builds (0 for an invalid config).
@@ -190,13 +266,15 @@ impl UNetConfig {
         if self.validate().is_err() {
             return 0;
         }
-        let Blocks { settings: s, down, up } = self.blocks();
+        let Blocks { settings: s, down, up, mid } = self.blocks();
         let (c0, c_last) = (self.block_out_channels[0], *self.block_out_channels.last().unwrap_or(&0));
+        let add_embedding = self.projection_class_embeddings_input_dim.filter(|_| self.text_time().is_some());
         ConvSpec::k3(self.in_channels, c0).parameters()
             + linear_params(c0, 4 * c0, true)
             + linear_params(4 * c0, 4 * c0, true)
+            + add_embedding.map_or(0, |d| linear_params(d, 4 * c0, true) + linear_params(4 * c0, 4 * c0, true))
             + down.iter().map(|b| b.parameters(&s)).sum::<u64>()
-            + mid_block_cross_attn_parameters(c_last, &s)
+            + mid_block_cross_attn_parameters(c_last, mid.1, &s)
             + up.iter().map(|b| b.parameters(&s)).sum::<u64>()
             + norm_params(c0)
             + ConvSpec::k3(c0, self.out_channels).parameters()
@@ -228,11 +306,39 @@ struct Blocks {
     settings: BlockSettings,
     down: Vec<DownBlockConfig>,
     up: Vec<UpBlockConfig>,
+    /// The mid block's transformer: the last block's heads and depth
+    mid: (usize, usize),
 }
 
 /// A block type of the config (already validated to be one of SD's) as its kind.
-fn block_kind(block_type: &str, cross_attn: &str, heads: usize) -> BlockKind {
-    if block_type == cross_attn { BlockKind::CrossAttn { heads } } else { BlockKind::Plain }
+fn block_kind(block_type: &str, cross_attn: &str, heads: usize, layers: usize) -> BlockKind {
+    if block_type == cross_attn { BlockKind::CrossAttn { heads, layers } } else { BlockKind::Plain }
+}
+
+/// What the UNet is conditioned on besides the timestep. A `&Tensor<3>` converts to the text
+/// context alone (SD 1.x and 2.x).
+#[derive(Clone, Copy)]
+pub struct Cond<'a> {
+    /// `[b, tokens, cross_attention_dim]`
+    pub context: &'a Tensor<3>,
+    /// SDXL's additional conditioning; required by a `text_time` UNet, ignored by others.
+    pub text_time: Option<TextTime<'a>>,
+}
+
+/// SDXL's additional conditioning: each row's pooled text embedding and the six size numbers
+/// the whole batch shares (original height and width, crop top and left, target height and
+/// width: diffusers' `add_time_ids`).
+#[derive(Clone, Copy)]
+pub struct TextTime<'a> {
+    /// `[b, pooled]`
+    pub pooled: &'a Tensor<2>,
+    pub time_ids: [f64; TIME_IDS],
+}
+
+impl<'a> From<&'a Tensor<3>> for Cond<'a> {
+    fn from(context: &'a Tensor<3>) -> Self {
+        Self { context, text_time: None }
+    }
 }
 
 #[derive(Module, Debug)]
@@ -244,7 +350,11 @@ pub struct UNet2DConditionModel {
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+    /// SDXL's `add_embedding`: pooled text and size embeddings → the timestep embedding's width.
+    pub add_embedding: Option<TimestepEmbedding>,
     pub time_channels: usize,
+    /// Each size number's sinusoidal width (SDXL's `addition_time_embed_dim`; 0 without).
+    pub addition_time_embed_dim: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
 }
@@ -252,16 +362,15 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     pub fn load(vb: &VarBuilder, c: &UNetConfig) -> Result<Self> {
         c.validate().map_err(|reason| SdError::config("unet config", reason))?;
-        let Blocks { settings: s, down, up } = c.blocks();
+        let Blocks { settings: s, down, up, mid } = c.blocks();
         let ch = &c.block_out_channels;
         let n = ch.len();
-        let heads = c.heads().unwrap_or_default();
         let c0 = ch[0];
         let temb = c0 * 4;
         let down_blocks = (down.into_iter().enumerate())
             .map(|(i, b)| DownBlock::load(&vb.pp("down_blocks").pp(i), b, &s))
             .collect::<Result<_>>()?;
-        let mid_block = MidBlockCrossAttn::load(&vb.pp("mid_block"), ch[n - 1], heads[n - 1], &s)?;
+        let mid_block = MidBlockCrossAttn::load(&vb.pp("mid_block"), ch[n - 1], mid.0, mid.1, &s)?;
         let up_blocks = (up.into_iter().enumerate())
             .map(|(i, b)| UpBlock::load(&vb.pp("up_blocks").pp(i), b, &s))
             .collect::<Result<_>>()?;
@@ -273,29 +382,44 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out: group_norm(&vb.pp("conv_norm_out"), c.norm_num_groups, c0, c.norm_eps)?,
             conv_out: conv2d(&vb.pp("conv_out"), ConvSpec::k3(c0, c.out_channels))?,
+            add_embedding: match (c.text_time(), c.projection_class_embeddings_input_dim) {
+                (Some(_), Some(d)) => Some(TimestepEmbedding::load(&vb.pp("add_embedding"), d, temb)?),
+                _ => None,
+            },
             time_channels: c0,
+            addition_time_embed_dim: c.text_time().map_or(0, |d| d.time),
             flip_sin_to_cos: c.flip_sin_to_cos,
             freq_shift: c.freq_shift,
         })
     }
 
     /// Noise prediction for `x: [b, 4, h, w]` at one timestep for the whole batch, conditioned
-    /// on `context: [b, tokens, cross_attention_dim]`.
-    pub fn forward(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>) -> Tensor<4> {
-        self.forward_controlled(x, timestep, context, &AttentionControl::default())
+    /// on `cond` (a `&Tensor<3>` context `[b, tokens, cross_attention_dim]` for SD 1.x and 2.x).
+    ///
+    /// # Panics
+    /// When a `text_time` UNet (SDXL) is given no [`TextTime`].
+    pub fn forward<'a>(&self, x: Tensor<4>, timestep: f64, cond: impl Into<Cond<'a>>) -> Tensor<4> {
+        self.forward_controlled(x, timestep, cond, &AttentionControl::default())
     }
 
     /// [`Self::forward`] with prompt-to-prompt control of the attention layers.
-    pub fn forward_controlled(&self, x: Tensor<4>, timestep: f64, context: &Tensor<3>, ctl: &AttentionControl) -> Tensor<4> {
+    pub fn forward_controlled<'a>(&self, x: Tensor<4>, timestep: f64, cond: impl Into<Cond<'a>>, ctl: &AttentionControl) -> Tensor<4> {
+        let Cond { context, text_time } = cond.into();
         let b = x.dims()[0];
+        let row = |values: Vec<f32>| {
+            let n = values.len();
+            Tensor::<2>::from_data(TensorData::new(values, [1, n]), TensorCreationOptions::new(x.device()).with_dtype(x.dtype()))
+                .repeat_dim(0, b)
+        };
         let emb = timestep_embedding(timestep, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
-        let n = emb.len();
-        let t = Tensor::<2>::from_data(
-            TensorData::new(emb, [1, n]),
-            TensorCreationOptions::new(x.device()).with_dtype(x.dtype()),
-        )
-        .repeat_dim(0, b);
-        let temb = silu(self.time_embedding.forward(t));
+        let mut temb = self.time_embedding.forward(row(emb));
+        if let Some(add) = &self.add_embedding {
+            let tt = text_time.expect("an SDXL UNet needs its pooled text embedding and size conditioning");
+            // diffusers' `add_time_proj`: each size number's sinusoid, side by side after the pooled text
+            let sizes = tt.time_ids.iter().flat_map(|&v| timestep_embedding(v, self.addition_time_embed_dim, self.flip_sin_to_cos, self.freq_shift)).collect();
+            temb = temb + add.forward(Tensor::cat(vec![tt.pooled.clone(), row(sizes)], 1));
+        }
+        let temb = silu(temb);
 
         let mut h = conv_forward(&self.conv_in, x);
         let mut skips = vec![h.clone()];

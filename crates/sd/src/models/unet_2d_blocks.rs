@@ -33,10 +33,11 @@ impl BlockSettings {
 }
 
 /// What a UNet down or up block holds besides its resnets: `CrossAttnDownBlock2D` /
-/// `CrossAttnUpBlock2D` have a transformer after each resnet, `DownBlock2D` / `UpBlock2D` none.
+/// `CrossAttnUpBlock2D` have a transformer of `layers` blocks after each resnet,
+/// `DownBlock2D` / `UpBlock2D` none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
-    CrossAttn { heads: usize },
+    CrossAttn { heads: usize, layers: usize },
     Plain,
 }
 
@@ -75,7 +76,7 @@ pub struct VaeBlockConfig {
 impl BlockKind {
     fn transformer_parameters(&self, c: usize, s: &BlockSettings) -> u64 {
         match self {
-            BlockKind::CrossAttn { .. } => s.transformer.parameters(c),
+            BlockKind::CrossAttn { layers, .. } => s.transformer.parameters(c, *layers),
             BlockKind::Plain => 0,
         }
     }
@@ -111,9 +112,9 @@ impl UpBlockConfig {
     }
 }
 
-/// Parameters of the UNet's mid block over `c` channels.
-pub fn mid_block_cross_attn_parameters(c: usize, s: &BlockSettings) -> u64 {
-    2 * s.resnet(c, c).parameters() + s.transformer.parameters(c)
+/// Parameters of the UNet's mid block over `c` channels with a transformer of `layers` blocks.
+pub fn mid_block_cross_attn_parameters(c: usize, layers: usize, s: &BlockSettings) -> u64 {
+    2 * s.resnet(c, c).parameters() + s.transformer.parameters(c, layers)
 }
 
 impl VaeBlockConfig {
@@ -153,9 +154,9 @@ impl DownBlock {
             let c = if j == 0 { c_in } else { c_out };
             let r = vb.pp("resnets").pp(j);
             resnets.push(ResnetBlock2D::load(&r, s.resnet(c, c_out))?);
-            if let BlockKind::CrossAttn { heads: h } = kind {
+            if let BlockKind::CrossAttn { heads, layers: depth } = kind {
                 let a = vb.pp("attentions").pp(j);
-                attentions.push(Transformer2DModel::load(&a, c_out, h, &s.transformer)?);
+                attentions.push(Transformer2DModel::load(&a, c_out, heads, depth, &s.transformer)?);
             }
         }
         let downsampler = add_downsample
@@ -200,14 +201,14 @@ pub struct MidBlockCrossAttn {
 }
 
 impl MidBlockCrossAttn {
-    pub fn load(vb: &VarBuilder, c: usize, heads: usize, s: &BlockSettings) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, c: usize, heads: usize, layers: usize, s: &BlockSettings) -> Result<Self> {
         Ok(Self {
             resnets: (0..2)
                 .map(|j| {
                     ResnetBlock2D::load(&vb.pp("resnets").pp(j), s.resnet(c, c))
                 })
                 .collect::<Result<_>>()?,
-            attentions: vec![Transformer2DModel::load(&vb.pp("attentions.0"), c, heads, &s.transformer)?],
+            attentions: vec![Transformer2DModel::load(&vb.pp("attentions.0"), c, heads, layers, &s.transformer)?],
         })
     }
 
@@ -238,9 +239,9 @@ impl UpBlock {
             let (c, skip) = b.resnet_inputs(j);
             let r = vb.pp("resnets").pp(j);
             resnets.push(ResnetBlock2D::load(&r, s.resnet(c + skip, c_out))?);
-            if let BlockKind::CrossAttn { heads: h } = kind {
+            if let BlockKind::CrossAttn { heads, layers: depth } = kind {
                 let a = vb.pp("attentions").pp(j);
-                attentions.push(Transformer2DModel::load(&a, c_out, h, &s.transformer)?);
+                attentions.push(Transformer2DModel::load(&a, c_out, heads, depth, &s.transformer)?);
             }
         }
         let upsampler = add_upsample

@@ -1,4 +1,4 @@
-//! diffusers `AutoencoderKL`: image ⇄ latent for SD 1.x and 2.x.
+//! diffusers `AutoencoderKL`: image ⇄ latent for SD 1.x, 2.x and XL.
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -30,6 +30,10 @@ pub struct VaeConfig {
     pub latent_channels: usize,
     pub norm_num_groups: usize,
     pub scaling_factor: f64,
+    /// Whether the VAE must run in f32 when the model runs in f16 (diffusers' default: true).
+    /// SDXL's VAE overflows in f16; SDXL pipelines obey it (SD 1.x/2.x pipelines do not), and
+    /// f16-safe replacements (madebyollin/sdxl-vae-fp16-fix) say false.
+    pub force_upcast: bool,
 }
 
 impl Default for VaeConfig {
@@ -60,7 +64,13 @@ impl VaeConfig {
             latent_channels: 4,
             norm_num_groups: 32,
             scaling_factor: 0.18215,
+            force_upcast: true,
         }
+    }
+
+    /// SDXL's VAE: SD's architecture, retrained, with its own scaling factor.
+    pub fn sdxl() -> Self {
+        Self { scaling_factor: 0.13025, ..Self::sd15() }
     }
 
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
