@@ -5,7 +5,7 @@
 #   ./build.sh web        build the browser module into www/pkg/ (installs the wasm toolchain)
 #   ./build.sh serve      serve www/ on http://127.0.0.1:${PORT:-8000}/
 #   ./build.sh test-web   browser test: headless Chromium edits through the page, checked against the CLI
-#   ./build.sh test-full [MODEL_DIR]  full-size SD 1.5 checks (slow; not part of test): scripts/test-full.sh
+#   ./build.sh test-full [--sdxl] [MODEL_DIR]  full-size SD 1.5 (or SDXL) checks (slow; not part of test): scripts/test-full.sh
 #   ./build.sh test-tuned the exactness and network tests built with gpu-tuned (autotune, fusion; slow; not part of test)
 set -euo pipefail
 cd "$(dirname "$0")"

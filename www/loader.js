@@ -16,10 +16,17 @@ const CACHE = 'edict-models-v2';
 const OLD_CACHES = ['edict-models-v1'];
 const CHUNK = 64 << 20;
 const COMPONENTS = ['text_encoder', 'unet', 'vae'];
+// SDXL's second text encoder: a network of the model when its config is in the folder
+const SDXL_COMPONENT = 'text_encoder_2';
+const tokenizerFiles = (dir) => ['vocab.json', 'merges.txt', 'special_tokens_map.json', 'tokenizer_config.json'].map((f) => `${dir}/${f}`);
 // Read when the folder has them: the tokenizer (else the built-in CLIP vocabulary; SD 2.x names
-// its own pad token) and the scheduler config (SD 2.x at 768² predicts v, not ε).
-const OPTIONAL = ['tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/special_tokens_map.json',
-  'tokenizer/tokenizer_config.json', 'scheduler/scheduler_config.json'];
+// its own pad token), the scheduler config (SD 2.x at 768² predicts v, not ε), and SDXL's
+// pipeline index (force_zeros_for_empty_prompt), second text encoder's config and tokenizer.
+const OPTIONAL = [...tokenizerFiles('tokenizer'), 'scheduler/scheduler_config.json', 'model_index.json',
+  `${SDXL_COMPONENT}/config.json`, ...tokenizerFiles('tokenizer_2')];
+// The largest file the page reads whole (a single checkpoint; a folder's weight files stream):
+// wasm32 memory is 4 GiB.
+const MAX_FILE_BYTES = 4 * 2 ** 30;
 
 
 async function openCache() {
@@ -83,7 +90,9 @@ async function probe(url) {
 
 /**
  * Downloads `url` (or reads it from `store.cache`); resolves to its bytes, or null on 404.
- * onBytes(received, total|0) reports progress for this file.
+ * onBytes(received, total|0) reports progress for this file. With a `sink`, the file is never
+ * whole in memory: its chunks go to sink.chunk(bytes) in order as they come (cached ones too),
+ * sink.restart() says to forget them (the file changed and starts over), and it resolves to true.
  *
  * The cache holds the file in `chunk`-byte range chunks, so a reload resumes a half-done
  * download, and a record of the file's version (size, ETag, Last-Modified) beside them. Cached
@@ -93,7 +102,7 @@ async function probe(url) {
  * be reached, a complete copy is used as it is (listed in `store.unchecked` for a note). A 404
  * is recorded too, so a file the folder lacks is known to be absent offline.
  */
-async function fetchFile(store, url, onBytes, chunk = CHUNK) {
+async function fetchFile(store, url, onBytes, chunk = CHUNK, sink = null) {
   const cache = store.cache;
   const metaKey = `${url}?edict-file`;
   const chunkKey = (i) => `${url}?edict-chunk=${i}`;
@@ -117,8 +126,20 @@ async function fetchFile(store, url, onBytes, chunk = CHUNK) {
     }
     return out;
   };
+  // with a sink: the chunks before `sent` went to it, and only their sizes are kept
+  let sent = 0;
+  const flush = async () => {
+    for (; sent < chunks.length; sent++) {
+      const p = chunks[sent];
+      sink.chunk(p instanceof Blob ? new Uint8Array(await p.arrayBuffer()) : p);
+      chunks[sent] = { size: p.size ?? p.length };
+    }
+  };
+  const result = async () => (sink ? (await flush(), true) : bytesOf(chunks));
   /** Forgets the cached file: its record first, so a half-done discard leaves only orphans. */
   const discard = async () => {
+    if (sent) sink.restart();
+    sent = 0;
     meta = null;
     chunks = [];
     received = 0;
@@ -152,12 +173,12 @@ async function fetchFile(store, url, onBytes, chunk = CHUNK) {
       const now = await probe(url);
       if (now.version && sameVersion(meta.version, now.version)) {
         onBytes(received, received);
-        return bytesOf(chunks);
+        return result();
       }
       if (now.failed) {
         store.unchecked.push({ name, why: now.failed });
         onBytes(received, received);
-        return bytesOf(chunks);
+        return result();
       }
       await discard(); // changed on the server, or gone
       if (now.missing) return null;
@@ -210,11 +231,12 @@ async function fetchFile(store, url, onBytes, chunk = CHUNK) {
     received += bytes.length;
     chunks.push(bytes);
     await tryPut(store, chunkKey(chunks.length - 1), new Response(bytes));
+    if (sink) await flush();
     if (!ranged || bytes.length < chunk) break;
   }
   await tryPut(store, metaKey, new Response(JSON.stringify({ ...meta, count: chunks.length, bytes: received })));
   onBytes(received, received);
-  return bytesOf(chunks);
+  return result();
 }
 
 /** The body of `res` as bytes, calling onBytes(bytes so far) as they arrive. */
@@ -258,29 +280,40 @@ export async function loadFromUrl(builder, base, candidates, onProgress, { chunk
   const want = COMPONENTS.map((c) => ({ path: `${c}/config.json`, required: true }));
   for (const path of OPTIONAL) want.push({ path });
   const weightsFrom = want.length;
-  for (const c of COMPONENTS) want.push({ candidates: candidates(c), required: true, network: c });
-  let i = 0;
-  for (const w of want) {
-    i++;
-    if (i - 1 === weightsFrom && begin) begin();
+  const networks = [...COMPONENTS];
+  const fetched = new Set();
+  for (let n = 0; n < want.length; n++) {
+    const w = want[n];
+    if (n === weightsFrom && begin) begin();
     let got = null;
     for (const path of w.candidates || [w.path]) {
       const url = new URL(path, new URL(base, location.href)).href;
-      const bytes = await fetchFile(store, url, (n, total) =>
-        onProgress(`downloading ${path} (file ${i}/${want.length}): ${mib(n)}${total ? ' of ' + mib(total) : ''}`, total ? n / total : null),
-      chunk);
+      // after begin, a network's weights go to the GPU tensor by tensor as they arrive
+      const streams = !!(w.network && begin);
+      const sink = streams ? { chunk: (b) => builder.addChunk(path, b), restart: () => builder.restartFile(path) } : null;
+      const bytes = await fetchFile(store, url, (done, total) =>
+        onProgress(`downloading ${path} (file ${n + 1}/${want.length})${streams ? ' onto the GPU' : ''}: ${mib(done)}${total ? ' of ' + mib(total) : ''}`, total ? done / total : null),
+      chunk, sink);
       if (bytes) {
         got = path;
-        if (w.network && begin) {
+        if (streams) {
           onProgress(`building the ${w.network} on the GPU…`, null);
           await paint();
+          builder.finishFile(path);
+        } else {
+          builder.add(path, bytes);
         }
-        builder.add(path, bytes);
+        fetched.add(path);
         break;
       }
     }
     if (!got && w.required) {
       throw new Error(`${base}: not found: ${(w.candidates || [w.path]).join(' or ')} (is this a diffusers model folder?)`);
+    }
+    if (n === weightsFrom - 1) {
+      // the configs are in: the weights of every network the model has
+      if (fetched.has(`${SDXL_COMPONENT}/config.json`)) networks.push(SDXL_COMPONENT);
+      for (const c of networks) want.push({ candidates: candidates(c), required: true, network: c });
     }
   }
   const u = store.unchecked;
@@ -310,20 +343,21 @@ export async function loadFromFiles(builder, fileList, candidates, onProgress, b
       throw new Error(`${f.name}: pick a .safetensors checkpoint (pickle files such as .ckpt are never loaded)`);
     }
     onProgress(`reading ${f.name}`, null);
-    builder.add(f.name, new Uint8Array(await f.arrayBuffer()));
+    builder.add(f.name, await readWhole(f));
     return null;
   }
   // "folder/unet/config.json" -> "unet/config.json"
   const byPath = new Map(files.map((f) => [f.webkitRelativePath.split('/').slice(1).join('/'), f]));
   const root = files[0]?.webkitRelativePath.split('/')[0] || 'model';
-  const weights = COMPONENTS.map((c) => candidates(c).find((p) => byPath.has(p)));
+  const networks = byPath.has(`${SDXL_COMPONENT}/config.json`) ? [...COMPONENTS, SDXL_COMPONENT] : COMPONENTS;
+  const weights = networks.map((c) => candidates(c).find((p) => byPath.has(p)));
   // a networks' weight missing, but a checkpoint beside the configs (as the CLI's --model FILE
   // --config FOLDER): the checkpoint is read with the folder's configs and tokenizer
   const checkpoints = weights.every(Boolean) ? [] : [...byPath.keys()].filter((p) => !p.includes('/') && p.endsWith('.safetensors'));
   // configs and tokenizer first; a complete folder then streams (begin), one weight file at a time
   const picks = [...COMPONENTS.map((c) => `${c}/config.json`), ...OPTIONAL];
   const streams = !!begin && weights.every(Boolean);
-  COMPONENTS.forEach((c, i) => {
+  networks.forEach((c, i) => {
     // no safetensors: hand over the other weight files' names only, for the builder to refuse
     if (!weights[i] && !checkpoints.length) for (const p of byPath.keys()) if (p.startsWith(`${c}/`) && !p.endsWith('.json')) builder.add(p, new Uint8Array());
   });
@@ -333,11 +367,29 @@ export async function loadFromFiles(builder, fileList, candidates, onProgress, b
     if (i === weightsFrom && streams) begin();
     const f = byPath.get(p);
     if (!f) continue;
-    onProgress(i >= weightsFrom && streams ? `reading ${root}/${p} and building it on the GPU…` : `reading ${root}/${p}`, i / picks.length);
-    if (i >= weightsFrom && streams) await paint();
-    builder.add(p, new Uint8Array(await f.arrayBuffer()));
+    if (i >= weightsFrom && streams) {
+      // in chunks, each tensor to the GPU as its bytes are read: never the whole file in memory
+      for (let at = 0; at < f.size || at === 0; at += CHUNK) {
+        onProgress(`reading ${root}/${p} onto the GPU: ${mib(Math.min(at + CHUNK, f.size))} of ${mib(f.size)}`, i / picks.length);
+        await paint();
+        builder.addChunk(p, new Uint8Array(await f.slice(at, at + CHUNK).arrayBuffer()));
+      }
+      builder.finishFile(p);
+    } else {
+      onProgress(`reading ${root}/${p}`, i / picks.length);
+      builder.add(p, await readWhole(f));
+    }
   }
   return null;
+}
+
+/** A picked file's bytes, refusing one too large for the page to hold before reading it. */
+async function readWhole(f) {
+  if (f.size > MAX_FILE_BYTES) {
+    throw new Error(`${f.name} is ${(f.size / 1e9).toFixed(1)} GB: the page can hold files up to ` +
+      `${(MAX_FILE_BYTES / 1e9).toFixed(1)} GB (wasm32 memory); use the CLI for this model`);
+  }
+  return new Uint8Array(await f.arrayBuffer());
 }
 
 function mib(n) {

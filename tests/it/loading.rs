@@ -274,3 +274,58 @@ fn footprint_counts_the_weights_from_the_configs() {
     assert_eq!((f.device_parameters, f.weight_bytes, f.activation_bytes), (1_028_289_963, 4 * 1_028_289_963, 4 * 256 * 512 * 512 * 4));
     assert_eq!(sd15.footprint(Precision::F16, 512, 512).largest_buffer_bytes, 1280 * 2560 * 9 * 2);
 }
+
+/// A folder's weight files received in pieces, as the page reads them (the header, then each
+/// tensor to the device as its bytes arrive, matrices kept there only and transposed there), give
+/// the model the whole files give: the same fingerprint, every key used, and the same outputs up
+/// to rounding, on both backends; a file cut short is an error that names it.
+#[test]
+fn streamed_weight_files_give_the_whole_files_model() {
+    use edict_sd::checkpoint::files::WeightSource;
+    use edict_sd::model::ModelAssembly;
+    use edict_sd::models::unet_2d::{Cond, TextTime};
+    let close = |what: &str, a: Vec<f64>, b: Vec<f64>| {
+        let (err, scale) = (max_abs_diff(&a, &b), max_abs(&b));
+        assert!(err <= 1e-5 * scale.max(1.0), "{what}: streamed differs by {err:e} (scale {scale})");
+    };
+    for (backend, device) in devices() {
+        for dir in [tiny_sd(), fixtures().join("tiny-sdxl")] {
+            let p = Precision::F32;
+            let whole = StableDiffusion::load(ModelFiles::from_folder(&dir, p).unwrap(), &device, p).unwrap();
+            let ModelFiles { configs, tokenizer, tokenizer_2, weights } = ModelFiles::from_folder(&dir, p).unwrap();
+            let WeightSource::Diffusers(files) = weights else { unreachable!("a folder") };
+            let mut model = ModelAssembly::new(configs, tokenizer, tokenizer_2, &device, p).unwrap();
+            for (part, file) in files {
+                let bytes = std::fs::read(file.name()).unwrap();
+                let mut s = model.stream(part, file.name());
+                for piece in bytes.chunks(4099) {
+                    s.push(piece).unwrap();
+                }
+                if part == edict_sd::checkpoint::single_file::Part::Unet {
+                    let mut cut = model.stream(part, file.name());
+                    cut.push(&bytes[..bytes.len() / 2]).unwrap();
+                    let e = model.add_stream(part, cut).unwrap_err().to_string();
+                    assert!(e.starts_with(file.name()) && e.contains("the file ended after"), "{e}");
+                }
+                model.add_stream(part, s).unwrap();
+            }
+            let streamed = model.finish().unwrap();
+            let what = format!("{backend} {}", dir.display());
+            assert_eq!(streamed.fingerprint, whole.fingerprint, "{what}");
+            assert!(streamed.unused_keys.is_empty(), "{what}: {:?}", streamed.unused_keys);
+            let embed = |sd: &StableDiffusion| sd.encode_prompt("a photo of a cat", false).unwrap().0;
+            let (a, b) = (embed(&streamed), embed(&whole));
+            close(&format!("{what} text"), host(a.context.clone()), host(b.context.clone()));
+            let x = upload(&(0..2 * 4 * 8 * 8).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect::<Vec<_>>(), [2, 4, 8, 8], &device);
+            let run = |sd: &StableDiffusion, e: &edict_sd::model::TextEmbedding| {
+                let ctx = burn::tensor::Tensor::cat(vec![e.context.clone(), e.context.clone()], 0);
+                let pooled = e.pooled.as_ref().map(|p| burn::tensor::Tensor::cat(vec![p.clone(), p.clone()], 0));
+                let text_time = pooled.as_ref().map(|pooled| TextTime { pooled, time_ids: StableDiffusion::time_ids(64, 64) });
+                host(sd.unet.forward(x.clone(), 981.0, Cond { context: &ctx, text_time }))
+            };
+            close(&format!("{what} unet"), run(&streamed, &a), run(&whole, &b));
+            let image = upload(&reference("vae.safetensors")["image"].values, [1, 3, 64, 64], &device);
+            close(&format!("{what} vae"), host(streamed.vae.encode(image.clone()).0), host(whole.vae.encode(image).0));
+        }
+    }
+}

@@ -27,6 +27,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -102,15 +103,16 @@ def make_unet():
     )
 
 
-def text_config(hidden, heads, act, bos, projection_dim):
+def text_config(hidden, heads, act, bos, projection_dim, layers=3, intermediate=None):
     """Both encoders carry SDXL's legacy `eos_token_id: 2` (and `pad_token_id: 1`): transformers then
     pools at the argmax of the ids (the first <|endoftext|>, the largest id) instead of searching for
-    id 2."""
+    id 2. `layers` and `intermediate` (default 2 * hidden) are the tiny model's unless given
+    (scripts/make_full_size.py --sdxl builds SDXL's own sizes with this)."""
     return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=3,
+        intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         max_position_embeddings=77,
         hidden_act=act,
@@ -134,7 +136,9 @@ def make_text_encoder_2():  # SDXL's OpenCLIP ViT-bigG text tower, with its proj
 
 # ----------------------------------------------------------------------------------------------
 # diffusers -> SGM (original SDXL) single-file mapping
-# (the logic of diffusers' scripts/convert_diffusers_to_original_sdxl.py, on these block counts)
+# (the logic of diffusers' scripts/convert_diffusers_to_original_sdxl.py; block and layer counts
+# are read from the config and the keys, so the same functions map SDXL's full sizes:
+# scripts/make_full_size.py --sdxl)
 # ----------------------------------------------------------------------------------------------
 UNET_TOP = {
     "time_embedding.linear_1.": "time_embed.0.",
@@ -226,27 +230,63 @@ def text2_to_openclip(sd: dict, prefix="conditioner.embedders.1.model.") -> dict
     return out
 
 
+# each network's key prefix in an SGM checkpoint, by its diffusers folder
+SGM_PREFIX = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "conditioner.embedders.0.transformer.",
+    "text_encoder_2": "conditioner.embedders.1.model.",
+}
+
+
+def to_sgm(part: str, sd: dict, config=None) -> dict:
+    """One network's diffusers/transformers state dict in SGM's layout; `part` is its folder name,
+    `config` the UNet's config (only the UNet's mapping needs it). Asserts that no keys collide."""
+    if part == "unet":
+        out = unet_to_sgm(sd, config)
+    elif part == "vae":
+        out = mf.vae_to_ldm(sd)
+    elif part == "text_encoder":
+        out = {SGM_PREFIX[part] + k: v for k, v in sd.items()}
+    else:
+        out = text2_to_openclip(sd, SGM_PREFIX[part])
+    expected = len(sd)
+    if part == "text_encoder_2":
+        # +1: logit_scale; -3*2*layers: q/k/v weights and biases fused into in_proj_weight/bias
+        layers = {k.split(".")[3] for k in sd if k.startswith("text_model.encoder.layers.")}
+        expected += 1 - 2 * 2 * len(layers)
+    assert len(out) == expected, f"key collision in the SGM mapping of {part}"
+    return out
+
+
+def from_sgm(part: str, ckpt: dict, config) -> dict:
+    """diffusers' own single-file converters: the `part` network's state dict from SGM keys
+    (`config`: the network's config; for text_encoder_2 only read when `text_projection` is missing)."""
+    if part == "unet":
+        return convert_ldm_unet_checkpoint(ckpt, dict(config))
+    if part == "vae":
+        return convert_ldm_vae_checkpoint(ckpt, dict(config))
+    if part == "text_encoder":
+        return convert_ldm_clip_checkpoint(ckpt)
+    return convert_open_clip_checkpoint(SimpleNamespace(config=config), ckpt, prefix=SGM_PREFIX[part])
+
+
 def write_single_file(unet, vae, te1, te2):
     unet_sd, vae_sd, te1_sd, te2_sd = (mf.state_f32(m) for m in (unet, vae, te1, te2))
-    ckpt = {
-        **unet_to_sgm(unet_sd, unet.config),
-        **mf.vae_to_ldm(vae_sd),
-        **{"conditioner.embedders.0.transformer." + k: v for k, v in te1_sd.items()},
-        **text2_to_openclip(te2_sd),
-    }
-    # +1: logit_scale; -3*2*layers: q/k/v weights and biases fused into in_proj_weight/bias
-    n_te2 = len(te2_sd) + 1 - 2 * 2 * te2.config.num_hidden_layers
-    assert len(ckpt) == len(unet_sd) + len(vae_sd) + len(te1_sd) + n_te2, "key collision in the SGM mapping"
+    parts = {"unet": unet_sd, "vae": vae_sd, "text_encoder": te1_sd, "text_encoder_2": te2_sd}
+    mapped = [to_sgm(part, sd, unet.config) for part, sd in parts.items()]
+    ckpt = {k: v for m in mapped for k, v in m.items()}
+    assert len(ckpt) == sum(map(len, mapped)), "key collision between the networks in the SGM mapping"
     ckpt = {k: v.half().contiguous() for k, v in sorted(ckpt.items())}
     save_file(ckpt, str(SINGLE), metadata={"format": "pt"})
 
     # verify: convert back with diffusers' own single-file converters
     back = load_file(str(SINGLE))
-    conv2 = convert_open_clip_checkpoint(te2, back, prefix="conditioner.embedders.1.model.")
+    conv2 = from_sgm("text_encoder_2", back, te2.config)
     checks = [
-        ("unet", convert_ldm_unet_checkpoint(back, dict(unet.config)), unet_sd),
-        ("vae", convert_ldm_vae_checkpoint(back, dict(vae.config)), vae_sd),
-        ("text_encoder", convert_ldm_clip_checkpoint(back), te1_sd),
+        ("unet", from_sgm("unet", back, unet.config), unet_sd),
+        ("vae", from_sgm("vae", back, vae.config), vae_sd),
+        ("text_encoder", from_sgm("text_encoder", back, te1.config), te1_sd),
         ("text_encoder_2", conv2, te2_sd),
     ]
     counts = {}

@@ -1,10 +1,10 @@
 // Full-size browser check (run by scripts/test-full.sh; not part of `./build.sh test`):
 //   node tests/web/full.mjs MODEL_DIR
-// MODEL_DIR is an SD 1.5-shaped diffusers folder with .fp16.safetensors weight files (e.g. from
-// scripts/make_full_size.py). Its fp16 view (configs, tokenizer and the fp16 weight files only,
-// as symbolic links) is served on 127.0.0.1 next to www/; headless Chromium (WebGPU on
-// SwiftShader) loads it through the page's URL loader, which streams: configs first, then each
-// network is built on the GPU as its weight file arrives. Prints the load time and the wasm
+// MODEL_DIR is an SD 1.5- or SDXL-shaped diffusers folder with .fp16.safetensors weight files
+// (e.g. from scripts/make_full_size.py [--sdxl]). Its fp16 view (configs, tokenizers and the fp16
+// weight files only, as symbolic links) is served on 127.0.0.1 next to www/; headless Chromium
+// (WebGPU on SwiftShader) loads it through the page's URL loader, which streams: configs first,
+// then each weight file in chunks, every tensor to the GPU as its bytes arrive. Prints the load time and the wasm
 // memory (WebAssembly.Memory's buffer, which only grows, so its size is the peak), then edits a
 // 64x64 photo (4 steps, strength 0.5) and checks the inverted pair in the page's latents file
 // against `edict edit --backend cpu --save-latents` on the same fp16 files (<= 1e-3 relative).

@@ -2,10 +2,10 @@
 //! its path in a diffusers folder (`unet/config.json`, `unet/diffusion_pytorch_model.fp16.safetensors`,
 //! …) or a single checkpoint (`sd15.safetensors`), then builds a `Session` on the GPU.
 //!
-//! A folder streams: once its configs and tokenizer are in, `begin` checks the GPU's limits and
-//! every weight file added afterwards is built into its network on the GPU at once and freed, so
-//! wasm memory holds one weight file at a time (SD 1.5's largest, the fp16 UNet, is 1.7 GB;
-//! SDXL's, 5.1 GB, is more than wasm32 can hold).
+//! A folder streams: once its configs and tokenizer are in, `begin` checks the GPU's limits, and
+//! each weight file is then received in pieces (`add_chunk`, `finish_file`): every tensor goes to
+//! the GPU as its bytes arrive ([`WeightStream`]), so wasm memory never holds a whole weight file
+//! (SDXL's fp16 UNet is 5.1 GB; wasm32 has 4 GiB), and the network is built when its file ends.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +15,7 @@ use edict_sd::checkpoint::files::{ModelFiles, WeightSource, select_weight_file};
 use edict_sd::config::{Precision, SdConfigs};
 use edict_sd::model::{ModelAssembly, StableDiffusion};
 use edict_sd::checkpoint::single_file::Part;
+use edict_sd::checkpoint::stream::WeightStream;
 use edict_sd::tokenizer::ClipTokenizer;
 use edict_sd::checkpoint::weights::{Bytes, WeightFile, is_pickle_name, looks_like_pickle};
 use wasm_bindgen::prelude::*;
@@ -28,6 +29,8 @@ pub struct ModelBuilder {
     files: BTreeMap<String, Vec<u8>>,
     /// Started by `begin`: the networks built so far and their precision.
     assembly: Option<(ModelAssembly, Precision)>,
+    /// Weight files being received, by path.
+    streams: BTreeMap<String, (Part, WeightStream)>,
 }
 
 #[wasm_bindgen]
@@ -39,20 +42,56 @@ impl ModelBuilder {
             name,
             files: BTreeMap::new(),
             assembly: None,
+            streams: BTreeMap::new(),
         }
     }
 
     /// Adds one file; `path` is relative to the model folder. The bytes are copied into wasm
     /// memory, so the page can drop its copy right after. After `begin`, a network's weight file
-    /// (`unet/….safetensors`) is built on the GPU here and freed.
+    /// (`unet/….safetensors`) is built on the GPU here, as `add_chunk` and `finish_file` would.
     pub fn add(&mut self, path: String, bytes: Vec<u8>) -> Result<(), JsError> {
         let path = path.trim_start_matches("./").to_string();
-        if let (Some((assembly, _)), Some(part)) = (&mut self.assembly, network_of(&path)) {
-            let file = weight_file(&path, bytes).map_err(js_err)?;
-            return assembly.add(part, file).map_err(js_err);
+        if self.assembly.is_some() && network_of(&path).is_some() {
+            self.add_chunk(path.clone(), bytes)?;
+            return self.finish_file(path);
         }
         self.files.insert(path, bytes);
         Ok(())
+    }
+
+    /// The next bytes of a network's weight file, after `begin`: each tensor they complete goes
+    /// to the GPU and its bytes are freed.
+    #[wasm_bindgen(js_name = addChunk)]
+    pub fn add_chunk(&mut self, path: String, bytes: Vec<u8>) -> Result<(), JsError> {
+        let path = path.trim_start_matches("./").to_string();
+        let (Some((assembly, _)), Some(part)) = (&self.assembly, network_of(&path)) else {
+            return Err(JsError::new(&format!("{path}: not a network's weight file of a model being streamed")));
+        };
+        if !self.streams.contains_key(&path) {
+            if is_pickle_name(&path) || looks_like_pickle(&bytes) {
+                return Err(js_err(SdError::Pickle { path }));
+            }
+            self.streams.insert(path.clone(), (part, assembly.stream(part, &path)));
+        }
+        let (_, stream) = self.streams.get_mut(&path).expect("inserted above");
+        stream.push(&bytes).map_err(js_err)
+    }
+
+    /// Forgets what `add_chunk` received of `path` (the download starts over).
+    #[wasm_bindgen(js_name = restartFile)]
+    pub fn restart_file(&mut self, path: String) {
+        self.streams.remove(path.trim_start_matches("./"));
+    }
+
+    /// Ends a weight file received with `add_chunk`: builds its network on the GPU (an error when
+    /// the file ended before all its tensors).
+    #[wasm_bindgen(js_name = finishFile)]
+    pub fn finish_file(&mut self, path: String) -> Result<(), JsError> {
+        let path = path.trim_start_matches("./");
+        let (Some((assembly, _)), Some((part, stream))) = (&mut self.assembly, self.streams.remove(path)) else {
+            return Err(JsError::new(&format!("{path}: no bytes of it were received")));
+        };
+        assembly.add_stream(part, stream).map_err(js_err)
     }
 
     /// Starts streaming a diffusers folder onto `gpu` in `precision` ("auto", "f16" or "f32"):

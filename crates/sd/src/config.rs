@@ -126,6 +126,21 @@ impl SdConfigs {
         if self.is_sdxl() { &Part::ALL } else { &Part::ALL[..3] }
     }
 
+    /// Values in `part`'s weight file (the text encoders' token tables included).
+    pub fn part_parameters(&self, part: Part) -> u64 {
+        let clip = |c: &ClipConfig| {
+            let (host, device) = c.parameters();
+            host + device
+        };
+        match (part, &self.clip_2) {
+            (Part::TextEncoder, _) => clip(&self.clip),
+            (Part::TextEncoder2, Some(c)) => clip(c) + c.projection_parameters(),
+            (Part::TextEncoder2, None) => 0,
+            (Part::Unet, _) => self.unet.parameters(),
+            (Part::Vae, _) => self.vae.parameters(),
+        }
+    }
+
     /// The precision the VAE runs in: SDXL pipelines run a `force_upcast` VAE in f32 (SDXL's
     /// overflows in f16); everything else runs in the model's.
     pub fn vae_precision(&self, precision: Precision) -> Precision {
@@ -398,13 +413,10 @@ mod tests {
     fn sdxl_preset_has_the_published_sizes() {
         let c = SdConfigs::sdxl();
         c.check().unwrap();
-        assert_eq!(c.unet.parameters(), 2_567_463_684);
-        let (host, device) = c.clip.parameters();
-        assert_eq!(host + device, 123_060_480);
-        let c2 = c.clip_2.as_ref().unwrap();
-        let (host, device) = c2.parameters();
-        assert_eq!(host + device + c2.projection_parameters(), 694_659_840);
-        assert_eq!(c.vae.parameters(), 83_653_863);
+        let sizes = [(Part::Unet, 2_567_463_684), (Part::TextEncoder, 123_060_480), (Part::TextEncoder2, 694_659_840), (Part::Vae, 83_653_863)];
+        for (part, published) in sizes {
+            assert_eq!(c.part_parameters(part), published, "{part:?}");
+        }
         assert_eq!(c.default_long_side(), 1024);
         // f16 weights with the VAE upcast to f32
         let f = c.footprint(Precision::F16, 1024, 1024);

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::checkpoint::files::{ModelFiles, WeightSource};
 use crate::checkpoint::single_file::{Part, is_single_file, map_key, map_legacy_vae_key};
+use crate::checkpoint::stream::WeightStream;
 use crate::checkpoint::weights::{VarBuilder, WeightFile};
 use crate::config::{Precision, SdConfigs};
 use crate::models::clip_text::{ClipTextModel, text_model_key};
@@ -185,6 +186,23 @@ impl ModelAssembly {
             Part::Unet => VarBuilder::from_files([file], &self.device, dtype),
             Part::Vae => VarBuilder::from_files_mapped([file], &self.device, dtype, |k| Some(map_legacy_vae_key(k))),
         };
+        self.add_from(part, &vb)
+    }
+
+    /// A receiver for `part`'s diffusers weight file named `name`, read as its bytes arrive
+    /// (the page: no whole file in wasm memory), then given to [`Self::add_stream`].
+    pub fn stream(&self, part: Part, name: &str) -> WeightStream {
+        let map: fn(&str) -> String = match part {
+            Part::TextEncoder | Part::TextEncoder2 => text_model_key,
+            Part::Unet => |k| k.to_string(),
+            Part::Vae => map_legacy_vae_key,
+        };
+        WeightStream::new(name, &self.device, self.dtype(part), map)
+    }
+
+    /// Loads one network from its streamed weight file (an error when the file ended early).
+    pub fn add_stream(&mut self, part: Part, stream: WeightStream) -> Result<()> {
+        let vb = VarBuilder::from_stream(stream.finish()?, &self.device, self.dtype(part));
         self.add_from(part, &vb)
     }
 

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use crate::checkpoint::stream::{StreamedFile, StreamedTensor};
 use crate::{Result, SdError};
 
 /// The bytes of one safetensors file: a read-only memory map, or owned bytes (wasm, tests).
@@ -138,6 +139,49 @@ struct Store {
     dtype: DType,
     /// `Some(seed)`: no files; every key gets seeded random values of the shape asked for.
     random: Option<u64>,
+    /// A file received piece by piece, its tensors already on the device, and its name.
+    streamed: HashMap<String, StreamedTensor>,
+    streamed_name: String,
+}
+
+impl Store {
+    fn empty(device: &Device, dtype: DType) -> Self {
+        Self {
+            files: Vec::new(),
+            index: HashMap::new(),
+            used: RefCell::new(BTreeSet::new()),
+            device: device.clone(),
+            dtype,
+            random: None,
+            streamed: HashMap::new(),
+            streamed_name: String::new(),
+        }
+    }
+}
+
+/// `stored` without the trailing 1s beyond `rank` dimensions: a linear layer stored as a 1×1
+/// convolution (`[C, C, 1, 1]`, single-file VAE attention) lays its values out as `[C, C]`.
+fn trim_ones(stored: &[usize], rank: usize) -> &[usize] {
+    let mut s = stored;
+    while s.len() > rank && s.last() == Some(&1) {
+        s = &s[..s.len() - 1];
+    }
+    s
+}
+
+/// Little-endian f32, f16 or bf16 values as f32; `None` for other dtypes.
+pub(crate) fn decode(dtype: StDtype, raw: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        StDtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        StDtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        StDtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
+/// Host values as a device tensor in `dtype`.
+pub(crate) fn upload<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), TensorCreationOptions::new(device.clone()).with_dtype(dtype))
 }
 
 /// Hands out tensors under a key prefix, like diffusers' state-dict paths.
@@ -181,33 +225,20 @@ impl VarBuilder {
                 }
             }
         }
-        Self {
-            store: Rc::new(Store {
-                files,
-                index,
-                used: RefCell::new(BTreeSet::new()),
-                device: device.clone(),
-                dtype,
-                random: None,
-            }),
-            prefix: String::new(),
-        }
+        Self { store: Rc::new(Store { files, index, ..Store::empty(device, dtype) }), prefix: String::new() }
     }
 
     /// Seeded random weights of whatever shape each module asks for, so an architecture runs
     /// without a download (benchmarks). Values depend only on the seed and the key.
     pub fn random(seed: u64, device: &Device, dtype: DType) -> Self {
-        Self {
-            store: Rc::new(Store {
-                files: Vec::new(),
-                index: HashMap::new(),
-                used: RefCell::new(BTreeSet::new()),
-                device: device.clone(),
-                dtype,
-                random: Some(seed),
-            }),
-            prefix: String::new(),
-        }
+        Self { store: Rc::new(Store { random: Some(seed), ..Store::empty(device, dtype) }), prefix: String::new() }
+    }
+
+    /// The tensors of a file received piece by piece ([`crate::checkpoint::stream`]), already on
+    /// `device` in `dtype`.
+    pub fn from_stream(file: StreamedFile, device: &Device, dtype: DType) -> Self {
+        let store = Store { streamed: file.tensors, streamed_name: file.name, ..Store::empty(device, dtype) };
+        Self { store: Rc::new(store), prefix: String::new() }
     }
 
     /// A builder one level down: `vb.pp("down_blocks").pp(0)`.
@@ -242,7 +273,8 @@ impl VarBuilder {
 
     /// Whether the files hold `name` (always, for random weights).
     pub fn contains(&self, name: &str) -> bool {
-        self.store.random.is_some() || self.store.index.contains_key(&self.key(name))
+        let key = self.key(name);
+        self.store.random.is_some() || self.store.index.contains_key(&key) || self.store.streamed.contains_key(&key)
     }
 
     /// Reads `name` as f32 on the host, checking the shape. A stored shape that only adds
@@ -253,25 +285,23 @@ impl VarBuilder {
         if let Some(seed) = self.store.random {
             return Ok(random_values(seed, &key, shape));
         }
+        if let Some(t) = self.streamed(name, shape)? {
+            // the layers take matrices from the device (`on_device_only`); nothing else is left there
+            return t.host.clone().ok_or_else(|| SdError::Invalid(format!("{}: `{key}` is on the device only", self.store.streamed_name)));
+        }
         let files = &self.store.files;
         let entry = self.store.index.get(&key).ok_or_else(|| SdError::MissingKey {
             file: files
                 .iter()
                 .map(|f| f.name())
+                .chain((!self.store.streamed_name.is_empty()).then_some(self.store.streamed_name.as_str()))
                 .collect::<Vec<_>>()
                 .join(", "),
             key: key.clone(),
         })?;
         let file = &files[entry.file];
         let (dtype, stored, range) = &file.tensors[&entry.stored_key];
-        let trimmed: &[usize] = {
-            let mut s = stored.as_slice();
-            while s.len() > shape.len() && s.last() == Some(&1) {
-                s = &s[..s.len() - 1];
-            }
-            s
-        };
-        if trimmed != shape {
+        if trim_ones(stored, shape.len()) != shape {
             return Err(SdError::Shape {
                 file: file.name.clone(),
                 key: entry.stored_key.clone(),
@@ -279,56 +309,59 @@ impl VarBuilder {
                 found: stored.clone(),
             });
         }
-        let raw = &file.bytes[range.clone()];
-        let values = match dtype {
-            StDtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            StDtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StDtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(SdError::Dtype {
-                    file: file.name.clone(),
-                    key: entry.stored_key.clone(),
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
+        let values = decode(*dtype, &file.bytes[range.clone()]).ok_or_else(|| SdError::Dtype {
+            file: file.name.clone(),
+            key: entry.stored_key.clone(),
+            dtype: format!("{dtype:?}"),
+        })?;
         self.store.used.borrow_mut().insert(key);
         Ok(values)
     }
 
     /// A device tensor of the model's dtype.
     pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        if let Some(t) = self.streamed(name, &shape)? {
+            return Ok(t.device.clone().reshape(shape));
+        }
         let values = self.host_f32(name, &shape)?;
         Ok(self.tensor(values, shape))
     }
 
     /// Uploads host values in the model's dtype.
     pub fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        Tensor::from_data(
-            TensorData::new(values, shape),
-            TensorCreationOptions::new(self.store.device.clone()).with_dtype(self.store.dtype),
-        )
+        upload(values, shape, &self.store.device, self.store.dtype)
+    }
+
+    /// Whether `name` came streamed and is on the device only ([`crate::checkpoint::stream`]):
+    /// a layer then takes it from the device.
+    pub fn on_device_only(&self, name: &str) -> bool {
+        self.store.streamed.get(&self.key(name)).is_some_and(|t| t.host.is_none())
+    }
+
+    /// The streamed tensor `name`, shape checked as [`Self::host_f32`] checks; `None` when the
+    /// weights were not streamed.
+    fn streamed(&self, name: &str, shape: &[usize]) -> Result<Option<&StreamedTensor>> {
+        let key = self.key(name);
+        let Some(t) = self.store.streamed.get(&key) else {
+            return Ok(None);
+        };
+        if trim_ones(&t.shape, shape.len()) != shape {
+            return Err(SdError::Shape {
+                file: self.store.streamed_name.clone(),
+                key,
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        self.store.used.borrow_mut().insert(key);
+        Ok(Some(t))
     }
 
     /// Keys present in the files (after mapping) that no module asked for, for a warning.
     pub fn unused_keys(&self) -> Vec<String> {
         let used = self.store.used.borrow();
-        let mut v: Vec<String> = self
-            .store
-            .index
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .cloned()
-            .collect();
+        let keys = self.store.index.keys().chain(self.store.streamed.keys());
+        let mut v: Vec<String> = keys.filter(|k| !used.contains(*k)).cloned().collect();
         v.sort();
         v
     }

@@ -16,8 +16,14 @@ use crate::Result;
 use crate::device::profile::{Kind, step};
 use crate::checkpoint::weights::VarBuilder;
 
-/// `torch.nn.Linear`: stored `[out, in]`, Burn keeps `[in, out]`, so transpose on the host.
+/// `torch.nn.Linear`: stored `[out, in]`, Burn keeps `[in, out]`, so transpose on the host; a
+/// streamed weight (on the device only) is taken transposed there.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+    if vb.on_device_only("weight") {
+        let weight = vb.get::<2>("weight", [d_out, d_in])?.transpose();
+        let bias = if bias { Some(Param::from_tensor(vb.get("bias", [d_out])?)) } else { None };
+        return Ok(Linear { weight: Param::from_tensor(weight), bias });
+    }
     let w = vb.host_f32("weight", &[d_out, d_in])?;
     let b = if bias { Some(vb.host_f32("bias", &[d_out])?) } else { None };
     Ok(linear_from(vb, &w, b, d_in, d_out))
@@ -99,7 +105,12 @@ pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
     let shape = [c_out, c_in, kernel, kernel];
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     // 3×3 stride-1 weights tap-major on the CPU backend, the layout its GEMM conv reads in place
-    let weight = if stride == 1 && kernel == 3 && vb.device() == &burn::tensor::Device::flex() && vb.dtype() == burn::tensor::DType::F32 {
+    let weight = if stride == 1
+        && kernel == 3
+        && vb.device() == &burn::tensor::Device::flex()
+        && vb.dtype() == burn::tensor::DType::F32
+        && !vb.on_device_only("weight")
+    {
         crate::layers::cpu_kernels::tap_major_weight(vb.host_f32("weight", &shape)?, shape)
     } else {
         vb.get("weight", shape)?

@@ -1,0 +1,211 @@
+//! A safetensors file read as its bytes arrive, in any pieces: the header first, then each
+//! tensor, put on the device the moment its last byte is in and its bytes freed. The page reads
+//! weight files this way, so wasm memory never holds a whole file (SDXL's fp16 UNet alone is
+//! 5.1 GB; wasm32 has 4 GiB).
+//!
+//! Matrices stay on the device only: the layers that need one on the host in the usual layout
+//! (`linear`) take it transposed on the device instead. Tensors of other ranks up to
+//! [`HOST_COPY_ELEMENTS`] values (biases, norms, small convolutions: what the fingerprint and
+//! the CPU kernels read) and the text encoders' token tables (kept on the host by design) are
+//! also kept on the host.
+
+use std::collections::HashMap;
+
+use burn::tensor::{DType, Device, Tensor};
+use safetensors::tensor::Metadata;
+use safetensors::Dtype as StDtype;
+
+use crate::checkpoint::weights::{decode, upload};
+use crate::{Result, SdError};
+
+/// Largest tensor (other than a matrix) also kept on the host.
+pub const HOST_COPY_ELEMENTS: usize = 1 << 16;
+
+/// safetensors' own bound on a header.
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// One tensor of a streamed file: on the device (flat, in the model's dtype), and for some
+/// (see the module documentation) on the host too.
+pub struct StreamedTensor {
+    pub shape: Vec<usize>,
+    pub device: Tensor<1>,
+    pub host: Option<Vec<f32>>,
+}
+
+/// The tensors of a streamed file, by (mapped) key.
+pub struct StreamedFile {
+    pub name: String,
+    pub tensors: HashMap<String, StreamedTensor>,
+}
+
+/// Where the tensors lie in the file, once its header is in.
+struct Layout {
+    /// `(stored key, dtype, shape, absolute byte range)` in file order
+    order: Vec<(String, StDtype, Vec<usize>, std::ops::Range<usize>)>,
+    end: usize,
+}
+
+/// A safetensors file being received ([`WeightStream::push`] its bytes in order, then
+/// [`WeightStream::finish`]).
+pub struct WeightStream {
+    name: String,
+    device: Device,
+    dtype: DType,
+    /// The stored key → the key a network asks for (as the whole-file loaders map them).
+    map: fn(&str) -> String,
+    /// Bytes received and not yet consumed; `buf[0]` is the file's byte `at`.
+    buf: Vec<u8>,
+    at: usize,
+    layout: Option<Layout>,
+    /// The first tensor of `layout.order` not yet complete.
+    next: usize,
+    tensors: HashMap<String, StreamedTensor>,
+}
+
+impl WeightStream {
+    pub fn new(name: impl Into<String>, device: &Device, dtype: DType, map: fn(&str) -> String) -> Self {
+        Self {
+            name: name.into(),
+            device: device.clone(),
+            dtype,
+            map,
+            buf: Vec::new(),
+            at: 0,
+            layout: None,
+            next: 0,
+            tensors: HashMap::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn bad(&self, reason: impl Into<String>) -> SdError {
+        SdError::Safetensors { path: self.name.clone(), reason: reason.into() }
+    }
+
+    /// The file's next bytes: every tensor they complete goes to the device, and its bytes are
+    /// dropped.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.layout.is_none() && !self.read_header()? {
+            return Ok(());
+        }
+        let layout = self.layout.as_ref().expect("read above");
+        if self.at + self.buf.len() > layout.end {
+            return Err(self.bad(format!("longer than its header says ({} bytes)", layout.end)));
+        }
+        let mut done = self.at;
+        while let Some((key, dtype, shape, range)) = layout.order.get(self.next) {
+            if range.end > self.at + self.buf.len() {
+                break;
+            }
+            let raw = &self.buf[range.start - self.at..range.end - self.at];
+            let values = decode(*dtype, raw).ok_or_else(|| SdError::Dtype {
+                file: self.name.clone(),
+                key: key.clone(),
+                dtype: format!("{dtype:?}"),
+            })?;
+            let mapped = (self.map)(key);
+            let keep = (shape.len() != 2 && values.len() <= HOST_COPY_ELEMENTS) || mapped.ends_with("token_embedding.weight");
+            let host = keep.then(|| values.clone());
+            let n = values.len();
+            let device = upload(values, [n], &self.device, self.dtype);
+            self.tensors.insert(mapped, StreamedTensor { shape: shape.clone(), device, host });
+            done = range.end;
+            self.next += 1;
+        }
+        self.buf.drain(..done - self.at);
+        self.at = done;
+        Ok(())
+    }
+
+    /// Parses the header once its bytes are in; false while they are not.
+    fn read_header(&mut self) -> Result<bool> {
+        let Some(n) = self.buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+            return Ok(false);
+        };
+        if n > MAX_HEADER_BYTES {
+            return Err(self.bad(format!("a header of {n} bytes (not a safetensors file?)")));
+        }
+        let Some(header) = self.buf.get(8..8 + n) else {
+            return Ok(false);
+        };
+        let meta: Metadata = serde_json::from_slice(header).map_err(|e| self.bad(format!("bad header: {e}")))?;
+        let start = 8 + n;
+        let order = (meta.offset_keys().into_iter())
+            .map(|k| {
+                let info = meta.info(&k).expect("a key of the header");
+                let (a, b) = info.data_offsets;
+                (k, info.dtype, info.shape.clone(), start + a..start + b)
+            })
+            .collect();
+        self.layout = Some(Layout { order, end: start + meta.data_len() });
+        self.buf.drain(..start);
+        self.at = start;
+        Ok(true)
+    }
+
+    /// The file's tensors; an error when it ended before all of them arrived.
+    pub fn finish(self) -> Result<StreamedFile> {
+        let total = self.layout.as_ref().map(|l| l.order.len());
+        if total != Some(self.next) {
+            let got = self.at + self.buf.len();
+            return Err(self.bad(match total {
+                None => format!("the file ended in its header ({got} bytes)"),
+                Some(t) => format!("the file ended after {got} bytes, {} of its {t} tensors", self.next),
+            }));
+        }
+        Ok(StreamedFile { name: self.name, tensors: self.tensors })
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of f32 tensors.
+    fn file(tensors: &[(&str, Vec<f32>, Vec<usize>)]) -> Vec<u8> {
+        let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let views = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((k, _, s), b)| (*k, safetensors::tensor::TensorView::new(StDtype::F32, s.clone(), b).unwrap()));
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    /// Any split of the bytes gives the same tensors; matrices stay on the device only; a
+    /// truncated or overlong file is an error naming it.
+    #[test]
+    fn pieces_of_any_size_give_the_whole_file() {
+        let bytes = file(&[
+            ("a.bias", vec![1.0, 2.0, 3.0], vec![3]),
+            ("b.weight", (0..6).map(|v| v as f32).collect(), vec![2, 3]),
+            ("c.weight", vec![0.5; 8], vec![2, 1, 2, 2]),
+        ]);
+        let device = Device::flex();
+        for piece in [1, 7, 64, bytes.len()] {
+            let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
+            for p in bytes.chunks(piece) {
+                s.push(p).unwrap();
+            }
+            let f = s.finish().unwrap();
+            assert_eq!(f.tensors["a.bias"].host.as_deref(), Some(&[1.0, 2.0, 3.0][..]));
+            assert!(f.tensors["b.weight"].host.is_none(), "a matrix stays on the device");
+            let b: Vec<f32> = f.tensors["b.weight"].device.clone().into_data().iter::<f32>().collect();
+            assert_eq!(b, (0..6).map(|v| v as f32).collect::<Vec<_>>());
+            assert_eq!(f.tensors["c.weight"].shape, [2, 1, 2, 2]);
+        }
+        let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
+        s.push(&bytes[..bytes.len() - 1]).unwrap();
+        let e = s.finish().err().unwrap().to_string();
+        assert!(e.starts_with("f: ") && e.contains("2 of its 3 tensors"), "{e}");
+        let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
+        let e = s.push(&[bytes.clone(), vec![0]].concat()).err().unwrap().to_string();
+        assert!(e.contains("longer than its header says"), "{e}");
+        let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
+        let e = s.push(&[9, 0, 0, 0, 0, 0, 0, 0, b'{', b'x', 0, 0, 0, 0, 0, 0, 0]).err().unwrap().to_string();
+        assert!(e.contains("bad header"), "{e}");
+    }
+}
