@@ -10,6 +10,7 @@
 #     `edict bench --size SIZE --iters 1 --steps 4 --strength 0.5 [--no-edit]` (load, one batch-2 UNet call,
 #     VAE encode and decode, an EDICT edit, peak RSS), and an EDICT round trip
 #     `edict reconstruct` at REC_SIZE² (4 steps, strength 0.5) whose latent_rel_err must be 0.
+#     On cpu in f16 the bench's peak RSS must stay within 1.3× the fp16 weight files' size.
 #     SD 1.5: bench at 512² on both backends, round trips at 256².
 #     SDXL: bench at 512² and 1024² on cpu (without the edit at 1024²: on 2 cores it takes hours)
 #     and at 64² on wgpu (lavapipe); round trips at 256² on cpu, 64² on wgpu.
@@ -137,6 +138,15 @@ for b in $BACKENDS; do
       bj="$OUT/bench-$tag-$size"
       if timeout "$RUN_TIMEOUT" "$EDICT" bench --model "$MODEL" --backend "$b" --precision "$p" --size "$size" \
           --iters 1 --steps 4 --strength 0.5 $no_edit --json >"$bj.json" 2>"$bj.err"; then
+        # cpu f16 reads the fp16 files as they are: its peak stays within 1.3× their size
+        if [[ $b == cpu && $p == f16 ]]; then
+          weights="$(du -cb "$MODEL"/{text_encoder,text_encoder_2,unet,vae}/*.fp16.safetensors 2>/dev/null | tail -1 | cut -f1)"
+          peak="$(jq -r '.peak_rss_mib * 1048576 | round' "$bj.json")"
+          if ((weights > 0)); then
+            say "$tag: peak RSS $((peak >> 20)) MiB = $(jq -n "$peak / $weights * 100 | round / 100")× the fp16 files' $((weights >> 20)) MiB (limit 1.3×)"
+            ((peak * 10 <= weights * 13)) || fail "$tag: peak RSS $((peak >> 20)) MiB is over 1.3× the fp16 weight files ($((weights >> 20)) MiB)"
+          fi
+        fi
         jq -r '"   load \(.load_s*10|round/10) s, UNet \(.unet_batch2_s*100|round/100) s per batch-2 call, VAE encode \(.vae_encode_s*100|round/100) s, decode \(.vae_decode_s*100|round/100) s, edit \(if .edit_s then "\(.edit_s*10|round/10) s" else "skipped" end), peak RSS \(.peak_rss_mib|round) MiB, largest GPU buffer \(.largest_buffer_mib|round) MiB"' "$bj.json" >&2
         bench="$(jq -r '[.load_s, .unet_batch2_s, .vae_encode_s, .vae_decode_s, .edit_s, .peak_rss_mib/1024] | map(if . == null then "—" else (. * 100 | round / 100 | tostring) end) | join(" | ")' "$bj.json")"
       else

@@ -19,6 +19,22 @@ pub enum Bytes {
     Owned(Vec<u8>),
 }
 
+impl Bytes {
+    /// Tells the OS that `range` has been read: a memory map's pages there stop counting in the
+    /// process's memory (they stay in the page cache and are read back if touched again), so a
+    /// model read tensor by tensor never holds its files' pages and its tensors at once.
+    fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Bytes::Mmap(m) = self {
+            // SAFETY: the map is read-only and file-backed: dropped pages read back from the file.
+            // An error only means the pages stay counted.
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+}
+
 impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -314,6 +330,7 @@ impl VarBuilder {
             key: entry.stored_key.clone(),
             dtype: format!("{dtype:?}"),
         })?;
+        file.bytes.release(range.clone());
         self.store.used.borrow_mut().insert(key);
         Ok(values)
     }
