@@ -55,6 +55,12 @@ pub fn parse_mapping(text: &str) -> Result<Vec<Entry>> {
             if !r.mask.len().is_multiple_of(2) {
                 return Err(PipelineError::Invalid(format!("entry {id}: the mask has an odd number of values ({}); it is (start, length) pairs", r.mask.len())));
             }
+            if !stays_inside(&r.image_path) {
+                return Err(PipelineError::Invalid(format!(
+                    "entry {id}: image_path \"{}\" is not a relative path inside annotation_images/ (absolute, empty, or with `..`)",
+                    r.image_path
+                )));
+            }
             Ok(Entry {
                 id,
                 image_path: r.image_path,
@@ -67,6 +73,15 @@ pub fn parse_mapping(text: &str) -> Result<Vec<Entry>> {
             })
         })
         .collect()
+}
+
+/// Whether `path`, joined to a folder, names something inside it: relative, not empty, and
+/// made of plain names only (no `..`, no root or drive). A benchmark folder never reaches outside
+/// itself.
+fn stays_inside(path: &str) -> bool {
+    use std::path::{Component, Path};
+    let p = Path::new(path);
+    p.components().next().is_some() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// `evaluate.py`: `prompt.replace("[", "").replace("]", "")`.
@@ -92,11 +107,12 @@ impl Mask {
         let n = (SIDE * SIDE) as i64;
         let mut data = vec![0u8; SIDE * SIDE];
         for run in rle.chunks_exact(2) {
-            let (start, len) = (run[0], run[1].min(n - run[0]));
+            let start = run[0];
             if start < 0 {
                 // numpy would index from the end; no PIE-Bench mask does this
                 return Err(PipelineError::Invalid(format!("a mask run starts at {start}")));
             }
+            let len = run[1].min(n - start.min(n));
             if len > 0 {
                 data[start as usize..(start + len) as usize].fill(1);
             }
@@ -228,6 +244,15 @@ mod tests {
         assert_eq!((e[1].source_prompt.as_str(), e[1].target_prompt.as_str()), ("a cat", "a dog  "));
         assert!(parse_mapping(r#"{"1": {"image_path": "a", "original_prompt": "", "editing_prompt": "", "editing_type_id": "0", "mask": [1]}}"#).unwrap_err().to_string().contains("odd"));
         assert!(parse_mapping("[]").unwrap_err().to_string().contains("not a PIE-Bench mapping file"));
+        // paths that would leave annotation_images/ are refused, naming the entry
+        let entry = |path: &str| format!(r#"{{"7": {{"image_path": {path:?}, "original_prompt": "", "editing_prompt": "", "editing_type_id": "0", "mask": []}}}}"#);
+        for bad in ["../x.jpg", "0_random/../../x.jpg", "/etc/passwd", "", "a/./../../b.jpg"] {
+            let e = parse_mapping(&entry(bad)).unwrap_err().to_string();
+            assert!(e.contains("entry 7: image_path") && e.contains("inside annotation_images/"), "{bad}: {e}");
+        }
+        for good in ["0_random_140/000000000000.jpg", "./a.jpg", "x..y.jpg"] {
+            assert_eq!(parse_mapping(&entry(good)).unwrap()[0].image_path, good);
+        }
     }
 
     #[test]
@@ -251,6 +276,10 @@ mod tests {
         let small = Mask::decode(&block).unwrap().resized(8);
         // centres 32, 96, 160, 224, …: rows/columns 2 and 3 are inside 150..250
         assert_eq!(small.data[2 * 8 + 2..2 * 8 + 5], [1, 1, 0]);
+        // extreme runs: an error or a clipped run, never an overflow
+        assert!(Mask::decode(&[i64::MIN, 5]).unwrap_err().to_string().contains("starts at"));
+        assert_eq!(Mask::decode(&[i64::MAX, i64::MAX]).unwrap().edited(), 4 * SIDE - 4);
+        assert_eq!(Mask::decode(&[0, i64::MAX]).unwrap().edited(), SIDE * SIDE);
     }
 
     #[test]
