@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use edict_sd::models::clip_score;
+use edict_sd::models::{autoencoder_tiny, clip_score};
 use edict_sd::checkpoint::files::{ModelFiles, weight_candidates};
 use edict_sd::config::Precision;
 use edict_sd::models::unet_2d::UNetConfig;
@@ -50,6 +50,17 @@ pub fn resolve(model: &str, config: Option<&Path>, precision: Precision) -> Resu
 /// The folder of a transformers `CLIPModel` for CLIP scores: `model` itself, or the HF-cache
 /// snapshot of a hub id with its [`clip_score::FOLDER_FILES`] (downloaded once).
 pub fn resolve_clip(model: &str) -> Result<PathBuf> {
+    resolve_folder(model, &clip_score::FOLDER_FILES, "--clip")
+}
+
+/// The folder of a TAESD `AutoencoderTiny` (`--preview-decoder`), as [`resolve_clip`].
+pub fn resolve_taesd(model: &str) -> Result<PathBuf> {
+    resolve_folder(model, &[autoencoder_tiny::CONFIG, autoencoder_tiny::WEIGHTS], "--preview-decoder taesd=FOLDER")
+}
+
+/// `model` when it is a folder, else the HF-cache snapshot of hub id `model` holding `files`
+/// (at its root; downloaded once). `flag` is how the user passes a folder instead.
+fn resolve_folder(model: &str, files: &[&str], flag: &str) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -57,9 +68,9 @@ pub fn resolve_clip(model: &str) -> Result<PathBuf> {
     check_hub_id(model, "")?;
     let mut hub = Hub::new(model);
     let mut dir = None;
-    for f in clip_score::FOLDER_FILES {
+    for f in files {
         let local = hub.get(f).with_context(|| {
-            format!("cannot fetch {f} of {model} from the Hugging Face hub (no network?); download the repository elsewhere and pass --clip with its folder")
+            format!("cannot fetch {f} of {model} from the Hugging Face hub (no network?); download the repository elsewhere and pass {flag} with its folder")
         })?;
         dir = local.parent().map(Path::to_path_buf);
     }

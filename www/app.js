@@ -1,7 +1,7 @@
 // The page: WebGPU checks, model loading, the photo and prompts, and the edit with its progress.
 // `window.edict` exposes the state (GPU info, progress events) for debugging and the browser test.
 import * as wasm from './pkg/edict_web.js';
-import { SD15, clearCache, loadFromFiles, loadFromUrl } from './loader.js';
+import { SD15, SDXL, clearCache, loadFromFiles, loadFromUrl } from './loader.js';
 
 // `generation` counts recoveries from a lost GPU device, so an operation that outlives one
 // leaves the page alone. After a wasm panic (a trap) nothing may call into the module again:
@@ -10,7 +10,7 @@ let generation = 0;
 let trapped = false;
 
 const $ = (id) => document.getElementById(id);
-const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], previews: {}, results: [], image: null, busy: false, lastLoad: null, running: null, report: null });
+const state = (window.edict = { gpu: null, gpuInfo: null, session: null, events: [], previews: {}, results: [], image: null, busy: false, lastLoad: null, running: null, report: null, taesd: false });
 const params = new URLSearchParams(location.search);
 
 function message(text, kind = 'error') {
@@ -31,7 +31,7 @@ function mib(n) {
 /** Enables what can run now: loading needs the GPU, editing needs a model and a photo. */
 function refresh() {
   const idle = !state.busy && !!state.gpu;
-  for (const id of ['load-sd15', 'load-url', 'clear-cache', 'model-folder', 'model-file', 'precision']) $(id).disabled = !idle;
+  for (const id of ['load-sd15', 'load-sdxl', 'load-url', 'clear-cache', 'model-folder', 'model-file', 'precision']) $(id).disabled = !idle;
   const ready = idle && !!state.session;
   $('edit').disabled = $('invert').disabled = $('reconstruct').disabled = !(ready && state.image);
   $('latents-input').disabled = !ready;
@@ -102,9 +102,11 @@ async function loadModel(name, fill, source = null) {
     const session = b.build(state.gpu, $('precision').value);
     state.session = session;
     session.setPreview(onPreview); // kept by the session for every operation
+    state.taesd = false;
+    const previewNote = await syncPreviewDecoder();
     status(`Loaded ${name} (${session.precision}).`, 1);
     $('model').open = false;
-    const notes = [note, session.loadWarning, needs].filter(Boolean);
+    const notes = [note, session.loadWarning, needs, previewNote].filter(Boolean);
     if (notes.length) message(notes.join('\n'), 'note');
     setState('model-loaded');
   } catch (e) {
@@ -137,6 +139,7 @@ const candidates = (p) => (component) => wasm.weightCandidates(component, p);
 const loadUrl = (name, url, p) => loadModel(name, (b, s, begin) => loadFromUrl(b, url, candidates(p), s, { begin }), { name, url, precision: p });
 
 $('load-sd15').onclick = () => loadUrl(SD15.name, SD15.base, SD15.precision);
+$('load-sdxl').onclick = () => loadUrl(SDXL.name, SDXL.base, SDXL.precision);
 $('load-url').onclick = () => {
   const url = $('model-url').value.trim();
   if (!url) return message('Enter the base URL of a diffusers model folder.');
@@ -288,7 +291,38 @@ function onProgress(stage, done, total) {
   $('stage').textContent = stage === 'encode' || stage === 'decode' ? `${what}…` : `${what}: UNet call ${done}/${total}`;
 }
 
-/** The session's preview callback: the predicted image (1/8 size, one tile per target) after each UNet call. */
+/**
+ * TAESD for the live preview: madebyollin's for the model's family from Hugging Face, or the
+ * folder `?taesd=URL` names (its config.json and diffusion_pytorch_model.safetensors). A
+ * failure leaves the linear preview; the returned note says which preview runs.
+ */
+async function loadPreviewDecoder(session) {
+  const base = new URL(params.get('taesd') || `https://huggingface.co/${session.previewDecoderRepo}/resolve/main/`, location.href);
+  const get = async (file) => {
+    const res = await fetch(new URL(file, base));
+    if (!res.ok) throw new Error(`${file}: HTTP ${res.status}`);
+    return res;
+  };
+  try {
+    const config = await (await get('config.json')).text();
+    const weights = new Uint8Array(await (await get('diffusion_pytorch_model.safetensors')).arrayBuffer());
+    session.setPreviewDecoder(config, weights);
+    return null;
+  } catch (e) {
+    return `The TAESD preview could not be loaded from ${base} (${e.message || e}); the live preview stays the fast 1/8-size one.`;
+  }
+}
+
+/** Gives the session the preview the TAESD box asks for (before each operation); a note when it cannot. */
+async function syncPreviewDecoder() {
+  const session = state.session, want = $('taesd').checked;
+  if (state.taesd === want) return null;
+  state.taesd = want;
+  if (!want) return session.setPreviewDecoder(null, null), null;
+  return loadPreviewDecoder(session);
+}
+
+/** The session's preview callback: the predicted image (1/8 size, or full size with TAESD; one tile per target) after each UNet call. */
 function onPreview(stage, done, total, width, height, rgba) {
   state.previews[stage] = (state.previews[stage] || 0) + 1;
   const c = $('live');
@@ -384,7 +418,7 @@ async function run(label, start, { labels = () => [], download = 'edict', target
   state.events.length = 0;
   state.previews = {};
   refresh();
-  message('');
+  message((await syncPreviewDecoder()) || '', 'note');
   setState('busy');
   $('results').classList.add('stale'); // the last results stay until the new ones replace them
   $('stage').textContent = `${label}…`;
@@ -510,6 +544,7 @@ async function reloadAfterTrap(label, e, reload) {
     form: {
       values: Object.fromEntries(FIELDS.map((id) => [id, $(id).value])),
       p2p: $('p2p').checked,
+      taesd: $('taesd').checked,
       settings: $('settings').open,
       targets: [...document.querySelectorAll('#targets .target')].map((i) => i.value),
     },
@@ -550,6 +585,7 @@ async function resumeAfterTrap(note) {
   const f = note.form || {};
   for (const [id, v] of Object.entries(f.values || {})) if ($(id)) $(id).value = v;
   $('p2p').checked = !!f.p2p;
+  $('taesd').checked = !!f.taesd;
   $('settings').open = !!f.settings;
   if (f.targets?.length) {
     $('targets').replaceChildren();

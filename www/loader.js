@@ -3,10 +3,16 @@
 // file's version so a file changed on the server is downloaded again), or read from files the
 // user picked (a diffusers folder, one .safetensors checkpoint, or configs with a checkpoint).
 
+// The page's one-click models, from Hugging Face (its resolve/ URLs allow cross-origin reads with
+// ranges), in their fp16 files: half the download, upcast to f32 on adapters without shader-f16.
 export const SD15 = {
   name: 'stable-diffusion-v1-5/stable-diffusion-v1-5',
   base: 'https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/',
-  // fp16 files first: 2 GB instead of 4 GB, and they upcast to f32 on adapters without shader-f16
+  precision: 'f16',
+};
+export const SDXL = {
+  name: 'stabilityai/stable-diffusion-xl-base-1.0',
+  base: 'https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/',
   precision: 'f16',
 };
 

@@ -139,6 +139,42 @@ merges = b"#version: 0.2\nc a\nca t</w>\n"
 out("tokenizer", "own_vocab.bin", vocab + b"\0" + merges + b"\0" + b"cat a cat")
 out("tokenizer", "own_vocab_no_specials.bin", b'{"a":0}\0a b\n\0a')
 
+# ---------------------------------------------------------------- prompt weights
+weighted = {
+    "plain.txt": "a photo of a cat",
+    "weight.txt": "a (cat:1.3) on a mat",
+    "nested.txt": "(a (red:2) car:1.5), ((fluffy)) [[old]] dog",
+    "escapes.txt": "a \\(literal\\) \\[x\\] \\\\ back\\slash",
+    "colon_text.txt": "(style: watercolor) cat, time: noon",
+    "unclosed.txt": "a (cat",
+    "stray.txt": "a cat)]",
+    "bad_number.txt": "(cat:1.2.3) (dog:-1) (x:)",
+    "prompt_editing.txt": "[cat:dog:0.5]",
+    "inside_word.txt": "a (cat)s",
+    "long.txt": "a " * 80 + "(cat:2)",
+}
+for name, text in weighted.items():
+    out("prompt_weights", name, text.encode("utf-8"))
+
+# ---------------------------------------------------------------- PIE-Bench mapping files
+def entry(path, mask, **extra):
+    return {"image_path": path, "original_prompt": "a [cat] sitting", "editing_prompt": "a [dog] sitting",
+            "editing_instruction": "make it a dog", "editing_type_id": "1", "blended_word": "cat dog",
+            "mask": mask, **extra}
+mappings = {
+    "one.json": {"000000000001": entry("0_random_140/000000000001.jpg", [1000, 20, 1600, 20])},
+    "two_sorted.json": {"2": entry("b.jpg", [0, 3]), "10": entry("./a.jpg", [])},
+    "clipped_runs.json": {"1": entry("a.jpg", [512 * 512 - 5, 600, 512 * 512 + 5, 10, 7, 0])},
+    "odd_mask.json": {"1": entry("a.jpg", [1])},
+    "negative_run.json": {"1": entry("a.jpg", [-3, 2])},
+    "huge_run.json": {"1": entry("a.jpg", [2**63 - 1, 2**63 - 1])},
+    "escape.json": {"1": entry("../../secret.png", [])},
+    "absolute.json": {"1": entry("/etc/passwd", [])},
+    "missing_field.json": {"1": {"image_path": "a.jpg", "mask": []}},
+}
+for name, m in mappings.items():
+    out("pie_mapping", name, json.dumps(m).encode())
+
 # ---------------------------------------------------------------- images
 def save(img, fmt, **kw):
     b = io.BytesIO()

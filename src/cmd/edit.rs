@@ -64,6 +64,7 @@ pub fn edit(a: EditArgs, typed: &BTreeSet<String>) -> Result<()> {
     let photo = if a.from_latents.is_none() { Some(read_image(&a.image)?) } else { None };
     let mut s = open(&a.model)?;
     s.editor.check_edit(&spec)?;
+    a.preview.load_decoder(&mut s)?;
     let preview = a.preview.preview.as_deref();
     let inv: Inversion = match &a.from_latents {
         Some(path) => {

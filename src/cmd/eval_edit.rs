@@ -174,7 +174,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
             let edited = match method {
                 EditMethod::Inverted(m) => {
                     let inv = pollster::block_on(s.editor.invert(&latent, &e.source_prompt, &Settings { method: m, ..settings.clone() }, &mut obs))?;
-                    let spec = EditSpec { targets: vec![e.target_prompt.clone()], p2p, reweight: Vec::new() };
+                    let spec = EditSpec { p2p, ..EditSpec::to(&e.target_prompt) };
                     let pair = pollster::block_on(s.editor.edit(&inv, &spec, "edit", &mut obs))?.remove(0);
                     Latent { values: pair.x_f64(), shape: latent.shape }
                 }

@@ -44,6 +44,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Size::exact(a.width.unwrap_or(512), a.height.unwrap_or(512))?;
     let t = Instant::now();
     let mut s = open(&a.model)?;
+    a.preview.load_decoder(&mut s)?;
     let settings = Settings {
         steps: a.steps,
         guidance: a.guidance,

@@ -25,6 +25,7 @@ use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::{Backend, device};
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;
+use edict_sd::models::autoencoder_tiny::{self, AutoencoderTiny};
 use edict_sd::scheduler::Prediction;
 
 use crate::model_source;
@@ -75,6 +76,37 @@ pub struct PreviewArgs {
     /// approximation without the VAE; one tile per target).
     #[arg(long)]
     pub preview: Option<PathBuf>,
+    /// Decode the preview with TAESD instead (full size, looks like the result): `taesd` takes
+    /// madebyollin/taesd (SD 1.x/2.x) or madebyollin/taesdxl (SDXL); `taesd=FOLDER|HUB_ID` another.
+    #[arg(long, requires = "preview", value_name = "taesd[=FOLDER|HUB_ID]", value_parser = parse_preview_decoder)]
+    pub preview_decoder: Option<PreviewDecoder>,
+}
+
+/// `--preview-decoder`: TAESD from the family's default repository or a given folder or hub id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PreviewDecoder {
+    Taesd(Option<String>),
+}
+
+fn parse_preview_decoder(s: &str) -> std::result::Result<PreviewDecoder, String> {
+    match s.split_once('=') {
+        None if s == "taesd" => Ok(PreviewDecoder::Taesd(None)),
+        Some(("taesd", at)) if !at.is_empty() => Ok(PreviewDecoder::Taesd(Some(at.to_string()))),
+        _ => Err(format!("`{s}`: expected taesd or taesd=FOLDER|HUB_ID")),
+    }
+}
+
+impl PreviewArgs {
+    /// Loads the preview decoder asked for onto the session's device (after [`open`]).
+    pub fn load_decoder(&self, s: &mut Session) -> Result<()> {
+        let Some(PreviewDecoder::Taesd(at)) = &self.preview_decoder else { return Ok(()) };
+        let id = at.as_deref().unwrap_or_else(|| autoencoder_tiny::hub_id(s.editor.model.configs.is_sdxl()));
+        let dir = model_source::resolve_taesd(id)?;
+        let tiny = AutoencoderTiny::from_folder(&dir, &s.editor.device).with_context(|| format!("preview decoder {id}"))?;
+        s.editor.set_preview_decoder(tiny)?;
+        s.bars.note(&format!("previews decoded by {id}"));
+        Ok(())
+    }
 }
 
 /// What inverting a photo under a prompt takes (`invert`, `reconstruct`).
@@ -100,6 +132,7 @@ impl PhotoArgs {
         check_settings(&self.sample)?;
         let photo = read_image(&self.image)?;
         let mut s = open(&self.model)?;
+        self.preview.load_decoder(&mut s)?;
         let photo = encode_image(&mut s, photo, self.image.seed)?;
         Ok((s, photo))
     }

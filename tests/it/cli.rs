@@ -391,6 +391,22 @@ fn edit_with_p2p_several_targets_and_preview() {
     let one = image::open(t.path("e-1.png")).unwrap().to_rgb8();
     let two = image::open(t.path("e-2.png")).unwrap().to_rgb8();
     assert!(one != two);
+    // the weight syntax in a target is --reweight on the same tokens, bit for bit
+    let syntax = t.path("syntax-{i}.png");
+    let taesd = fixtures().join("tiny-taesd").display().to_string();
+    let taesd_arg = format!("taesd={taesd}");
+    let mut a = vec!["edit"];
+    a.extend(common_args(&m, "10"));
+    a.extend(["--strength", "0.5", "--from-latents", &noise, "--out", &syntax, "--preview", &preview, "--preview-decoder", &taesd_arg]);
+    a.extend(["--target", "a photo of a dog", "--target", "a photo of a (fluffy:2) cat", "--p2p", "--p2p-tokens", "0.2:0.6"]);
+    ok(&a);
+    for i in 1..=2 {
+        let weighted = image::open(t.path(&format!("syntax-{i}.png"))).unwrap().to_rgb8();
+        let reweighted = image::open(format!("{dir}/target-{i}.png")).unwrap().to_rgb8();
+        assert!(weighted == reweighted, "target {i}: (fluffy:2) differs from --reweight fluffy=2");
+    }
+    // TAESD decodes the preview at full size, a 64×64 tile per target
+    assert_eq!(dims(&preview), (128, 64));
 
     let edit = |extra: &[&str]| -> String {
         let mut a = vec!["edit", "--model", &m, "--backend", "cpu", "--quiet", "--from-latents", &noise];
@@ -401,6 +417,9 @@ fn edit_with_p2p_several_targets_and_preview() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--target", "a", "--target", "b", "--out", &out], "there are 2 targets"),
         (vec!["--target", "a dog", "--out", &out, "--reweight", "zebra=2"], "\"zebra\" is not in the target prompt"),
+        (vec!["--target", "a (dog", "--out", &out], "the `(` at character 3 is never closed"),
+        (vec!["--target", "a (dog:1.5x)", "--out", &out], "the weight `1.5x` of the `(` at character 3 is not a number"),
+        (vec!["--target", "a (dog)s", "--out", &out], "must start and end between words"),
     ];
     for (extra, want) in cases {
         let err = edit(&extra);
@@ -413,6 +432,8 @@ fn edit_with_p2p_several_targets_and_preview() {
         (vec!["--reweight", "dog=-1"], "≥ 0"),
         (vec!["--p2p", "--p2p-self", "0.9:0.1"], "window `0.9:0.1`"),
         (vec!["--p2p-tokens", "0:1"], "--p2p"),
+        (vec!["--preview", "p.png", "--preview-decoder", "vae"], "expected taesd or taesd=FOLDER|HUB_ID"),
+        (vec!["--preview-decoder", "taesd"], "--preview"),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ];
     for (extra, want) in usage {

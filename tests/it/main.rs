@@ -16,4 +16,5 @@ mod networks;
 mod p2p;
 mod sd2;
 mod sdxl;
+mod taesd;
 mod two_step;

@@ -51,6 +51,7 @@ fn window(v: &Value) -> Window {
 fn spec(case: &Value) -> EditSpec {
     EditSpec {
         targets: vec![case["target"].as_str().unwrap().into()],
+        weighted: Vec::new(),
         p2p: case["p2p"].as_bool().unwrap().then(|| P2p { tokens: window(&case["tokens"]), self_attn: window(&case["self"]) }),
         reweight: case["reweight"]
             .as_array()
@@ -100,7 +101,7 @@ fn controls_match_the_reference_tensors() {
         assert_eq!(mask, want, "{name} mask");
         let want: Vec<i64> = r[&format!("{name}_index")].values.iter().map(|&v| v as i64).collect();
         assert_eq!(index, want, "{name} index");
-        let w = token_weights(tok, &target, &s.reweight, std::slice::from_ref(&target)).unwrap();
+        let w = token_weights(tok, &target, &[], &s.reweight, std::slice::from_ref(&target)).unwrap();
         let want: Vec<f32> = r[&format!("{name}_weights")].values.iter().map(|&v| v as f32).collect();
         assert_eq!(w, want, "{name} weights");
     }
@@ -162,6 +163,7 @@ fn several_targets_equal_one_by_one() {
         let targets = ["a photo of a dog", "a watercolor photo of a fluffy cat", "a photo of a cat"];
         let spec = EditSpec {
             targets: targets.map(String::from).to_vec(),
+            weighted: Vec::new(),
             p2p: Some(P2p { tokens: Window { start: 0.2, end: 0.6 }, self_attn: Window::ALWAYS }),
             reweight: vec!["fluffy=2".parse().unwrap()],
         };

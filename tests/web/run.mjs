@@ -11,7 +11,8 @@
 //     the UI; the inverted pair must match the native CLI's within 1e-3 relative, the edited
 //     image must reach PSNR >= 35 dB against the CLI's, and progress events must have arrived;
 //     the page's own reconstruction must round-trip the latent bit for bit.
-//     At 2 steps: "Invert only" gives a latents file and no image; Cancel during an edit stops
+//     At 2 steps: "Invert only", with the TAESD preview ticked (the tiny TAESD fixture, named by
+//     ?taesd=), draws a full-size preview and gives a latents file and no image; Cancel during an edit stops
 //     it with no error and the next edit works; "Edit saved latents" on the invert-only file
 //     gives that edit's image exactly.
 //     Then the GPU device is destroyed in the middle of an edit: the page must say so, start a
@@ -22,7 +23,8 @@
 //     refused at once; a prompt-to-prompt edit (partial windows) into two targets with a word
 //     weight must give, per target, the CLI's image with the same flags (PSNR >= 35 dB); the
 //     live preview must have been drawn after every UNet call (a tile per target); editing its
-//     saved pair again must give the same images; the module's token check reaches the page.
+//     saved pair again, with the word weight written in a target as (fluffy:2), must give the
+//     same images bit for bit; the module's token check reaches the page.
 //     Screenshots at 1280x800 and 390x844 during and after that edit go to a temporary folder,
 //     or to EDICT_SCREENSHOTS (`EDICT_SCREENSHOTS=docs/screenshots` refreshes the committed ones).
 //  3. sd2: the tiny SD 2.x folder loads from URLs although the download cache fails, and the
@@ -152,7 +154,7 @@ async function testEdit(base) {
   });
   try {
     let t = Date.now();
-    await page.goto(`${base}/www/index.html?model=../fixtures/tiny-sd/&precision=f32`);
+    await page.goto(`${base}/www/index.html?model=../fixtures/tiny-sd/&precision=f32&taesd=../fixtures/tiny-taesd/`);
     const started = await waitState(page, ['ready', 'no-webgpu', 'failed'], 120_000);
     check(started === 'ready', `page starts with WebGPU (state ${started}; ${await page.textContent('#gpu-status')}) in ${secs(t)} s`);
     if (started !== 'ready') return;
@@ -287,15 +289,21 @@ async function testEdit(base) {
 
 /**
  * Invert only, cancel, and a plain edit of a saved latents file, at 2 steps (1 at strength 0.5):
- * the inversion alone gives a latents file and no image; a cancelled edit stops with no error
+ * the inversion alone, with the TAESD preview ticked, gives a full-size preview, a latents file
+ * and no image; a cancelled edit stops with no error
  * and leaves the page usable; the edit after it equals, pixel for pixel, the edit of the
  * inversion's latents file (what `edict edit --from-latents` does). Leaves the steps at STEPS.
  */
 async function testOperations(page, web) {
   await page.fill('#steps', '2');
+  await page.check('#taesd'); // TAESD previews for this inversion (the folder ?taesd= names)
   let t = Date.now();
   await page.click('#invert');
   const inv = await waitState(page, ['done', 'failed', 'cancelled'], 240_000);
+  const sharp = await canvas(page);
+  check(sharp.w === SIZE && sharp.h === SIZE && sharp.colors > 1 && sharp.opaque && !/TAESD/.test(await page.textContent('#message')),
+    `with TAESD the live preview is full size: canvas ${sharp.w}x${sharp.h} (${SIZE}x${SIZE}), ${sharp.colors} colours`);
+  await page.uncheck('#taesd');
   let events = await page.evaluate(() => window.edict.events);
   const stages = [...new Set(events.map((e) => e.stage))].join();
   const images = await page.locator('#outputs .result').count();
@@ -449,7 +457,9 @@ async function screenshots(page, name, full) {
  * prompt-to-prompt edit (partial windows) into two targets with a word weight equals the CLI's
  * with the same flags, per target, with the preview drawn for both stages (and screenshots taken
  * during and after it); editing a saved pair into two targets works, and the wasm module's word
- * check (on tokens) refuses a word that is in a target only as text, before any work.
+ * check (on tokens) refuses a word that is in a target only as text, before any work; that
+ * pair edited again with the word weight written in the target, `(fluffy:2)`, gives the P2P
+ * edit's images bit for bit.
  */
 async function testControls(page, web, cli, cliP2pDone) {
   await page.fill('#reweight', 'zebra=2');
@@ -509,18 +519,20 @@ async function testControls(page, web, cli, cliP2pDone) {
   const rejected = await waitState(page, ['invalid', 'failed', 'done'], 120_000);
   const rejectMsg = await page.textContent('#message');
   check(rejected === 'invalid' && /"do" is not in the target prompt/.test(rejectMsg), `the wasm module's word check (on tokens) refuses the edit at once: "${rejectMsg.slice(0, 110)}"`);
-  await page.fill('#reweight', P2P.reweight);
+  // the weight written in the target instead: the same tokens' weights (P2P.reweight, fluffy=2)
+  await page.fill('#reweight', '');
+  await page.fill('#targets .target >> nth=0', 'a photo of a (fluffy:2) dog');
   t = Date.now();
   await page.evaluate(() => (document.body.dataset.state = 'test'));
   await page.setInputFiles('#latents-input', web('p2p-latents.safetensors'));
   const latents = await waitState(page, ['failed', 'done'], 480_000);
   const lp = await page.evaluate(() => window.edict.previews);
-  check(latents === 'done' && lp.edit === evals && !lp.invert, `the saved pair edited into the two targets in ${secs(t)} s, ${lp.edit} edit previews`);
+  check(latents === 'done' && lp.edit === evals && !lp.invert, `the saved pair edited into the two targets, the word weight written as (fluffy:2), in ${secs(t)} s, ${lp.edit} edit previews`);
   if (latents !== 'done') return console.log(`  message: ${await page.textContent('#message')}`);
   for (const i of [1, 2]) await download(page, `#download-result-${i}`, web(`latents-${i}.png`));
   const again = await pixels(page, [web('latents-1.png'), web('latents-2.png')]);
   const same = again.map((a, i) => psnr(a, shots[2 * i]));
-  check(same.every((p) => p >= 35), `the saved pair's images equal the P2P edit's: PSNR ${same.join(', ')} dB (>= 35)`);
+  check(same.every((p) => p === Infinity), `the saved pair's images with (fluffy:2) equal the P2P edit's with fluffy=2: PSNR ${same.join(', ')} dB (∞)`);
 }
 
 /** An SD 2.x folder (v-prediction, pad token "!") loads from URLs and round-trips exactly. */

@@ -13,7 +13,9 @@ use edict_pipeline::ops::{self, Photo};
 use edict_pipeline::prompt_edit::{EditControls, EditSpec};
 use edict_pipeline::settings::Settings;
 use edict_sd::SdError;
+use edict_sd::checkpoint::weights::{Bytes, WeightFile};
 use edict_sd::config::Precision;
+use edict_sd::models::autoencoder_tiny::{self, AutoencoderTiny};
 use js_sys::{Function, Promise};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -111,11 +113,13 @@ pub struct Session {
     name: String,
     precision: Precision,
     load_warning: Option<String>,
+    preview_decoder_repo: &'static str,
 }
 
 impl Session {
     pub(crate) fn new(editor: Editor, lost: Lost, name: String, precision: Precision, load_warning: Option<String>) -> Self {
         Self {
+            preview_decoder_repo: autoencoder_tiny::hub_id(editor.model.configs.is_sdxl()),
             editor: Rc::new(RefCell::new(Some(editor))),
             lost,
             cancel: Rc::new(Cell::new(false)),
@@ -299,10 +303,33 @@ impl Session {
     }
 
     /// A callback `(stage, done, total, width, height, rgba: Uint8ClampedArray)` called after every
-    /// UNet call with the image being predicted (1/8 size, one tile per target); `null` turns it off.
+    /// UNet call with the image being predicted (1/8 size, or full size with a preview decoder; one
+    /// tile per target); `null` turns it off.
     #[wasm_bindgen(js_name = setPreview)]
     pub fn set_preview(&self, callback: Option<Function>) {
         *self.preview.borrow_mut() = callback;
+    }
+
+    /// Decodes the previews with TAESD from now on (full size): `config` is its `config.json`,
+    /// `weights` its `diffusion_pytorch_model.safetensors`; `null` for both goes back to the
+    /// linear 1/8-size preview.
+    #[wasm_bindgen(js_name = setPreviewDecoder)]
+    pub fn set_preview_decoder(&self, config: Option<String>, weights: Option<Vec<u8>>) -> Result<(), JsError> {
+        let mut editor = self.editor.borrow_mut();
+        let ed = editor.as_mut().ok_or_else(|| JsError::new("another operation is still running on this model"))?;
+        let (Some(config), Some(weights)) = (config, weights) else {
+            ed.clear_preview_decoder();
+            return Ok(());
+        };
+        let file = WeightFile::from_bytes("taesd/diffusion_pytorch_model.safetensors", Bytes::Owned(weights)).map_err(crate::js_err)?;
+        let tiny = AutoencoderTiny::from_files(&config, "taesd/config.json", file, &ed.device).map_err(crate::js_err)?;
+        ed.set_preview_decoder(tiny).map_err(crate::js_err)
+    }
+
+    /// The Hugging Face repository of this model's TAESD (madebyollin's, for SD 1.x/2.x or SDXL).
+    #[wasm_bindgen(getter, js_name = previewDecoderRepo)]
+    pub fn preview_decoder_repo(&self) -> String {
+        self.preview_decoder_repo.to_string()
     }
 
     /// Checks `options` (and, given `targets`, the edit into them against the model's tokens)

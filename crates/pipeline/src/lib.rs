@@ -9,6 +9,7 @@ pub mod eval;
 pub mod io;
 pub mod ops;
 pub mod prompt_edit;
+pub mod prompt_weights;
 pub mod samplers;
 pub mod settings;
 

@@ -14,6 +14,7 @@ use edict_sd::tokenizer::{BOS, ClipTokenizer, EOS};
 
 use crate::difflib::{Tag, opcodes};
 use crate::error::{PipelineError, Result};
+use crate::prompt_weights::{self, Piece};
 
 /// The timesteps `t` with `start ≤ t/1000 ≤ end` at which an injection runs; `START:END` as text.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -181,10 +182,13 @@ impl Default for EditControls {
 }
 
 impl EditControls {
-    /// The edit into `targets` with these controls, checked.
+    /// The edit into `targets` with these controls, checked; the targets may weigh words in
+    /// the usual syntax ([`crate::prompt_weights`]).
     pub fn spec(&self, targets: Vec<String>) -> Result<EditSpec> {
+        let weighted = targets.iter().map(|t| prompt_weights::parse(t)).collect::<Result<Vec<_>>>()?;
         let spec = EditSpec {
-            targets,
+            targets: weighted.iter().map(|p| prompt_weights::plain_text(p)).collect(),
+            weighted,
             p2p: self.p2p.then_some(P2p { tokens: self.p2p_tokens, self_attn: self.p2p_self }),
             reweight: self.reweight.clone(),
         };
@@ -197,7 +201,11 @@ impl EditControls {
 /// each), optionally with prompt-to-prompt injection from the inversion's prompt and word weights.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EditSpec {
+    /// The target prompts as the model reads them.
     pub targets: Vec<String>,
+    /// Per target, its text in weighted pieces when written in the weight syntax; empty for
+    /// plain targets.
+    pub weighted: Vec<Vec<Piece>>,
     pub p2p: Option<P2p>,
     pub reweight: Vec<Reweight>,
 }
@@ -211,9 +219,21 @@ impl EditSpec {
         }
     }
 
+    /// Whether any target weighs its tokens: word weights or the prompt syntax.
+    pub fn has_weights(&self) -> bool {
+        !self.reweight.is_empty() || self.weighted.iter().flatten().any(|p| p.weight != 1.0)
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.targets.is_empty() {
             return Err(PipelineError::Invalid("an edit needs at least one target prompt".into()));
+        }
+        if !self.weighted.is_empty() && self.weighted.len() != self.targets.len() {
+            return Err(PipelineError::Invalid(format!(
+                "{} weighted prompts for {} targets",
+                self.weighted.len(),
+                self.targets.len()
+            )));
         }
         if let Some(p) = &self.p2p {
             p.tokens.validate("--p2p-tokens")?;
@@ -240,16 +260,17 @@ pub fn align_tokens(source: &[u32], target: &[u32]) -> (Vec<f32>, Vec<i64>) {
     (mask, index)
 }
 
-/// Per-position weights for `target` ids: 1, except `weight` at every occurrence of a word's
-/// token sequence (the word tokenized alone, without start and end tokens). Errors name a word
-/// found in none of `all_targets`.
+/// Per-position weights for `target` ids: its `pieces`' weights (1 without), then `weight` at
+/// every occurrence of a reweighted word's token sequence (the word tokenized alone, without
+/// start and end tokens). Errors name a word found in none of `all_targets`.
 pub fn token_weights(
     tokenizer: &ClipTokenizer,
     target: &[u32],
+    pieces: &[Piece],
     reweight: &[Reweight],
     all_targets: &[Vec<u32>],
 ) -> Result<Vec<f32>> {
-    let mut weights = vec![1.0f32; target.len()];
+    let mut weights = if pieces.is_empty() { vec![1.0f32; target.len()] } else { prompt_weights::piece_weights(tokenizer, pieces, target)? };
     for r in reweight {
         let ids = tokenizer.encode(&r.word)?.ids;
         let word: Vec<u32> = ids.iter().copied().filter(|&id| id != BOS).take_while(|&id| id != EOS).collect();
@@ -301,11 +322,11 @@ mod tests {
         let tok = ClipTokenizer::embedded().unwrap();
         let target = tok.encode("a cat and a fluffy cat").unwrap().ids;
         let r = |s: &str| s.parse::<Reweight>().unwrap();
-        let w = token_weights(&tok, &target, &[r("cat=2")], std::slice::from_ref(&target)).unwrap();
+        let w = token_weights(&tok, &target, &[], &[r("cat=2")], std::slice::from_ref(&target)).unwrap();
         // BOS a cat and a fluffy cat EOS …
         assert_eq!(&w[..8], &[1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 2.0, 1.0]);
         assert!(w[8..].iter().all(|&w| w == 1.0));
-        let e = token_weights(&tok, &target, &[r("dog=2")], &[target.clone()]).unwrap_err().to_string();
+        let e = token_weights(&tok, &target, &[], &[r("dog=2")], &[target.clone()]).unwrap_err().to_string();
         assert!(e.contains("\"dog\" is not in the target prompt"), "{e}");
     }
 }

@@ -95,7 +95,11 @@ impl Editor {
     fn token_controls(&self, spec: &EditSpec, source: Option<&str>) -> Result<(Vec<Vec<f32>>, Option<(Vec<Vec<f32>>, Vec<Vec<i64>>)>)> {
         let tok = &self.model.tokenizer;
         let targets: Vec<Vec<u32>> = spec.targets.iter().map(|t| Ok(tok.encode(t)?.ids)).collect::<Result<_>>()?;
-        let weights = targets.iter().map(|t| token_weights(tok, t, &spec.reweight, &targets)).collect::<Result<_>>()?;
+        let weights = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| token_weights(tok, t, spec.weighted.get(i).map_or(&[], |p| p), &spec.reweight, &targets))
+            .collect::<Result<_>>()?;
         let aligned = match source {
             Some(s) => {
                 let src = tok.encode(s)?.ids;
@@ -108,7 +112,7 @@ impl Editor {
 
     /// The attention control `spec` asks for, as device tensors over the 77 keys.
     fn controls(&self, source: &str, spec: &EditSpec) -> Result<Option<Controls>> {
-        if spec.p2p.is_none() && spec.reweight.is_empty() {
+        if spec.p2p.is_none() && !spec.has_weights() {
             return Ok(None);
         }
         let (weights, aligned) = self.token_controls(spec, spec.p2p.is_some().then_some(source))?;
@@ -121,7 +125,7 @@ impl Editor {
         Ok(Some(Controls {
             p2p: spec.p2p,
             tokens,
-            weights: (!spec.reweight.is_empty()).then(|| rows(weights)),
+            weights: spec.has_weights().then(|| rows(weights)),
         }))
     }
 }
@@ -228,8 +232,14 @@ impl NoisePredictor for Guided<'_> {
                 .zip(&eps)
                 .map(|(x, e)| x.iter().zip(e).map(|(x, e)| (x - sb * e) / sa).collect())
                 .collect();
-            let map = if self.editor.model.configs.is_sdxl() { &preview::SDXL } else { &preview::SD };
-            if let Some(image) = preview::latents_to_rgb(&x0, self.shape, map) {
+            let image = match self.editor.preview_decoded(&x0, self.shape).await? {
+                Some(decoded) => Some(decoded),
+                None => {
+                    let map = if self.editor.model.configs.is_sdxl() { &preview::SDXL } else { &preview::SD };
+                    preview::latents_to_rgb(&x0, self.shape, map)
+                }
+            };
+            if let Some(image) = image {
                 self.obs.preview(progress, &image);
             }
         }

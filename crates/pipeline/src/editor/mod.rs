@@ -8,6 +8,7 @@ mod noise;
 
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use edict_sd::model::{StableDiffusion, TextEmbedding};
+use edict_sd::models::autoencoder_tiny::AutoencoderTiny;
 use edict_sd::models::vae::VaeConfig;
 
 use crate::error::{PipelineError, Result};
@@ -45,8 +46,8 @@ pub trait Observer {
         false
     }
     /// After each UNet evaluation (`p` says which): the denoised image it predicts (x̂₀), one
-    /// tile per chain side by side, from a fixed linear map of the latent (see [`crate::io::preview`]);
-    /// 1/8 of the size.
+    /// tile per chain side by side, from a fixed linear map of the latent (see [`crate::io::preview`];
+    /// 1/8 of the size), or decoded by the preview decoder (TAESD; full size).
     fn preview(&mut self, _p: Progress, _image: &Rgb) {}
     /// Before and after the VAE encodes or decodes (stage `encode` or `decode`, 0 then 1 of 1).
     fn vae(&mut self, _p: Progress) {}
@@ -110,6 +111,8 @@ pub struct Editor {
     /// Where the device's memory is the host's (the CPU backend): how much can still be
     /// allocated, read before each image-sized step ([`Self::check_fits_memory`]).
     pub free_memory: Option<fn() -> Option<u64>>,
+    /// Decodes the live previews instead of the linear latent→RGB map ([`Self::set_preview_decoder`]).
+    preview_decoder: Option<AutoencoderTiny>,
 }
 
 /// What decides a UNet call's kernels: the batch shape, and which attention controls run
@@ -118,6 +121,23 @@ type WarmShape = ([usize; 4], Option<[bool; 3]>);
 
 async fn read_f64<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
     Ok(edict_sd::device::backend::read(t).await?.into_iter().map(f64::from).collect())
+}
+
+/// `[k, 3, h, w]` images in [−1, 1] as one 8-bit RGB image, the k side by side.
+async fn images_side_by_side(img: Tensor<4>) -> Result<Rgb> {
+    let [k, _, h, w] = img.dims();
+    let v = read_f64(img).await?;
+    let width = k * w;
+    let mut data = vec![0u8; width * h * 3];
+    for (tile, chw) in v.chunks_exact(3 * h * w).enumerate() {
+        for c in 0..3 {
+            for i in 0..h * w {
+                let x = ((chw[c * h * w + i] + 1.0) * 127.5).round().clamp(0.0, 255.0);
+                data[((i / w) * width + tile * w + i % w) * 3 + c] = x as u8;
+            }
+        }
+    }
+    Ok(Rgb { width, height: h, data })
 }
 
 impl Editor {
@@ -133,7 +153,33 @@ impl Editor {
             warmed: Vec::new(),
             warm_up_calls: 0,
             free_memory: None,
+            preview_decoder: None,
         }
+    }
+
+    /// Previews decoded by `tiny` (TAESD) from now on: images that look like the VAE's, at full
+    /// size, for a few small convolutions per UNet call. Refused when its latent space cannot be
+    /// the model's (channels, downscale).
+    pub fn set_preview_decoder(&mut self, tiny: AutoencoderTiny) -> Result<()> {
+        let vae = &self.model.configs.vae;
+        let c = &tiny.config;
+        if c.latent_channels != vae.latent_channels || c.downscale() != vae.downscale() || c.out_channels != 3 {
+            return Err(PipelineError::Invalid(format!(
+                "the preview decoder takes {} latent channels at 1/{} size to {} colours; this model's VAE has {} at 1/{} (use madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL)",
+                c.latent_channels,
+                c.downscale(),
+                c.out_channels,
+                vae.latent_channels,
+                vae.downscale()
+            )));
+        }
+        self.preview_decoder = Some(tiny);
+        Ok(())
+    }
+
+    /// Back to the linear latent→RGB previews.
+    pub fn clear_preview_decoder(&mut self) {
+        self.preview_decoder = None;
     }
 
     /// Refuses a `width`×`height` image whose VAE activations cannot fit in what
@@ -217,20 +263,17 @@ impl Editor {
         let scale = self.model.configs.vae.scaling_factor;
         let z = latent.values.iter().map(|v| (v / scale) as f32).collect();
         let img = self.model.vae.decode(self.upload_as(z, latent.shape, self.vae_dtype()));
-        let [_, _, h, w] = img.dims();
-        let v = read_f64(img).await?;
-        let mut data = vec![0u8; h * w * 3];
-        for c in 0..3 {
-            for i in 0..h * w {
-                let x = ((v[c * h * w + i] + 1.0) * 127.5).round().clamp(0.0, 255.0);
-                data[i * 3 + c] = x as u8;
-            }
-        }
-        Ok(Rgb {
-            width: w,
-            height: h,
-            data,
-        })
+        images_side_by_side(img).await
+    }
+
+    /// The preview decoder's images of `latents` (each `shape`, at the UNet's scale), side by
+    /// side; `None` without a preview decoder.
+    async fn preview_decoded(&self, latents: &[Vec<f64>], shape: [usize; 4]) -> Result<Option<Rgb>> {
+        let Some(tiny) = &self.preview_decoder else { return Ok(None) };
+        let [_, c, h, w] = shape;
+        let z = latents.iter().flatten().map(|&v| v as f32).collect();
+        let img = tiny.decode(self.upload_as(z, [latents.len(), c, h, w], DType::F32));
+        images_side_by_side(img).await.map(Some)
     }
 
     /// Inverts `latent` under `prompt` with the sampler `s` chooses.

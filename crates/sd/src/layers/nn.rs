@@ -67,7 +67,8 @@ pub fn norm_params(c: usize) -> u64 {
     2 * c as u64
 }
 
-/// A `torch.nn.Conv2d` as SD stores them: square kernel, symmetric padding, a bias.
+/// A `torch.nn.Conv2d` as SD stores them: square kernel, symmetric padding, a bias unless
+/// [`ConvSpec::without_bias`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
     pub c_in: usize,
@@ -75,17 +76,18 @@ pub struct ConvSpec {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+    pub bias: bool,
 }
 
 impl ConvSpec {
     /// 3×3, stride 1, padding 1: keeps the spatial size.
     pub fn k3(c_in: usize, c_out: usize) -> Self {
-        Self { c_in, c_out, kernel: 3, stride: 1, padding: 1 }
+        Self { c_in, c_out, kernel: 3, stride: 1, padding: 1, bias: true }
     }
 
     /// 1×1: a linear map on each pixel's channels.
     pub fn k1(c_in: usize, c_out: usize) -> Self {
-        Self { c_in, c_out, kernel: 1, stride: 1, padding: 0 }
+        Self { c_in, c_out, kernel: 1, stride: 1, padding: 0, bias: true }
     }
 
     /// 3×3 with stride 2 and padding 1: halves the spatial size.
@@ -93,15 +95,20 @@ impl ConvSpec {
         Self { stride: 2, ..Self::k3(channels, channels) }
     }
 
+    /// The same conv with no bias (`bias=False`).
+    pub fn without_bias(self) -> Self {
+        Self { bias: false, ..self }
+    }
+
     /// Weight and bias elements.
     pub fn parameters(&self) -> u64 {
-        (self.c_out * self.c_in * self.kernel * self.kernel + self.c_out) as u64
+        (self.c_out * self.c_in * self.kernel * self.kernel + if self.bias { self.c_out } else { 0 }) as u64
     }
 }
 
 /// The conv `s` describes, from `weight` `[c_out, c_in, k, k]` and `bias` `[c_out]`.
 pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
-    let ConvSpec { c_in, c_out, kernel, stride, padding } = s;
+    let ConvSpec { c_in, c_out, kernel, stride, padding, bias } = s;
     let shape = [c_out, c_in, kernel, kernel];
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     // 3×3 stride-1 weights tap-major on the CPU backend, the layout its GEMM conv reads in place
@@ -119,7 +126,7 @@ pub fn conv2d(vb: &VarBuilder, s: ConvSpec) -> Result<Conv2d> {
     let weight = vb.get("weight", shape)?;
     Ok(Conv2d {
         weight: Param::from_tensor(weight),
-        bias: Some(Param::from_tensor(vb.get("bias", [c_out])?)),
+        bias: if bias { Some(Param::from_tensor(vb.get("bias", [c_out])?)) } else { None },
         stride: [stride, stride],
         kernel_size: [kernel, kernel],
         dilation: [1, 1],

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod attention_control;
+pub mod autoencoder_tiny;
 pub mod clip_score;
 pub mod clip_text;
 pub mod embeddings;
