@@ -223,6 +223,7 @@ impl AutoencoderTiny {
     }
 
     /// [`Self::from_files`] from a folder holding `config.json` and `diffusion_pytorch_model.safetensors`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_folder(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let path = dir.join(CONFIG);
         let config = std::fs::read_to_string(&path).map_err(|source| SdError::Io { path: path.clone(), source })?;
