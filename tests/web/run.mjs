@@ -296,7 +296,10 @@ async function testEdit(base) {
  */
 async function testOperations(page, web) {
   await page.fill('#steps', '2');
-  await page.check('#taesd'); // TAESD previews for this inversion (the folder ?taesd= names)
+  // TAESD previews for this inversion (the folder ?taesd= names); the option is in the Model
+  // section, folded away once a model is loaded
+  await page.click('#model summary');
+  await page.check('#taesd');
   let t = Date.now();
   await page.click('#invert');
   const inv = await waitState(page, ['done', 'failed', 'cancelled'], 240_000);
@@ -304,6 +307,7 @@ async function testOperations(page, web) {
   check(sharp.w === SIZE && sharp.h === SIZE && sharp.colors > 1 && sharp.opaque && !/TAESD/.test(await page.textContent('#message')),
     `with TAESD the live preview is full size: canvas ${sharp.w}x${sharp.h} (${SIZE}x${SIZE}), ${sharp.colors} colours`);
   await page.uncheck('#taesd');
+  await page.click('#model summary');
   let events = await page.evaluate(() => window.edict.events);
   const stages = [...new Set(events.map((e) => e.stage))].join();
   const images = await page.locator('#outputs .result').count();

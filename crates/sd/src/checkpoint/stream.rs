@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use burn::tensor::{DType, Device, Tensor};
-use safetensors::tensor::Metadata;
 use safetensors::Dtype as StDtype;
+use serde::Deserialize;
 
 use crate::checkpoint::weights::{decode, upload};
 use crate::{Result, SdError};
@@ -38,11 +38,43 @@ pub struct StreamedFile {
     pub tensors: HashMap<String, StreamedTensor>,
 }
 
-/// Where the tensors lie in the file, once its header is in.
+/// Where the tensors lie in the file, once its header is in. File positions are `u64`: a
+/// weight file may be over 4 GiB (SDXL's fp16 UNet) where `usize` is 32 bits (wasm32).
 struct Layout {
     /// `(stored key, dtype, shape, absolute byte range)` in file order
-    order: Vec<(String, StDtype, Vec<usize>, std::ops::Range<usize>)>,
-    end: usize,
+    order: Vec<(String, StDtype, Vec<usize>, std::ops::Range<u64>)>,
+    end: u64,
+}
+
+/// A header entry as safetensors writes it, with 64-bit offsets (the safetensors crate reads
+/// them as `usize`).
+#[derive(Deserialize)]
+struct Entry {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+/// The tensors of a header, in file order, checked as the safetensors crate checks them: the
+/// data is contiguous from 0, each tensor as long as its shape and dtype say. `Err` is the reason.
+fn parse_header(header: &[u8]) -> std::result::Result<Vec<(String, Entry)>, String> {
+    let raw: HashMap<String, serde_json::Value> = serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
+    let mut entries = raw
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| serde_json::from_value::<Entry>(v).map(|e| (k.clone(), e)).map_err(|e| format!("bad header entry `{k}`: {e}")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|(_, e)| e.data_offsets);
+    let mut end = 0u64;
+    for (k, e) in &entries {
+        let (a, b) = e.data_offsets;
+        let bits = e.shape.iter().try_fold(e.dtype.bitsize() as u64, |n, &d| n.checked_mul(d as u64));
+        if a != end || b < a || bits.is_none_or(|bits| bits.div_ceil(8) != b - a) {
+            return Err(format!("tensor `{k}`: offsets {a}..{b} do not follow the previous tensor's end {end} or do not fit its shape {:?} in {:?}", e.shape, e.dtype));
+        }
+        end = b;
+    }
+    Ok(entries)
 }
 
 /// A safetensors file being received ([`WeightStream::push`] its bytes in order, then
@@ -55,7 +87,7 @@ pub struct WeightStream {
     map: fn(&str) -> String,
     /// Bytes received and not yet consumed; `buf[0]` is the file's byte `at`.
     buf: Vec<u8>,
-    at: usize,
+    at: u64,
     layout: Option<Layout>,
     /// The first tensor of `layout.order` not yet complete.
     next: usize,
@@ -93,15 +125,17 @@ impl WeightStream {
             return Ok(());
         }
         let layout = self.layout.as_ref().expect("read above");
-        if self.at + self.buf.len() > layout.end {
+        let received = self.at + self.buf.len() as u64;
+        if received > layout.end {
             return Err(self.bad(format!("longer than its header says ({} bytes)", layout.end)));
         }
         let mut done = self.at;
         while let Some((key, dtype, shape, range)) = layout.order.get(self.next) {
-            if range.end > self.at + self.buf.len() {
+            if range.end > received {
                 break;
             }
-            let raw = &self.buf[range.start - self.at..range.end - self.at];
+            // within `buf`, whose length is a usize
+            let raw = &self.buf[(range.start - self.at) as usize..(range.end - self.at) as usize];
             let values = decode(*dtype, raw).ok_or_else(|| SdError::Dtype {
                 file: self.name.clone(),
                 key: key.clone(),
@@ -116,33 +150,29 @@ impl WeightStream {
             done = range.end;
             self.next += 1;
         }
-        self.buf.drain(..done - self.at);
+        self.buf.drain(..(done - self.at) as usize);
         self.at = done;
         Ok(())
     }
 
     /// Parses the header once its bytes are in; false while they are not.
     fn read_header(&mut self) -> Result<bool> {
-        let Some(n) = self.buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+        let Some(n) = self.buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
             return Ok(false);
         };
-        if n > MAX_HEADER_BYTES {
+        if n > MAX_HEADER_BYTES as u64 {
             return Err(self.bad(format!("a header of {n} bytes (not a safetensors file?)")));
         }
+        let n = n as usize;
         let Some(header) = self.buf.get(8..8 + n) else {
             return Ok(false);
         };
-        let meta: Metadata = serde_json::from_slice(header).map_err(|e| self.bad(format!("bad header: {e}")))?;
-        let start = 8 + n;
-        let order = (meta.offset_keys().into_iter())
-            .map(|k| {
-                let info = meta.info(&k).expect("a key of the header");
-                let (a, b) = info.data_offsets;
-                (k, info.dtype, info.shape.clone(), start + a..start + b)
-            })
-            .collect();
-        self.layout = Some(Layout { order, end: start + meta.data_len() });
-        self.buf.drain(..start);
+        let entries = parse_header(header).map_err(|reason| self.bad(reason))?;
+        let start = 8 + n as u64;
+        let end = start + entries.last().map_or(0, |(_, e)| e.data_offsets.1);
+        let order = entries.into_iter().map(|(k, e)| (k, e.dtype, e.shape, start + e.data_offsets.0..start + e.data_offsets.1)).collect();
+        self.layout = Some(Layout { order, end });
+        self.buf.drain(..8 + n);
         self.at = start;
         Ok(true)
     }
@@ -151,7 +181,7 @@ impl WeightStream {
     pub fn finish(self) -> Result<StreamedFile> {
         let total = self.layout.as_ref().map(|l| l.order.len());
         if total != Some(self.next) {
-            let got = self.at + self.buf.len();
+            let got = self.at + self.buf.len() as u64;
             return Err(self.bad(match total {
                 None => format!("the file ended in its header ({got} bytes)"),
                 Some(t) => format!("the file ended after {got} bytes, {} of its {t} tensors", self.next),
@@ -207,5 +237,34 @@ mod tests {
         let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
         let e = s.push(&[9, 0, 0, 0, 0, 0, 0, 0, b'{', b'x', 0, 0, 0, 0, 0, 0, 0]).err().unwrap().to_string();
         assert!(e.contains("bad header"), "{e}");
+    }
+
+    /// The header of a file with `entries` (JSON objects by key), as bytes.
+    fn header(entries: &str) -> Vec<u8> {
+        let json = format!("{{{entries}}}");
+        [(json.len() as u64).to_le_bytes().to_vec(), json.into_bytes()].concat()
+    }
+
+    /// Offsets past 4 GiB (an SDXL fp16 UNet) are positions, not sizes in memory; offsets that
+    /// leave gaps or disagree with the shape are errors.
+    #[test]
+    fn headers_of_files_over_4_gib_and_bad_offsets() {
+        let device = Device::flex();
+        let big = 5_000_000_000u64;
+        let mut s = WeightStream::new("unet", &device, DType::F32, |k| k.to_string());
+        s.push(&header(&format!(r#""__metadata__": {{"format": "pt"}}, "w": {{"dtype": "F16", "shape": [{}], "data_offsets": [0, {big}]}}"#, big / 2))).unwrap();
+        s.push(&[0; 1000]).unwrap();
+        let e = s.finish().err().unwrap().to_string();
+        assert!(e.contains("ended after") && e.contains("0 of its 1 tensors"), "{e}");
+        for (entries, says) in [
+            (r#""w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}"#, "do not follow"),
+            (r#""w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}"#, "do not follow"),
+            (r#""w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "v": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}"#, "`v`"),
+            (r#""w": {"dtype": "F32", "shape": [1]}"#, "bad header entry `w`"),
+        ] {
+            let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
+            let e = s.push(&header(entries)).err().unwrap().to_string();
+            assert!(e.contains(says), "{entries}: {e}");
+        }
     }
 }
