@@ -418,8 +418,10 @@ async function run(label, start, { labels = () => [], download = 'edict', target
   state.events.length = 0;
   state.previews = {};
   refresh();
-  message((await syncPreviewDecoder()) || '', 'note');
+  message('');
   setState('busy');
+  const previewNote = await syncPreviewDecoder();
+  if (previewNote) message(previewNote, 'note');
   $('results').classList.add('stale'); // the last results stay until the new ones replace them
   $('stage').textContent = `${label}…`;
   $('live-stage').textContent = '— waiting for the first step';
