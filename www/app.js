@@ -313,7 +313,7 @@ async function loadPreviewDecoder(session) {
   }
 }
 
-/** Gives the session the preview the TAESD box asks for (before each operation); a note when it cannot. */
+/** Gives the session the preview the TAESD box asks for (after a load, and when the box changes while idle); a note when it cannot. */
 async function syncPreviewDecoder() {
   const session = state.session, want = $('taesd').checked;
   if (state.taesd === want) return null;
@@ -321,6 +321,12 @@ async function syncPreviewDecoder() {
   if (!want) return session.setPreviewDecoder(null, null), null;
   return loadPreviewDecoder(session);
 }
+
+$('taesd').onchange = async () => {
+  if (!state.session || state.busy) return; // a busy session takes it at the next load
+  const note = await syncPreviewDecoder();
+  if (note) message(note, 'note');
+};
 
 /** The session's preview callback: the predicted image (1/8 size, or full size with TAESD; one tile per target) after each UNet call. */
 function onPreview(stage, done, total, width, height, rgba) {
@@ -420,8 +426,6 @@ async function run(label, start, { labels = () => [], download = 'edict', target
   refresh();
   message('');
   setState('busy');
-  const previewNote = await syncPreviewDecoder();
-  if (previewNote) message(previewNote, 'note');
   $('results').classList.add('stale'); // the last results stay until the new ones replace them
   $('stage').textContent = `${label}…`;
   $('live-stage').textContent = '— waiting for the first step';
