@@ -23,6 +23,7 @@ use edict_pipeline::editor::{Editor, Quiet, Rgb};
 use edict_pipeline::ops::{self, Photo};
 use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::{Backend, device};
+use edict_sd::checkpoint::lora::Lora;
 use edict_sd::config::Precision;
 use edict_sd::model::StableDiffusion;
 use edict_sd::models::autoencoder_tiny::{self, AutoencoderTiny};
@@ -50,9 +51,54 @@ pub struct ModelArgs {
     /// f32 or f16: what the networks run in.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// A LoRA .safetensors file (kohya-ss or diffusers/PEFT) merged into the weights as they
+    /// load, at SCALE (default 1.0); repeat to merge several, in order.
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    pub lora: Vec<LoraArg>,
     /// No progress bars or summary.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--lora FILE[:SCALE]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraArg {
+    pub path: PathBuf,
+    pub scale: f32,
+}
+
+/// `FILE[:SCALE]`: a suffix after the last `:` is the scale when it is a number (a path may hold
+/// `:` itself, `C:\…`); after a `.safetensors` name it must be one.
+fn parse_lora(s: &str) -> std::result::Result<LoraArg, String> {
+    let whole = LoraArg { path: PathBuf::from(s), scale: 1.0 };
+    let Some((path, scale)) = s.rsplit_once(':') else { return Ok(whole) };
+    match scale.parse::<f32>() {
+        Ok(v) if v.is_finite() && !path.is_empty() => Ok(LoraArg { path: PathBuf::from(path), scale: v }),
+        _ if path.to_ascii_lowercase().ends_with(".safetensors") => Err(format!("`{scale}` is not a LoRA scale (a number, e.g. {path}:0.8)")),
+        _ => Ok(whole),
+    }
+}
+
+impl ModelArgs {
+    /// The model with its LoRAs, as results and latents files record it.
+    pub fn name(&self) -> String {
+        let loras: String = self.lora.iter().map(|l| format!(" + LoRA {}:{}", l.path.display(), l.scale)).collect();
+        format!("{}{loras}", self.model)
+    }
+
+    /// The model `--model` names, with its `--lora` files read (before the model, so a bad
+    /// LoRA fails fast).
+    fn files(&self) -> Result<edict_sd::checkpoint::files::ModelFiles> {
+        let loras = (self.lora.iter())
+            .map(|l| Lora::open(&l.path, l.scale).map(std::rc::Rc::new))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut files = model_source::resolve(&self.model, self.config.as_deref(), self.precision)?;
+        files.loras = loras;
+        if let Some(p) = self.prediction {
+            files.configs.scheduler.prediction = p;
+        }
+        Ok(files)
+    }
 }
 
 #[derive(Args)]
@@ -197,10 +243,7 @@ impl Session {
 pub fn open(m: &ModelArgs) -> Result<Session> {
     let bars = Bars::new(m.quiet);
     let (precision, backend) = (m.precision, m.backend);
-    let mut files = model_source::resolve(&m.model, m.config.as_deref(), precision)?;
-    if let Some(p) = m.prediction {
-        files.configs.scheduler.prediction = p;
-    }
+    let files = m.files()?;
     let dev = device(backend)?;
     let t = Instant::now();
     let model = StableDiffusion::load(files, &dev, precision)?;
@@ -211,15 +254,12 @@ pub fn open(m: &ModelArgs) -> Result<Session> {
             model.unused_keys[0]
         ));
     }
-    bars.note(&format!("loaded {} (fingerprint {}) on {backend} ({:.1}s)", m.model, model.fingerprint, t.elapsed().as_secs_f64()));
+    let model_name = m.name();
+    bars.note(&format!("loaded {model_name} (fingerprint {}) on {backend} ({:.1}s)", model.fingerprint, t.elapsed().as_secs_f64()));
     let mut editor = Editor::new(model, dev);
     // on the CPU, images too large for the memory left are refused (GPUs report failed allocations)
     editor.free_memory = (backend == Backend::Cpu).then_some(available_memory as fn() -> Option<u64>);
-    Ok(Session {
-        editor,
-        model_name: m.model.clone(),
-        bars,
-    })
+    Ok(Session { editor, model_name, bars })
 }
 
 /// Linux's estimate of the memory that can be allocated without swapping (`MemAvailable`).
@@ -254,4 +294,20 @@ pub fn encode_image(s: &mut Session, (img, size): (image::RgbImage, Size), seed:
 
 pub fn write_png(out: &Path, rgb: &Rgb) -> Result<()> {
     write(out, &image_io::encode_png(rgb)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_scale_follows_the_last_colon() {
+        let arg = |p: &str, scale| LoraArg { path: PathBuf::from(p), scale };
+        assert_eq!(parse_lora("style.safetensors"), Ok(arg("style.safetensors", 1.0)));
+        assert_eq!(parse_lora("style.safetensors:0.6"), Ok(arg("style.safetensors", 0.6)));
+        assert_eq!(parse_lora("C:\\loras\\a.safetensors:-1"), Ok(arg("C:\\loras\\a.safetensors", -1.0)));
+        assert_eq!(parse_lora("C:\\loras\\a.safetensors"), Ok(arg("C:\\loras\\a.safetensors", 1.0)));
+        assert!(parse_lora("style.safetensors:strong").unwrap_err().contains("`strong` is not a LoRA scale"));
+        assert!(parse_lora("style.safetensors:inf").is_err());
+    }
 }

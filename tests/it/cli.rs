@@ -159,6 +159,33 @@ fn from_latents_refuses_what_it_cannot_reproduce() {
     ok(&["edit", "--model", &m, "--backend", "cpu", "--quiet", "--from-latents", &noise, "--target", "a dog", "--out", &out, "--steps", "4", "--width", "64", "--height", "64"]);
 }
 
+/// `--lora` changes the edit; a latents file inverted with a LoRA reproduces the edit with it
+/// and is refused without it, naming the LoRA.
+#[test]
+fn lora_changes_the_edit_and_binds_its_latents() {
+    let t = Tmp::new("lora");
+    let m = model();
+    write_photo(&t.path("in.png"), 64, 64);
+    let lora = format!("{}:0.7", fixtures().join("lora/sd-kohya.safetensors").display());
+    let (inp, noise) = (t.path("in.png"), t.path("n.safetensors"));
+    let edit = |out: &str, extra: &[&str]| {
+        let mut a = vec!["edit", "--model", &m, "--backend", "cpu", "--quiet", "--steps", "4", "--target", "a photo of a dog", "--out", out];
+        a.extend(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let photo = ["--image", &inp, "--width", "64", "--height", "64", "--source", "a photo of a cat"];
+    run(edit(&t.path("plain.png"), &photo));
+    run(edit(&t.path("lora.png"), &[&photo[..], &["--lora", &lora, "--save-latents", &noise]].concat()));
+    let png = |f: &str| image::open(t.path(f)).unwrap().to_rgb8();
+    assert!(png("plain.png") != png("lora.png"), "--lora changed nothing");
+    run(edit(&t.path("again.png"), &["--from-latents", &noise, "--lora", &lora]));
+    assert!(png("again.png") == png("lora.png"), "the latents file must reproduce the LoRA edit exactly");
+    let a = edit(&t.path("without.png"), &["--from-latents", &noise]);
+    let err = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("fingerprint") && err.contains("+ LoRA") && err.contains("sd-kohya.safetensors:0.7"), "{err}");
+}
+
 fn report(t: &Tmp, m: &str, method: &str) -> serde_json::Value {
     let (inp, out, rep) = (t.path("in.png"), t.path(&format!("{method}.png")), t.path(&format!("{method}.json")));
     let mut a = vec!["reconstruct"];
@@ -233,6 +260,7 @@ fn bad_input_is_one_clear_line() {
     std::fs::write(t.path("empty.png"), b"").unwrap();
     std::fs::write(t.path("text.png"), b"hello").unwrap();
     let (inp, out, empty, text) = (t.path("in.png"), t.path("out.png"), t.path("empty.png"), t.path("text.png"));
+    let xl_lora = fixtures().join("lora/sdxl-kohya.safetensors").display().to_string();
     let edit = |extra: &[&str]| -> String {
         let mut a = vec!["edit", "--backend", "cpu", "--quiet", "--source", "a", "--target", "b"];
         if !extra.contains(&"--model") {
@@ -260,6 +288,9 @@ fn bad_input_is_one_clear_line() {
         (vec!["--image", &inp, "--out", &out, "--width", "100", "--height", "64"], "multiples of 8"),
         (vec!["--image", &inp, "--out", &out, "--width", "16384", "--height", "16384"], "mpixel limit"),
         (vec!["--image", &inp, "--out", &out, "--model", "/no/such/model"], "model"),
+        (vec!["--image", &inp, "--out", &out, "--lora", "/no/such/style.safetensors"], "/no/such/style.safetensors"),
+        (vec!["--image", &inp, "--out", &out, "--lora", "style.safetensors:strong"], "`strong` is not a lora scale"),
+        (vec!["--image", &inp, "--out", &out, "--lora", &xl_lora], "another stable diffusion family"),
     ];
     for (extra, want) in cases {
         let err = edit(&extra);

@@ -282,6 +282,7 @@ fn footprint_counts_the_weights_from_the_configs() {
 #[test]
 fn streamed_weight_files_give_the_whole_files_model() {
     use edict_sd::checkpoint::files::WeightSource;
+    use edict_sd::checkpoint::lora::Lora;
     use edict_sd::model::ModelAssembly;
     use edict_sd::models::unet_2d::{Cond, TextTime};
     let close = |what: &str, a: Vec<f64>, b: Vec<f64>| {
@@ -289,12 +290,17 @@ fn streamed_weight_files_give_the_whole_files_model() {
         assert!(err <= 1e-5 * scale.max(1.0), "{what}: streamed differs by {err:e} (scale {scale})");
     };
     for (backend, device) in devices() {
-        for dir in [tiny_sd(), fixtures().join("tiny-sdxl")] {
+        let (sd, xl) = (tiny_sd(), fixtures().join("tiny-sdxl"));
+        // and with a LoRA, which the stream merges as tensors arrive (the whole files as they are read)
+        for (dir, lora) in [(&sd, None), (&xl, None), (&sd, Some("sd-peft.safetensors")), (&xl, Some("sdxl-kohya.safetensors"))] {
             let p = Precision::F32;
-            let whole = StableDiffusion::load(ModelFiles::from_folder(&dir, p).unwrap(), &device, p).unwrap();
-            let ModelFiles { configs, tokenizer, tokenizer_2, weights } = ModelFiles::from_folder(&dir, p).unwrap();
+            let loras = || lora.map(|f| std::rc::Rc::new(Lora::open(&fixtures().join("lora").join(f), 0.8).unwrap())).into_iter().collect::<Vec<_>>();
+            let whole_files = ModelFiles { loras: loras(), ..ModelFiles::from_folder(dir, p).unwrap() };
+            let whole = StableDiffusion::load(whole_files, &device, p).unwrap();
+            let ModelFiles { configs, tokenizer, tokenizer_2, weights, .. } = ModelFiles::from_folder(dir, p).unwrap();
             let WeightSource::Diffusers(files) = weights else { unreachable!("a folder") };
             let mut model = ModelAssembly::new(configs, tokenizer, tokenizer_2, &device, p).unwrap();
+            model.set_loras(loras()).unwrap();
             for (part, file) in files {
                 let bytes = std::fs::read(file.name()).unwrap();
                 let mut s = model.stream(part, file.name());
@@ -310,7 +316,7 @@ fn streamed_weight_files_give_the_whole_files_model() {
                 model.add_stream(part, s).unwrap();
             }
             let streamed = model.finish().unwrap();
-            let what = format!("{backend} {}", dir.display());
+            let what = format!("{backend} {} LoRA {lora:?}", dir.display());
             assert_eq!(streamed.fingerprint, whole.fingerprint, "{what}");
             assert!(streamed.unused_keys.is_empty(), "{what}: {:?}", streamed.unused_keys);
             let embed = |sd: &StableDiffusion| sd.encode_prompt("a photo of a cat", false).unwrap().0;

@@ -12,6 +12,7 @@ mod eval_edit;
 mod exactness;
 mod images;
 mod loading;
+mod lora;
 mod networks;
 mod p2p;
 mod sd2;

@@ -39,6 +39,8 @@ pub enum SdError {
     Tokenizer(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("LoRA {file}: {reason}")]
+    Lora { file: String, reason: String },
     #[error("device: {0}")]
     Device(String),
     #[error(

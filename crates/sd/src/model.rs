@@ -3,9 +3,12 @@
 //! the user handed over as bytes, with the fingerprint that ties a saved inversion to its
 //! weights; and the prompt conditioning diffusers' pipelines compute with them.
 
+use std::rc::Rc;
+
 use burn::tensor::{Device, Tensor};
 
 use crate::checkpoint::files::{ModelFiles, WeightSource};
+use crate::checkpoint::lora::{Lora, Merges};
 use crate::checkpoint::single_file::{Part, is_single_file, map_key, map_legacy_vae_key};
 use crate::checkpoint::stream::WeightStream;
 use crate::checkpoint::weights::{VarBuilder, WeightFile};
@@ -43,12 +46,9 @@ pub struct TextEmbedding {
 impl StableDiffusion {
     pub fn load(files: ModelFiles, device: &Device, precision: Precision) -> Result<Self> {
         let mut model = ModelAssembly::new(files.configs, files.tokenizer, files.tokenizer_2, device, precision)?;
-        match files.weights {
-            WeightSource::Diffusers(parts) => {
-                for (part, file) in parts {
-                    model.add(part, file)?;
-                }
-            }
+        model.set_loras(files.loras)?;
+        let builders = match files.weights {
+            WeightSource::Diffusers(parts) => parts.into_iter().map(|(part, file)| (part, model.builder(part, file))).collect(),
             WeightSource::SingleFile(file) => {
                 if !is_single_file(file.keys()) {
                     return Err(SdError::Safetensors {
@@ -58,15 +58,19 @@ impl StableDiffusion {
                 }
                 // One parse of the header per network; the bytes stay mapped once per view.
                 let layout = model.configs.layout();
-                let shared = std::rc::Rc::new(file);
-                for &part in model.configs.parts() {
-                    let f = shared.clone();
-                    let vb = VarBuilder::from_files_mapped([f], device, model.dtype(part), move |k| {
+                let shared = Rc::new(file);
+                let view = |part: Part| {
+                    VarBuilder::from_files_mapped([shared.clone()], device, model.dtype(part), move |k| {
                         map_key(k, layout).and_then(|(q, key)| (q == part).then_some(key))
-                    });
-                    model.add_from(part, &vb)?;
-                }
+                    })
+                };
+                model.configs.parts().iter().map(|&part| (part, view(part))).collect::<Vec<_>>()
             }
+        };
+        // every LoRA layer is found and checked in every network before any network loads
+        let builders = builders.into_iter().map(|(part, vb)| Ok((part, model.merged(part, vb)?))).collect::<Result<Vec<_>>>()?;
+        for (part, vb) in builders {
+            model.add_from(part, &vb)?;
         }
         model.finish()
     }
@@ -130,6 +134,8 @@ pub struct ModelAssembly {
     /// Per network ([`Part`] order): the fingerprint's probe tensors, as [`fingerprint`] hashes them.
     probes: [Option<Vec<u8>>; 4],
     unused_keys: Vec<String>,
+    /// LoRAs merged into each network as it loads ([`Self::set_loras`]).
+    loras: Vec<Rc<Lora>>,
 }
 
 impl ModelAssembly {
@@ -160,6 +166,7 @@ impl ModelAssembly {
             vae: None,
             probes: [None, None, None, None],
             unused_keys: Vec::new(),
+            loras: Vec::new(),
         })
     }
 
@@ -176,17 +183,50 @@ impl ModelAssembly {
         }
     }
 
+    /// Merges `loras` (in order) into the networks added after this; a LoRA made for another
+    /// model family is refused here, before any weights are read.
+    pub fn set_loras(&mut self, loras: Vec<Rc<Lora>>) -> Result<()> {
+        if self.probes.iter().any(Option::is_some) {
+            return Err(SdError::Invalid("LoRAs must be given before any network is loaded".into()));
+        }
+        for lora in &loras {
+            lora.check_fits(&self.configs)?;
+        }
+        self.loras = loras;
+        Ok(())
+    }
+
     /// Loads one network from its diffusers weight file (consumed: its bytes are freed here).
     pub fn add(&mut self, part: Part, file: WeightFile) -> Result<()> {
+        let vb = self.weights(part, file)?;
+        self.add_from(part, &vb)
+    }
+
+    /// The weights `part` is built from: its diffusers file, under the keys the network reads,
+    /// with the LoRAs merged as they are read.
+    pub fn weights(&self, part: Part, file: WeightFile) -> Result<VarBuilder> {
+        self.merged(part, self.builder(part, file))
+    }
+
+    /// The weights of one network's diffusers file, under the keys the network reads.
+    fn builder(&self, part: Part, file: WeightFile) -> VarBuilder {
         let dtype = self.dtype(part);
-        let vb = match part {
+        match part {
             Part::TextEncoder | Part::TextEncoder2 => {
                 VarBuilder::from_files_mapped([file], &self.device, dtype, |k| Some(text_model_key(k)))
             }
             Part::Unet => VarBuilder::from_files([file], &self.device, dtype),
             Part::Vae => VarBuilder::from_files_mapped([file], &self.device, dtype, |k| Some(map_legacy_vae_key(k))),
-        };
-        self.add_from(part, &vb)
+        }
+    }
+
+    /// `vb` with the LoRAs' layers of `part` merged in as they are read.
+    fn merged(&self, part: Part, vb: VarBuilder) -> Result<VarBuilder> {
+        if self.loras.is_empty() {
+            return Ok(vb);
+        }
+        let merges = Merges::resolve(&self.loras, part, self.configs.layout(), &vb.shapes())?;
+        vb.with_merges(merges)
     }
 
     /// A receiver for `part`'s diffusers weight file named `name`, read as its bytes arrive
@@ -197,7 +237,8 @@ impl ModelAssembly {
             Part::Unet => |k| k.to_string(),
             Part::Vae => map_legacy_vae_key,
         };
-        WeightStream::new(name, &self.device, self.dtype(part), map)
+        let stream = WeightStream::new(name, &self.device, self.dtype(part), map);
+        if self.loras.is_empty() { stream } else { stream.with_loras(self.loras.clone(), part, self.configs.layout()) }
     }
 
     /// Loads one network from its streamed weight file (an error when the file ended early).
@@ -228,7 +269,7 @@ impl ModelAssembly {
         let probes = (self.configs.parts().iter())
             .map(|&part| self.probes[part as usize].as_ref().ok_or_else(|| missing(part)))
             .collect::<Result<Vec<_>>>()?;
-        let fingerprint = fingerprint(&self.configs, &probes);
+        let fingerprint = fingerprint(&self.configs, &probes, &self.loras);
         Ok(StableDiffusion {
             tokenizer: self.tokenizer,
             text_encoder: self.text_encoder.ok_or_else(|| missing(Part::TextEncoder))?,
@@ -270,14 +311,18 @@ fn fingerprint_probes(c: &SdConfigs, part: Part, vb: &VarBuilder) -> Result<Vec<
 }
 
 /// Identifies the weights a saved inversion depends on: a hash of the networks' probe tensors
-/// ([`fingerprint_probes`], in [`Part`] order) and the VAE scaling factor.
-fn fingerprint(c: &SdConfigs, probes: &[&Vec<u8>]) -> String {
+/// ([`fingerprint_probes`], in [`Part`] order), the VAE scaling factor and each LoRA's content
+/// and scale, in order (merging in another order rounds differently).
+fn fingerprint(c: &SdConfigs, probes: &[&Vec<u8>], loras: &[Rc<Lora>]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"edict-model/1");
     h.update(c.vae.scaling_factor.to_le_bytes());
     for p in probes {
         h.update(p);
+    }
+    for lora in loras {
+        h.update(lora.identity());
     }
     h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -106,6 +106,7 @@ fn load(a: &BenchArgs) -> Result<(Editor, String)> {
                 prediction: None,
                 backend: a.backend,
                 precision: a.precision,
+                lora: Vec::new(),
                 quiet: true,
             };
             (open(&args)?.editor, model)

@@ -1,6 +1,9 @@
 //! Which files make a model: the weight file each diffusers component is read from (one rule for
 //! folders on disk, hub downloads and the page), a folder's or a single file's [`ModelFiles`].
 
+use std::rc::Rc;
+
+use crate::checkpoint::lora::Lora;
 use crate::checkpoint::single_file::Part;
 use crate::checkpoint::weights::{WeightFile, is_pickle_name};
 use crate::config::{Precision, SdConfigs};
@@ -57,6 +60,8 @@ pub struct ModelFiles {
     pub tokenizer_2: Option<ClipTokenizer>,
     /// Either one file per network (diffusers layout) or a single checkpoint holding them all.
     pub weights: WeightSource,
+    /// LoRA files merged into the weights as they load, in this order.
+    pub loras: Vec<Rc<Lora>>,
 }
 
 pub enum WeightSource {
@@ -128,7 +133,7 @@ mod native {
                 Ok((part, WeightFile::open(&weight_file(dir, part.folder(), precision)?)?))
             };
             let weights = configs.parts().iter().map(|&p| open(p)).collect::<Result<_>>()?;
-            Ok(Self { configs, tokenizer, tokenizer_2, weights: WeightSource::Diffusers(weights) })
+            Ok(Self { configs, tokenizer, tokenizer_2, weights: WeightSource::Diffusers(weights), loras: Vec::new() })
         }
 
         /// An original single-file checkpoint, read with the configs and tokenizer of the
@@ -147,6 +152,7 @@ mod native {
                 tokenizer,
                 tokenizer_2,
                 weights: WeightSource::SingleFile(file),
+                loras: Vec::new(),
             })
         }
     }

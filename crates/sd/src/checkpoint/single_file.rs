@@ -143,7 +143,8 @@ fn map_resnet(rest: &str) -> String {
     rest.to_string()
 }
 
-fn map_unet(k: &str, layers: usize) -> Option<String> {
+/// One SGM/LDM UNet key (after `model.diffusion_model.`) to its diffusers key.
+pub(crate) fn map_unet(k: &str, layers: usize) -> Option<String> {
     let direct = [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),

@@ -15,6 +15,10 @@ use burn::tensor::{DType, Device, Tensor};
 use safetensors::Dtype as StDtype;
 use serde::Deserialize;
 
+use std::rc::Rc;
+
+use crate::checkpoint::lora::{Lora, Merges};
+use crate::checkpoint::single_file::{Layout as BlockLayout, Part};
 use crate::checkpoint::weights::{decode, upload};
 use crate::{Result, SdError};
 
@@ -92,6 +96,9 @@ pub struct WeightStream {
     /// The first tensor of `layout.order` not yet complete.
     next: usize,
     tensors: HashMap<String, StreamedTensor>,
+    /// LoRAs to merge, found in the header once it is in ([`Merges::resolve`]).
+    loras: Option<(Vec<Rc<Lora>>, Part, BlockLayout)>,
+    merges: Merges,
 }
 
 impl WeightStream {
@@ -106,7 +113,16 @@ impl WeightStream {
             layout: None,
             next: 0,
             tensors: HashMap::new(),
+            loras: None,
+            merges: Merges::default(),
         }
+    }
+
+    /// Merges `loras`' layers of `part` into the tensors as they arrive; the header decides
+    /// whether every layer is there (an error naming the first that is not).
+    pub fn with_loras(mut self, loras: Vec<Rc<Lora>>, part: Part, layout: BlockLayout) -> Self {
+        self.loras = Some((loras, part, layout));
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -136,12 +152,13 @@ impl WeightStream {
             }
             // within `buf`, whose length is a usize
             let raw = &self.buf[(range.start - self.at) as usize..(range.end - self.at) as usize];
-            let values = decode(*dtype, raw).ok_or_else(|| SdError::Dtype {
+            let mut values = decode(*dtype, raw).ok_or_else(|| SdError::Dtype {
                 file: self.name.clone(),
                 key: key.clone(),
                 dtype: format!("{dtype:?}"),
             })?;
             let mapped = (self.map)(key);
+            self.merges.apply(&mapped, &mut values);
             let keep = (shape.len() != 2 && values.len() <= HOST_COPY_ELEMENTS) || mapped.ends_with("token_embedding.weight");
             let host = keep.then(|| values.clone());
             let n = values.len();
@@ -168,6 +185,10 @@ impl WeightStream {
             return Ok(false);
         };
         let entries = parse_header(header).map_err(|reason| self.bad(reason))?;
+        if let Some((loras, part, layout)) = &self.loras {
+            let shapes = entries.iter().map(|(k, e)| ((self.map)(k), e.shape.clone())).collect();
+            self.merges = Merges::resolve(loras, *part, *layout, &shapes)?;
+        }
         let start = 8 + n as u64;
         let end = start + entries.last().map_or(0, |(_, e)| e.data_offsets.1);
         let order = entries.into_iter().map(|(k, e)| (k, e.dtype, e.shape, start + e.data_offsets.0..start + e.data_offsets.1)).collect();

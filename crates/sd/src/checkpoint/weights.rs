@@ -9,6 +9,7 @@ use std::rc::Rc;
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use crate::checkpoint::lora::Merges;
 use crate::checkpoint::stream::{StreamedFile, StreamedTensor};
 use crate::{Result, SdError};
 
@@ -158,6 +159,8 @@ struct Store {
     /// A file received piece by piece, its tensors already on the device, and its name.
     streamed: HashMap<String, StreamedTensor>,
     streamed_name: String,
+    /// LoRA changes added to weights as they are read (a stream adds its own as they arrive).
+    merges: Merges,
 }
 
 impl Store {
@@ -171,6 +174,7 @@ impl Store {
             random: None,
             streamed: HashMap::new(),
             streamed_name: String::new(),
+            merges: Merges::default(),
         }
     }
 }
@@ -257,6 +261,26 @@ impl VarBuilder {
         Self { store: Rc::new(store), prefix: String::new() }
     }
 
+    /// The same weights with LoRA `merges` added as they are read; `Err` once tensors were
+    /// handed out (the merges would not reach them).
+    pub fn with_merges(mut self, merges: Merges) -> Result<Self> {
+        let store = Rc::get_mut(&mut self.store).ok_or_else(|| SdError::Invalid("LoRA merges must be set before any weight is read".into()))?;
+        store.merges = merges;
+        Ok(self)
+    }
+
+    /// The LoRA merges applied as weights are read.
+    pub fn merges(&self) -> &Merges {
+        &self.store.merges
+    }
+
+    /// Every key the files hold (as the networks ask for it) with its stored shape.
+    pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        let files = self.store.index.iter().map(|(k, e)| (k.clone(), self.store.files[e.file].tensors[&e.stored_key].1.clone()));
+        let streamed = self.store.streamed.iter().map(|(k, t)| (k.clone(), t.shape.clone()));
+        files.chain(streamed).collect()
+    }
+
     /// A builder one level down: `vb.pp("down_blocks").pp(0)`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() {
@@ -325,12 +349,13 @@ impl VarBuilder {
                 found: stored.clone(),
             });
         }
-        let values = decode(*dtype, &file.bytes[range.clone()]).ok_or_else(|| SdError::Dtype {
+        let mut values = decode(*dtype, &file.bytes[range.clone()]).ok_or_else(|| SdError::Dtype {
             file: file.name.clone(),
             key: entry.stored_key.clone(),
             dtype: format!("{dtype:?}"),
         })?;
         file.bytes.release(range.clone());
+        self.store.merges.apply(&key, &mut values);
         self.store.used.borrow_mut().insert(key);
         Ok(values)
     }
