@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use edict_sd::models::{autoencoder_tiny, clip_score};
+use edict_sd::models::{autoencoder_tiny, clip_score, lpips};
 use edict_sd::checkpoint::files::{ModelFiles, weight_candidates};
 use edict_sd::config::Precision;
 use edict_sd::models::unet_2d::UNetConfig;
@@ -51,6 +51,12 @@ pub fn resolve(model: &str, config: Option<&Path>, precision: Precision) -> Resu
 /// snapshot of a hub id with its [`clip_score::FOLDER_FILES`] (downloaded once).
 pub fn resolve_clip(model: &str) -> Result<PathBuf> {
     resolve_folder(model, &clip_score::FOLDER_FILES, "--clip")
+}
+
+/// The folder of the LPIPS network (`--lpips`; `scripts/convert_metric_weights.py lpips` writes
+/// one), as [`resolve_clip`].
+pub fn resolve_lpips(model: &str) -> Result<PathBuf> {
+    resolve_folder(model, &[lpips::CONFIG, lpips::WEIGHTS], "--lpips")
 }
 
 /// The folder of a TAESD `AutoencoderTiny` (`--preview-decoder`), as [`resolve_clip`].

@@ -16,6 +16,7 @@ use edict_pipeline::editor::Latent;
 use edict_pipeline::settings::{DEFAULTS, Method, Settings};
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
+use edict_sd::models::lpips::Lpips;
 use serde_json::{Value, json};
 
 use super::results::{Results, Row, ShardArgs, method_label, method_named, methods_in_order, number, quote};
@@ -64,6 +65,11 @@ pub struct EvalEditArgs {
     /// folder (config.json, model.safetensors, preprocessor_config.json, vocab.json, merges.txt).
     #[arg(long, default_value = DEFAULT_CLIP)]
     clip: String,
+    /// The LPIPS network of the background LPIPS (torchmetrics' SqueezeNet LPIPS, as PIE-Bench):
+    /// a folder or Hugging Face id with config.json and lpips-squeeze.safetensors, as
+    /// `scripts/convert_metric_weights.py lpips` writes them. Without it that column stays empty.
+    #[arg(long)]
+    lpips: Option<String>,
     /// Comma-separated: edict, bdia, belm, ddim, img2img.
     #[arg(long, value_delimiter = ',', default_value = "edict,ddim,img2img")]
     methods: Vec<EditMethod>,
@@ -127,6 +133,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
         "command": EditRow::COMMAND,
         "model": a.model.model,
         "clip": a.clip,
+        "lpips": a.lpips,
         "data": a.data.display().to_string(),
         "categories": a.categories,
         "count": entries.len(),
@@ -145,12 +152,17 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     });
     // a wrong --clip fails before the output folder is touched
     let clip_dir = model_source::resolve_clip(&a.clip)?;
+    let lpips_dir = a.lpips.as_deref().map(model_source::resolve_lpips).transpose()?;
     let mut results = Results::<EditRow>::open(&a.out, info, a.shard.resume, a.force)?;
     let todo: Vec<Entry> = a.shard.select(entries).into_iter().filter(|e| !results.has(&e.id)).collect();
 
     let mut s = open(&a.model)?;
     let (model, processor, tokenizer) = clip_score::load_folder(&clip_dir, &s.editor.device).with_context(|| format!("CLIP model {}", a.clip))?;
     let clip = ClipScorer { model, processor, tokenizer, device: s.editor.device.clone() };
+    let lpips = (lpips_dir.as_deref())
+        .map(|dir| Lpips::from_folder(dir, &s.editor.device).with_context(|| format!("LPIPS network {}", a.lpips.as_deref().unwrap_or_default())))
+        .transpose()?;
+    let scorers = Scorers { clip: &clip, lpips: lpips.as_ref() };
     for (i, e) in todo.iter().enumerate() {
         let path = a.data.join("annotation_images").join(&e.image_path);
         let bytes = std::fs::read(&path).with_context(|| format!("entry {}: cannot read {}", e.id, path.display()))?;
@@ -181,7 +193,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
                 EditMethod::Img2img => pollster::block_on(s.editor.img2img(&latent, &e.target_prompt, &settings, a.seed, &mut obs))?,
             };
             let out = pollster::block_on(s.editor.decode(&edited))?;
-            let row = score(&clip, e, method.name(), &source, &out, &mask, &text)?;
+            let row = score(&scorers, e, method.name(), &source, &out, &mask, &text)?;
             write!(line, " {} {:.2} dB, CLIP {:.2}/{:.2};", method.name(), row.bg.psnr, row.clip_whole, row.clip_edited)?;
             rows.push(EditRow { unet_evals: s.editor.unet_calls - before, seconds: t.elapsed().as_secs_f64(), ..row });
         }
@@ -208,9 +220,20 @@ fn read_entries(a: &EvalEditArgs) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// The metric networks: CLIP, and LPIPS when given.
+struct Scorers<'a> {
+    clip: &'a ClipScorer,
+    lpips: Option<&'a Lpips>,
+}
+
 /// One edited image's row (without its cost): background metrics against the source, CLIP
 /// scores of the whole image and of the edited part (NaN when the mask is empty).
-fn score(clip: &ClipScorer, e: &Entry, method: &'static str, source: &Rgb, out: &Rgb, mask: &Mask, text: &[f32]) -> Result<EditRow> {
+fn score(scorers: &Scorers, e: &Entry, method: &'static str, source: &Rgb, out: &Rgb, mask: &Mask, text: &[f32]) -> Result<EditRow> {
+    let clip = scorers.clip;
+    let lpips = match scorers.lpips {
+        Some(net) => pollster::block_on(pie_bench::background_lpips(net, source, out, mask))?,
+        None => f64::NAN,
+    };
     let clip_edited = match mask.edited() {
         0 => f64::NAN,
         _ => pollster::block_on(clip.score(&pie_bench::masked(out, mask), text))?,
@@ -220,6 +243,7 @@ fn score(clip: &ClipScorer, e: &Entry, method: &'static str, source: &Rgb, out: 
         method,
         editing_type_id: e.editing_type_id.clone(),
         bg: pie_bench::background(source, out, mask)?,
+        lpips,
         clip_whole: pollster::block_on(clip.score(out, text))?,
         clip_edited,
         unet_evals: 0,
@@ -235,6 +259,8 @@ pub struct EditRow {
     method: &'static str,
     editing_type_id: String,
     bg: Background,
+    /// background LPIPS, NaN without `--lpips`
+    lpips: f64,
     clip_whole: f64,
     clip_edited: f64,
     unet_evals: usize,
@@ -244,11 +270,12 @@ pub struct EditRow {
 }
 
 const METHODS: [&str; 5] = ["edict", "bdia", "belm", "ddim", "img2img"];
-const METRICS: [&str; 5] = ["psnr", "mse", "ssim", "clip_whole", "clip_edited"];
+/// PIE-Bench's columns, in its table's order (structure distance not yet computed).
+const METRICS: [&str; 6] = ["psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited"];
 
 impl EditRow {
-    fn metrics(&self) -> [f64; 5] {
-        [self.bg.psnr, self.bg.mse, self.bg.ssim, self.clip_whole, self.clip_edited]
+    fn metrics(&self) -> [f64; 6] {
+        [self.bg.psnr, self.lpips, self.bg.mse, self.bg.ssim, self.clip_whole, self.clip_edited]
     }
 }
 
@@ -256,8 +283,8 @@ impl EditRow {
 struct Mean {
     method: &'static str,
     images: usize,
-    values: [f64; 5],
-    nan: [usize; 5],
+    values: [f64; 6],
+    nan: [usize; 6],
     unet_evals: f64,
     seconds: f64,
 }
@@ -283,7 +310,7 @@ fn means(rows: &[EditRow]) -> Vec<Mean> {
 
 impl Row for EditRow {
     const COMMAND: &'static str = "eval-edit";
-    const CSV_HEADER: &'static str = "id,method,editing_type_id,psnr,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt";
+    const CSV_HEADER: &'static str = "id,method,editing_type_id,psnr,lpips,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt";
 
     fn item(&self) -> &str {
         &self.id
@@ -301,14 +328,15 @@ impl Row for EditRow {
     }
 
     fn from_csv(f: &[String]) -> Result<Self> {
-        let [id, method, category, psnr, mse, ssim, whole, edited, evals, seconds, source, target] = f else {
-            bail!("{} fields, expected 12", f.len());
+        let [id, method, category, psnr, lpips, mse, ssim, whole, edited, evals, seconds, source, target] = f else {
+            bail!("{} fields, expected 13", f.len());
         };
         Ok(Self {
             id: id.clone(),
             method: method_named(method, &METHODS)?,
             editing_type_id: category.clone(),
             bg: Background { psnr: number(psnr, "PSNR")?, mse: number(mse, "MSE")?, ssim: number(ssim, "SSIM")? },
+            lpips: number(lpips, "LPIPS")?,
             clip_whole: number(whole, "CLIP score")?,
             clip_edited: number(edited, "CLIP score")?,
             unet_evals: number(evals, "UNet count")?,
@@ -320,7 +348,7 @@ impl Row for EditRow {
 
     fn json(rows: &[Self]) -> (Value, Value) {
         // NaN (no unedited part, or nothing edited) is written as null
-        let metrics = |v: [f64; 5]| -> serde_json::Map<String, Value> { METRICS.iter().zip(v).map(|(k, v)| (k.to_string(), json!(v))).collect() };
+        let metrics = |v: [f64; 6]| -> serde_json::Map<String, Value> { METRICS.iter().zip(v).map(|(k, v)| (k.to_string(), json!(v))).collect() };
         let images = rows
             .iter()
             .map(|r| {
@@ -363,10 +391,10 @@ impl Row for EditRow {
             let n = means.first().map_or(0, |m| m.images);
             t += &format!(
                 "# PIE-Bench editing: {n} images from {}\n\nModel `{}`, CLIP `{}`, {} steps, strength {}, p = {}, guidance {}, {}²{}. \
-                 As PnPInversion's evaluation computes them: PSNR, MSE and SSIM of the unedited part (both images in \
-                 [0, 1] times 1 − mask, data range 1, torchmetrics), CLIP score 100·max(cos, 0) of the whole edited image \
-                 and of its edited part against the target prompt; means over images, NaN rows excluded. LPIPS and the \
-                 structure distance are not computed yet.\n\n",
+                 As PnPInversion's evaluation computes them: PSNR, LPIPS, MSE and SSIM of the unedited part (both images in \
+                 [0, 1] times 1 − mask; data range 1; torchmetrics, LPIPS on SqueezeNet{}), CLIP score 100·max(cos, 0) of the \
+                 whole edited image and of its edited part against the target prompt; means over images, NaN rows excluded. \
+                 The structure distance is not computed yet.\n\n",
                 s["data"].as_str().unwrap_or_default(),
                 s["model"].as_str().unwrap_or_default(),
                 s["clip"].as_str().unwrap_or_default(),
@@ -376,18 +404,28 @@ impl Row for EditRow {
                 s["guidance"],
                 s["size"],
                 if s["size"] == 512 { "" } else { " (not the benchmark's 512²)" },
+                match s["lpips"].as_str() {
+                    Some(net) => format!(" `{net}`"),
+                    None => ": not computed, no `--lpips` given".into(),
+                },
             );
         }
-        t += "| method | PSNR ↑ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ | UNet calls | s / image |\n";
-        t += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        t += "| method | PSNR ↑ | LPIPS ×10³ ↓ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ | UNet calls | s / image |\n";
+        t += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        // in the benchmark's units; "–" where no image has a value
+        let cell = |v: f64, unit: f64| if v.is_nan() { "–".to_string() } else { format!("{:.2}", v * unit) };
         for m in &means {
             // P2P applies to the inverting methods, not img2img
             let label = if m.method == "img2img" { m.method.to_string() } else { format!("{}{p2p}", method_label(m.method)) };
-            let [psnr, mse, ssim, whole, edited] = m.values;
+            let [psnr, lpips, mse, ssim, whole, edited] = m.values;
             t += &format!(
-                "| {label} | {psnr:.2} | {:.2} | {:.2} | {whole:.2} | {edited:.2} | {:.0} | {:.2} |\n",
-                mse * 1e4,
-                ssim * 1e2,
+                "| {label} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
+                cell(psnr, 1.0),
+                cell(lpips, 1e3),
+                cell(mse, 1e4),
+                cell(ssim, 1e2),
+                cell(whole, 1.0),
+                cell(edited, 1.0),
                 m.unet_evals,
                 m.seconds
             );
@@ -395,7 +433,7 @@ impl Row for EditRow {
         if let Some(m) = means.first().filter(|m| m.nan.iter().any(|&n| n > 0)) {
             t += &format!(
                 "\nExcluded as NaN: {} of {} images from the background metrics (the mask leaves no unedited part), {} from CLIP edited (empty mask).\n",
-                m.nan[0], m.images, m.nan[4]
+                m.nan[0], m.images, m.nan[5]
             );
         }
         t
@@ -412,6 +450,8 @@ mod tests {
             method,
             editing_type_id: "0".into(),
             bg: Background { psnr, mse: 0.5, ssim: 0.25 },
+            // NaN with the other background metrics (a mask with no unedited part)
+            lpips: if psnr.is_nan() { f64::NAN } else { 0.125 },
             clip_whole: 20.0,
             clip_edited,
             unet_evals: 8,
@@ -425,8 +465,8 @@ mod tests {
     fn means_exclude_nan_and_rows_round_trip() {
         let rows = [row("edict", 30.0, 10.0), row("ddim", 20.0, 1.0), row("edict", f64::NAN, f64::NAN), row("edict", f64::INFINITY, 5.0)];
         let m = means(&rows);
-        assert_eq!((m[0].method, m[0].images, m[0].nan), ("edict", 3, [1, 0, 0, 0, 1]));
-        assert_eq!((m[0].values[0], m[0].values[4], m[0].values[3]), (f64::INFINITY, 7.5, 20.0));
+        assert_eq!((m[0].method, m[0].images, m[0].nan), ("edict", 3, [1, 1, 0, 0, 0, 1]));
+        assert_eq!((m[0].values[0], m[0].values[1], m[0].values[5], m[0].values[4]), (f64::INFINITY, 0.125, 7.5, 20.0));
         assert_eq!((m[1].method, m[1].values[0]), ("ddim", 20.0));
         for r in &rows {
             let fields: Vec<String> = r.to_csv();
@@ -434,8 +474,11 @@ mod tests {
             assert_eq!(back.to_csv(), fields);
         }
         let md = EditRow::markdown(&Value::Null, &rows);
-        assert!(md.contains("| EDICT | inf | 5000.00 | 25.00 | 20.00 | 7.50 | 8 | 1.50 |"), "{md}");
+        assert!(md.contains("| EDICT | inf | 125.00 | 5000.00 | 25.00 | 20.00 | 7.50 | 8 | 1.50 |"), "{md}");
         assert!(md.contains("Excluded as NaN: 1 of 3 images"), "{md}");
+        // without --lpips the column has no value
+        let md = EditRow::markdown(&Value::Null, &[EditRow { lpips: f64::NAN, ..row("ddim", 20.0, 1.0) }]);
+        assert!(md.contains("| DDIM | 20.00 | – | 5000.00 |"), "{md}");
         assert!("edict".parse::<EditMethod>().is_ok() && "img2img".parse::<EditMethod>().is_ok());
         assert!("sdedit".parse::<EditMethod>().unwrap_err().contains("edict, bdia, belm, ddim or img2img"));
     }

@@ -93,6 +93,7 @@ fn eval_edit(out: &Path, more: &[&str]) -> Output {
     args.extend(more);
     let mut c = Command::new(env!("CARGO_BIN_EXE_edict"));
     c.args(&args).arg("--model").arg(&tiny).arg("--clip").arg(&clip).arg("--data").arg(&data).arg("--out").arg(out);
+    c.arg("--lpips").arg(fixtures().join("tiny-lpips"));
     c.output().expect("runs edict")
 }
 
@@ -147,25 +148,25 @@ fn eval_edit_runs_the_benchmark_shards_merge_and_resume() {
         assert!((0.0..=100.0).contains(&whole));
         if r["id"] == "000000000002" {
             // the mask is the whole image: no background, and the edited part is the image
-            assert!(r["psnr"].is_null() && r["mse"].is_null() && r["ssim"].is_null(), "{r}");
+            assert!(r["psnr"].is_null() && r["lpips"].is_null() && r["mse"].is_null() && r["ssim"].is_null(), "{r}");
             assert_eq!(r["clip_edited"], r["clip_whole"]);
         } else {
-            let (psnr, ssim) = (r["psnr"].as_f64().unwrap(), r["ssim"].as_f64().unwrap());
-            assert!(psnr > 5.0 && psnr.is_finite() && ssim > 0.0 && ssim < 1.0, "{r}");
+            let (psnr, ssim, lpips) = (r["psnr"].as_f64().unwrap(), r["ssim"].as_f64().unwrap(), r["lpips"].as_f64().unwrap());
+            assert!(psnr > 5.0 && psnr.is_finite() && ssim > 0.0 && ssim < 1.0 && lpips > 0.0 && lpips.is_finite(), "{r}");
         }
     }
     for m in full["mean"].as_array().unwrap() {
-        assert_eq!((m["images"].as_u64(), m["nan"]["psnr"].as_u64(), m["nan"]["clip_edited"].as_u64()), (Some(3), Some(1), Some(0)));
+        assert_eq!((m["images"].as_u64(), m["nan"]["psnr"].as_u64(), m["nan"]["lpips"].as_u64(), m["nan"]["clip_edited"].as_u64()), (Some(3), Some(1), Some(1), Some(0)));
         // the background mean is over the two images that have one (JSON numbers parse to within an ulp)
         let method = m["method"].as_str().unwrap();
         let psnrs: Vec<f64> = rows.iter().filter(|r| r["method"] == method).filter_map(|r| r["psnr"].as_f64()).collect();
         assert!((m["psnr"].as_f64().unwrap() - (psnrs[0] + psnrs[1]) / 2.0).abs() < 1e-12, "{m}");
     }
     let csv = std::fs::read_to_string(dir("full").join("results.csv")).unwrap();
-    assert_eq!(csv.lines().next().unwrap(), "id,method,editing_type_id,psnr,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt");
-    assert!(csv.lines().nth(7).unwrap().starts_with("\"000000000002\",edict,\"2\",NaN,NaN,NaN,"), "{csv}");
+    assert_eq!(csv.lines().next().unwrap(), "id,method,editing_type_id,psnr,lpips,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt");
+    assert!(csv.lines().nth(7).unwrap().starts_with("\"000000000002\",edict,\"2\",NaN,NaN,NaN,NaN,"), "{csv}");
     let md = std::fs::read_to_string(dir("full").join("results.md")).unwrap();
-    for want in ["| method | PSNR ↑ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ |", "| EDICT |", "| DDIM |", "| img2img |", "Excluded as NaN: 1 of 3 images", "not the benchmark's 512²"] {
+    for want in ["| method | PSNR ↑ | LPIPS ×10³ ↓ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ |", "LPIPS on SqueezeNet `", "| EDICT |", "| DDIM |", "| img2img |", "Excluded as NaN: 1 of 3 images", "not the benchmark's 512²"] {
         assert!(md.contains(want), "results.md lacks {want}:\n{md}");
     }
 
@@ -185,7 +186,7 @@ fn eval_edit_runs_the_benchmark_shards_merge_and_resume() {
     assert_eq!(timeless(json(&dir("merged"))), timeless(full.clone()));
     let no_seconds = |d: &str| -> Vec<String> {
         let text = std::fs::read_to_string(dir(d).join("results.csv")).unwrap();
-        text.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 9).map(|(_, f)| f).collect::<Vec<_>>().join(",")).collect()
+        text.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 10).map(|(_, f)| f).collect::<Vec<_>>().join(",")).collect()
     };
     assert_eq!(no_seconds("merged"), no_seconds("full"));
     assert!(failed(merge("m2", &["s0"])).contains("shard 1/2 missing"));

@@ -13,6 +13,7 @@ mod exactness;
 mod images;
 mod loading;
 mod lora;
+mod lpips;
 mod networks;
 mod p2p;
 mod sd2;

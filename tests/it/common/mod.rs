@@ -27,7 +27,7 @@ pub struct Ref {
     pub shape: Vec<usize>,
 }
 
-/// Reads every tensor of a reference file as f64 (f32, f64 and i64 are stored there).
+/// Reads every tensor of a reference file as f64 (f32, f64, i64 and u8 are stored there).
 pub fn reference(name: &str) -> HashMap<String, Ref> {
     let path = fixtures().join("reference").join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -40,6 +40,7 @@ pub fn reference(name: &str) -> HashMap<String, Ref> {
                 Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
                 Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
                 Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::U8 => d.iter().map(|&b| b as f64).collect(),
                 other => panic!("{k}: unexpected dtype {other:?}"),
             };
             (k, Ref { values, shape: v.shape().to_vec() })

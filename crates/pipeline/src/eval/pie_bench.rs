@@ -1,12 +1,14 @@
 //! PIE-Bench (Ju et al., *Direct Inversion*, ICLR 2024) as its own evaluation code computes it
 //! (cure-lab/PnPInversion `evaluation/evaluate.py`, `evaluation/matrics_calculator.py`): the
 //! `mapping_file.json` entries, the run-length-encoded edit masks, the background metrics of the
-//! unedited part and the CLIP scores of the whole edited image and of its edited part.
+//! unedited part (PSNR, MSE, SSIM, LPIPS) and the CLIP scores of the whole edited image and of
+//! its edited part.
 
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 use edict_sd::models::clip_score::{ClipImageProcessor, ClipModel, clip_score};
+use edict_sd::models::lpips::Lpips;
 use edict_sd::tokenizer::ClipTokenizer;
 use image::RgbImage;
 use serde::Deserialize;
@@ -197,6 +199,21 @@ pub fn background(source: &Rgb, edited: &Rgb, mask: &Mask) -> Result<Background>
     let mse = a.iter().zip(&b).flat_map(|(x, y)| x.iter().zip(y)).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n;
     let ssim = a.iter().zip(&b).map(|(x, y)| ssim_channel(x, y, w, h, 1.0, Border::Reflect)).sum::<f64>() / 3.0;
     Ok(Background { psnr: 10.0 * (1.0 / mse).log10(), mse, ssim })
+}
+
+/// `calculate_lpips(src, tgt, 1 − mask, 1 − mask)`: torchmetrics' LPIPS (SqueezeNet) of the
+/// unedited part, both images in [0, 1] (`u8 / 255`) times 1 − mask, fed as `2x − 1`; NaN where
+/// the mask leaves no unedited pixel, as for [`background`]. Sizes as [`background`] checks them.
+pub async fn background_lpips(net: &Lpips, source: &Rgb, edited: &Rgb, mask: &Mask) -> Result<f64> {
+    let (w, h) = (source.width, source.height);
+    if mask.edited() == w * h {
+        return Ok(f64::NAN);
+    }
+    // [3, h, w] planes, computed in f32 as numpy does
+    let planes = |img: &Rgb| -> Vec<f32> {
+        (0..3).flat_map(|c| (0..w * h).map(move |i| (img.data[i * 3 + c] as f32 / 255.0 * (1 - mask.data[i]) as f32) * 2.0 - 1.0)).collect()
+    };
+    Ok(net.distance(&planes(source), &planes(edited), h, w).await?.0)
 }
 
 /// `np.uint8(img * mask)`: the edited part, black elsewhere.

@@ -6,6 +6,7 @@ pub mod autoencoder_tiny;
 pub mod clip_score;
 pub mod clip_text;
 pub mod embeddings;
+pub mod lpips;
 pub mod resnet;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
