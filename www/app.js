@@ -31,7 +31,7 @@ function mib(n) {
 /** Enables what can run now: loading needs the GPU, editing needs a model and a photo. */
 function refresh() {
   const idle = !state.busy && !!state.gpu;
-  for (const id of ['load-sd15', 'load-sdxl', 'load-url', 'clear-cache', 'model-folder', 'model-file', 'precision']) $(id).disabled = !idle;
+  for (const id of ['load-sd15', 'load-sdxl', 'load-url', 'clear-cache', 'model-folder', 'model-file', 'precision', 'lora-files', 'lora-scale']) $(id).disabled = !idle;
   const ready = idle && !!state.session;
   $('edit').disabled = $('invert').disabled = $('reconstruct').disabled = !(ready && state.image);
   $('latents-input').disabled = !ready;
@@ -87,6 +87,7 @@ async function loadModel(name, fill, source = null) {
   };
   let builder = new wasm.ModelBuilder(name);
   try {
+    const loraNote = await addLoras(builder);
     // a folder streams: after its configs, begin() checks the GPU's limits and says what the
     // model needs (shown while it downloads), then each network is built on the GPU as its
     // weight file arrives, so wasm memory holds one file at a time
@@ -106,7 +107,7 @@ async function loadModel(name, fill, source = null) {
     const previewNote = await syncPreviewDecoder();
     status(`Loaded ${name} (${session.precision}).`, 1);
     $('model').open = false;
-    const notes = [note, session.loadWarning, needs, previewNote].filter(Boolean);
+    const notes = [note, loraNote, session.loadWarning, needs, previewNote].filter(Boolean);
     if (notes.length) message(notes.join('\n'), 'note');
     setState('model-loaded');
   } catch (e) {
@@ -121,6 +122,15 @@ async function loadModel(name, fill, source = null) {
     state.busy = false;
     refresh();
   }
+}
+
+/** Hands the picked LoRA files to `builder` at the chosen strength (before any weights); a note saying which. */
+async function addLoras(builder) {
+  const files = [...$('lora-files').files], scale = Number($('lora-scale').value);
+  if (!files.length) return null;
+  if (!Number.isFinite(scale)) throw new Error(`the LoRA strength "${$('lora-scale').value}" is not a number`);
+  for (const f of files) builder.addLora(f.name, new Uint8Array(await f.arrayBuffer()), scale);
+  return `LoRA merged at strength ${scale}: ${files.map((f) => f.name).join(', ')}.`;
 }
 
 /**
@@ -147,7 +157,8 @@ $('load-url').onclick = () => {
 };
 for (const id of ['model-folder', 'model-file']) {
   $(id).onchange = (ev) => {
-    const files = ev.target.files;
+    // a copy: clearing the input below empties its live FileList, and loadModel reads it later
+    const files = [...ev.target.files];
     if (files.length) loadModel(files[0].webkitRelativePath.split('/')[0] || files[0].name, (b, s, begin) => loadFromFiles(b, files, candidates(filePrecision()), s, begin));
     ev.target.value = '';
   };

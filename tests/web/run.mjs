@@ -30,13 +30,17 @@
 //     page's reconstruction is exact. Then local files: the tiny diffusers folder through the
 //     folder input, the tiny checkpoint in a folder with its configs, and the tiny SDXL folder,
 //     each reconstruct exactly (2 steps); the checkpoint alone through the file input is read as
-//     SD 1.5 and refused with the module's message.
-import { spawn } from 'node:child_process';
+//     SD 1.5 and refused with the module's message. The SDXL folder again with a LoRA file
+//     (strength 0.5): the session's fingerprint equals the CLI's for that model and LoRA and
+//     differs from the plain one, and its reconstruction is exact; an SD 1.x LoRA on it is refused.
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ROOT, fillForm, launch, makePng, readLatents, relErr, sendRanged, serve, waitState } from './common.mjs';
 
+// the native CLI: build.sh passes the binary its test build made; `cargo run` otherwise
+const CLI = process.env.EDICT_BIN ? [process.env.EDICT_BIN] : ['cargo', 'run', '--locked', '--quiet', '--'];
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'edict-web-test-'));
 const SOURCE = 'a photo of a cat';
 const TARGET = 'a photo of a dog';
@@ -124,8 +128,7 @@ async function testEdit(base) {
   // before each comparison
   const edit = (args) => () => new Promise((resolve, reject) => {
     const tCli = Date.now();
-    // build.sh passes the binary its test build made; `cargo run` otherwise
-    const [cmd, ...pre] = process.env.EDICT_BIN ? [process.env.EDICT_BIN] : ['cargo', 'run', '--locked', '--quiet', '--'];
+    const [cmd, ...pre] = CLI;
     cliChild = spawn(cmd, [...pre, 'edit', '--backend', 'cpu', '--model', 'tests/fixtures/tiny-sd',
       '--image', photo, '--source', SOURCE, '--strength', `${STRENGTH}`, '--width', `${SIZE}`, '--height', `${SIZE}`, '--quiet', ...args],
     { cwd: ROOT, stdio: 'inherit' })
@@ -393,12 +396,40 @@ async function testLocalFiles(page) {
     check(/^0 in/.test(rec), `that model reconstructs exactly: latent round trip ${rec}`);
   }
 
-  r = await load('#model-folder', path.join(ROOT, 'tests/fixtures/tiny-sdxl'));
+  const xl = path.join(ROOT, 'tests/fixtures/tiny-sdxl');
+  r = await load('#model-folder', xl);
   check(r.state === 'model-loaded' && /^Loaded tiny-sdxl /.test(r.status), `the tiny SDXL folder (two text encoders) loads: "${r.status}" in ${r.secs} s ${r.msg}`);
   if (r.state === 'model-loaded') {
     const rec = await reconstruct();
     check(/^0 in/.test(rec), `that model reconstructs exactly: latent round trip ${rec}`);
   }
+
+  // a LoRA merges into the streamed networks: the page's fingerprint is the CLI's for the same
+  // model and LoRA (it covers the LoRA's content and strength), and the round trip stays exact
+  const fingerprint = () => page.evaluate(() => window.edict.session?.fingerprint);
+  const plain = await fingerprint();
+  const lora = (f) => path.join(ROOT, 'tests/fixtures/lora', f);
+  const [cmd, ...pre] = CLI;
+  // the CLI says the fingerprint on stderr as it loads
+  const log = spawnSync(cmd, [...pre, 'generate', '--backend', 'cpu', '--model', xl, '--lora', `${lora('sdxl-kohya.safetensors')}:0.5`,
+    '--steps', '1', '--width', '64', '--height', '64', '--prompt', 'a', '--out', path.join(TMP, 'lora.png'), '--force'], { cwd: ROOT }).stderr.toString();
+  const cliFingerprint = /fingerprint ([0-9a-f]+)/.exec(log)?.[1];
+  await page.evaluate(() => { document.getElementById('model').open = true; }); // folded once a model loaded
+  await page.fill('#lora-scale', '0.5');
+  await page.setInputFiles('#lora-files', lora('sdxl-kohya.safetensors'));
+  r = await load('#model-folder', xl);
+  const withLora = await fingerprint();
+  check(r.state === 'model-loaded' && /LoRA merged at strength 0\.5: sdxl-kohya\.safetensors/.test(r.msg) && withLora === cliFingerprint && withLora !== plain,
+    `a LoRA file merges into the streamed SDXL folder: fingerprint ${withLora} (CLI with the same LoRA: ${cliFingerprint}; without: ${plain}), note "${r.msg.slice(0, 80)}"`);
+  if (r.state === 'model-loaded') {
+    const rec = await reconstruct();
+    check(/^0 in/.test(rec), `that model reconstructs exactly: latent round trip ${rec}`);
+  }
+  await page.setInputFiles('#lora-files', lora('sd-kohya.safetensors'));
+  r = await load('#model-folder', xl);
+  check(r.state === 'load-failed' && /LoRA sd-kohya\.safetensors: .*another Stable Diffusion family/.test(r.msg),
+    `an SD 1.x LoRA on the SDXL folder is refused before its weights: "${r.msg.slice(0, 160)}"`);
+  await page.setInputFiles('#lora-files', []);
 }
 
 /** The #live canvas: size, distinct colours, and whether every pixel is opaque (drawn). */

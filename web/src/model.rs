@@ -8,10 +8,12 @@
 //! (SDXL's fp16 UNet is 5.1 GB; wasm32 has 4 GiB), and the network is built when its file ends.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use edict_pipeline::editor::Editor;
 use edict_sd::SdError;
 use edict_sd::checkpoint::files::{ModelFiles, WeightSource, select_weight_file};
+use edict_sd::checkpoint::lora::Lora;
 use edict_sd::config::{Precision, SdConfigs};
 use edict_sd::model::{ModelAssembly, StableDiffusion};
 use edict_sd::checkpoint::single_file::Part;
@@ -31,6 +33,8 @@ pub struct ModelBuilder {
     assembly: Option<(ModelAssembly, Precision)>,
     /// Weight files being received, by path.
     streams: BTreeMap<String, (Part, WeightStream)>,
+    /// LoRA files to merge, in the order they were added.
+    loras: Vec<Rc<Lora>>,
 }
 
 #[wasm_bindgen]
@@ -43,7 +47,22 @@ impl ModelBuilder {
             files: BTreeMap::new(),
             assembly: None,
             streams: BTreeMap::new(),
+            loras: Vec::new(),
         }
+    }
+
+    /// Adds a LoRA file (kohya-ss or diffusers/PEFT safetensors) merged into the weights at
+    /// `scale` as they load; before `begin`. Read and checked here, so a bad file fails at once.
+    #[wasm_bindgen(js_name = addLora)]
+    pub fn add_lora(&mut self, name: String, bytes: Vec<u8>, scale: f32) -> Result<(), JsError> {
+        if self.assembly.is_some() {
+            return Err(JsError::new("LoRAs must be added before the model's weights"));
+        }
+        if is_pickle_name(&name) || looks_like_pickle(&bytes) {
+            return Err(js_err(SdError::Pickle { path: name }));
+        }
+        self.loras.push(Rc::new(Lora::from_bytes(&name, &bytes, scale).map_err(js_err)?));
+        Ok(())
     }
 
     /// Adds one file; `path` is relative to the model folder. The bytes are copied into wasm
@@ -104,7 +123,8 @@ impl ModelBuilder {
         let configs = self.configs().map_err(js_err)?;
         let needs = gpu.check_limits(&configs, precision)?;
         let (tokenizer, tokenizer_2) = self.tokenizers().map_err(js_err)?;
-        let assembly = ModelAssembly::new(configs, tokenizer, tokenizer_2, &gpu.device, precision).map_err(js_err)?;
+        let mut assembly = ModelAssembly::new(configs, tokenizer, tokenizer_2, &gpu.device, precision).map_err(js_err)?;
+        assembly.set_loras(std::mem::take(&mut self.loras)).map_err(js_err)?;
         self.assembly = Some((assembly, precision));
         Ok(needs)
     }
@@ -195,6 +215,7 @@ impl ModelBuilder {
             tokenizer,
             tokenizer_2,
             weights,
+            loras: std::mem::take(&mut self.loras),
         })
     }
 

@@ -114,12 +114,14 @@ pub struct Session {
     precision: Precision,
     load_warning: Option<String>,
     preview_decoder_repo: &'static str,
+    fingerprint: String,
 }
 
 impl Session {
     pub(crate) fn new(editor: Editor, lost: Lost, name: String, precision: Precision, load_warning: Option<String>) -> Self {
         Self {
             preview_decoder_repo: autoencoder_tiny::hub_id(editor.model.configs.is_sdxl()),
+            fingerprint: editor.model.fingerprint.clone(),
             editor: Rc::new(RefCell::new(Some(editor))),
             lost,
             cancel: Rc::new(Cell::new(false)),
@@ -289,6 +291,13 @@ impl Session {
     #[wasm_bindgen(getter)]
     pub fn precision(&self) -> String {
         self.precision.to_string()
+    }
+
+    /// The model fingerprint its latents files carry (the CLI prints it on load); it covers the
+    /// merged LoRAs.
+    #[wasm_bindgen(getter)]
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
     }
 
     /// A note from loading (unused weights in the files), if any.
