@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use edict_sd::models::{autoencoder_tiny, clip_score, lpips};
+use edict_sd::models::{autoencoder_tiny, clip_score, dino_vit, lpips};
 use edict_sd::checkpoint::files::{ModelFiles, weight_candidates};
 use edict_sd::config::Precision;
 use edict_sd::models::unet_2d::UNetConfig;
@@ -57,6 +57,12 @@ pub fn resolve_clip(model: &str) -> Result<PathBuf> {
 /// one), as [`resolve_clip`].
 pub fn resolve_lpips(model: &str) -> Result<PathBuf> {
     resolve_folder(model, &[lpips::CONFIG, lpips::WEIGHTS], "--lpips")
+}
+
+/// The folder of DINO ViT-B/8 (`--dino`; `scripts/convert_metric_weights.py dino` writes one),
+/// as [`resolve_clip`].
+pub fn resolve_dino(model: &str) -> Result<PathBuf> {
+    resolve_folder(model, &[dino_vit::CONFIG, dino_vit::WEIGHTS], "--dino")
 }
 
 /// The folder of a TAESD `AutoencoderTiny` (`--preview-decoder`), as [`resolve_clip`].

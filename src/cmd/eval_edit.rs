@@ -16,6 +16,7 @@ use edict_pipeline::editor::Latent;
 use edict_pipeline::settings::{DEFAULTS, Method, Settings};
 use edict_pipeline::prompt_edit::{EditSpec, P2p};
 use edict_sd::models::clip_score;
+use edict_sd::models::dino_vit::DinoVit;
 use edict_sd::models::lpips::Lpips;
 use serde_json::{Value, json};
 
@@ -70,6 +71,11 @@ pub struct EvalEditArgs {
     /// `scripts/convert_metric_weights.py lpips` writes them. Without it that column stays empty.
     #[arg(long)]
     lpips: Option<String>,
+    /// DINO ViT-B/8 for the structure distance (as PIE-Bench): a folder or Hugging Face id with
+    /// config.json and dino-vitb8.safetensors, as `scripts/convert_metric_weights.py dino` writes
+    /// them. Without it that column stays empty.
+    #[arg(long)]
+    dino: Option<String>,
     /// Comma-separated: edict, bdia, belm, ddim, img2img.
     #[arg(long, value_delimiter = ',', default_value = "edict,ddim,img2img")]
     methods: Vec<EditMethod>,
@@ -134,6 +140,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
         "model": a.model.model,
         "clip": a.clip,
         "lpips": a.lpips,
+        "dino": a.dino,
         "data": a.data.display().to_string(),
         "categories": a.categories,
         "count": entries.len(),
@@ -153,6 +160,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     // a wrong --clip fails before the output folder is touched
     let clip_dir = model_source::resolve_clip(&a.clip)?;
     let lpips_dir = a.lpips.as_deref().map(model_source::resolve_lpips).transpose()?;
+    let dino_dir = a.dino.as_deref().map(model_source::resolve_dino).transpose()?;
     let mut results = Results::<EditRow>::open(&a.out, info, a.shard.resume, a.force)?;
     let todo: Vec<Entry> = a.shard.select(entries).into_iter().filter(|e| !results.has(&e.id)).collect();
 
@@ -162,7 +170,10 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     let lpips = (lpips_dir.as_deref())
         .map(|dir| Lpips::from_folder(dir, &s.editor.device).with_context(|| format!("LPIPS network {}", a.lpips.as_deref().unwrap_or_default())))
         .transpose()?;
-    let scorers = Scorers { clip: &clip, lpips: lpips.as_ref() };
+    let dino = (dino_dir.as_deref())
+        .map(|dir| DinoVit::from_folder(dir, &s.editor.device).with_context(|| format!("DINO model {}", a.dino.as_deref().unwrap_or_default())))
+        .transpose()?;
+    let scorers = Scorers { clip: &clip, lpips: lpips.as_ref(), dino: dino.as_ref() };
     for (i, e) in todo.iter().enumerate() {
         let path = a.data.join("annotation_images").join(&e.image_path);
         let bytes = std::fs::read(&path).with_context(|| format!("entry {}: cannot read {}", e.id, path.display()))?;
@@ -220,10 +231,11 @@ fn read_entries(a: &EvalEditArgs) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-/// The metric networks: CLIP, and LPIPS when given.
+/// The metric networks: CLIP, and LPIPS and DINO when given.
 struct Scorers<'a> {
     clip: &'a ClipScorer,
     lpips: Option<&'a Lpips>,
+    dino: Option<&'a DinoVit>,
 }
 
 /// One edited image's row (without its cost): background metrics against the source, CLIP
@@ -234,6 +246,10 @@ fn score(scorers: &Scorers, e: &Entry, method: &'static str, source: &Rgb, out: 
         Some(net) => pollster::block_on(pie_bench::background_lpips(net, source, out, mask))?,
         None => f64::NAN,
     };
+    let structure = match scorers.dino {
+        Some(net) => pollster::block_on(pie_bench::structure_distance(net, source, out))?,
+        None => f64::NAN,
+    };
     let clip_edited = match mask.edited() {
         0 => f64::NAN,
         _ => pollster::block_on(clip.score(&pie_bench::masked(out, mask), text))?,
@@ -242,6 +258,7 @@ fn score(scorers: &Scorers, e: &Entry, method: &'static str, source: &Rgb, out: 
         id: e.id.clone(),
         method,
         editing_type_id: e.editing_type_id.clone(),
+        structure,
         bg: pie_bench::background(source, out, mask)?,
         lpips,
         clip_whole: pollster::block_on(clip.score(out, text))?,
@@ -258,6 +275,8 @@ pub struct EditRow {
     id: String,
     method: &'static str,
     editing_type_id: String,
+    /// structure distance (whole image), NaN without `--dino`
+    structure: f64,
     bg: Background,
     /// background LPIPS, NaN without `--lpips`
     lpips: f64,
@@ -270,12 +289,12 @@ pub struct EditRow {
 }
 
 const METHODS: [&str; 5] = ["edict", "bdia", "belm", "ddim", "img2img"];
-/// PIE-Bench's columns, in its table's order (structure distance not yet computed).
-const METRICS: [&str; 6] = ["psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited"];
+/// PIE-Bench's seven columns, in its table's order.
+const METRICS: [&str; 7] = ["structure_distance", "psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited"];
 
 impl EditRow {
-    fn metrics(&self) -> [f64; 6] {
-        [self.bg.psnr, self.lpips, self.bg.mse, self.bg.ssim, self.clip_whole, self.clip_edited]
+    fn metrics(&self) -> [f64; 7] {
+        [self.structure, self.bg.psnr, self.lpips, self.bg.mse, self.bg.ssim, self.clip_whole, self.clip_edited]
     }
 }
 
@@ -283,8 +302,8 @@ impl EditRow {
 struct Mean {
     method: &'static str,
     images: usize,
-    values: [f64; 6],
-    nan: [usize; 6],
+    values: [f64; 7],
+    nan: [usize; 7],
     unet_evals: f64,
     seconds: f64,
 }
@@ -310,7 +329,7 @@ fn means(rows: &[EditRow]) -> Vec<Mean> {
 
 impl Row for EditRow {
     const COMMAND: &'static str = "eval-edit";
-    const CSV_HEADER: &'static str = "id,method,editing_type_id,psnr,lpips,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt";
+    const CSV_HEADER: &'static str = "id,method,editing_type_id,structure_distance,psnr,lpips,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt";
 
     fn item(&self) -> &str {
         &self.id
@@ -328,13 +347,14 @@ impl Row for EditRow {
     }
 
     fn from_csv(f: &[String]) -> Result<Self> {
-        let [id, method, category, psnr, lpips, mse, ssim, whole, edited, evals, seconds, source, target] = f else {
-            bail!("{} fields, expected 13", f.len());
+        let [id, method, category, structure, psnr, lpips, mse, ssim, whole, edited, evals, seconds, source, target] = f else {
+            bail!("{} fields, expected 14", f.len());
         };
         Ok(Self {
             id: id.clone(),
             method: method_named(method, &METHODS)?,
             editing_type_id: category.clone(),
+            structure: number(structure, "structure distance")?,
             bg: Background { psnr: number(psnr, "PSNR")?, mse: number(mse, "MSE")?, ssim: number(ssim, "SSIM")? },
             lpips: number(lpips, "LPIPS")?,
             clip_whole: number(whole, "CLIP score")?,
@@ -348,7 +368,7 @@ impl Row for EditRow {
 
     fn json(rows: &[Self]) -> (Value, Value) {
         // NaN (no unedited part, or nothing edited) is written as null
-        let metrics = |v: [f64; 6]| -> serde_json::Map<String, Value> { METRICS.iter().zip(v).map(|(k, v)| (k.to_string(), json!(v))).collect() };
+        let metrics = |v: [f64; 7]| -> serde_json::Map<String, Value> { METRICS.iter().zip(v).map(|(k, v)| (k.to_string(), json!(v))).collect() };
         let images = rows
             .iter()
             .map(|r| {
@@ -384,6 +404,11 @@ impl Row for EditRow {
     }
 
     fn markdown(s: &Value, rows: &[Self]) -> String {
+        // which network computed a column, or that none did
+        let given = |net: &Value, flag: &str| match net.as_str() {
+            Some(net) => format!(" `{net}`"),
+            None => format!(": not computed, no `{flag}` given"),
+        };
         let means = means(rows);
         let p2p = if s["p2p"] == true { " + P2P" } else { "" };
         let mut t = String::new();
@@ -391,10 +416,10 @@ impl Row for EditRow {
             let n = means.first().map_or(0, |m| m.images);
             t += &format!(
                 "# PIE-Bench editing: {n} images from {}\n\nModel `{}`, CLIP `{}`, {} steps, strength {}, p = {}, guidance {}, {}²{}. \
-                 As PnPInversion's evaluation computes them: PSNR, LPIPS, MSE and SSIM of the unedited part (both images in \
-                 [0, 1] times 1 − mask; data range 1; torchmetrics, LPIPS on SqueezeNet{}), CLIP score 100·max(cos, 0) of the \
-                 whole edited image and of its edited part against the target prompt; means over images, NaN rows excluded. \
-                 The structure distance is not computed yet.\n\n",
+                 As PnPInversion's evaluation computes them: the structure distance of the whole image (MSE of DINO ViT-B/8's \
+                 last-layer key self-similarities{}), PSNR, LPIPS, MSE and SSIM of the unedited part (both images in [0, 1] \
+                 times 1 − mask; data range 1; torchmetrics, LPIPS on SqueezeNet{}), CLIP score 100·max(cos, 0) of the whole \
+                 edited image and of its edited part against the target prompt; means over images, NaN rows excluded.\n\n",
                 s["data"].as_str().unwrap_or_default(),
                 s["model"].as_str().unwrap_or_default(),
                 s["clip"].as_str().unwrap_or_default(),
@@ -404,22 +429,21 @@ impl Row for EditRow {
                 s["guidance"],
                 s["size"],
                 if s["size"] == 512 { "" } else { " (not the benchmark's 512²)" },
-                match s["lpips"].as_str() {
-                    Some(net) => format!(" `{net}`"),
-                    None => ": not computed, no `--lpips` given".into(),
-                },
+                given(&s["dino"], "--dino"),
+                given(&s["lpips"], "--lpips"),
             );
         }
-        t += "| method | PSNR ↑ | LPIPS ×10³ ↓ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ | UNet calls | s / image |\n";
-        t += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        t += "| method | Structure ×10³ ↓ | PSNR ↑ | LPIPS ×10³ ↓ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ | UNet calls | s / image |\n";
+        t += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         // in the benchmark's units; "–" where no image has a value
         let cell = |v: f64, unit: f64| if v.is_nan() { "–".to_string() } else { format!("{:.2}", v * unit) };
         for m in &means {
             // P2P applies to the inverting methods, not img2img
             let label = if m.method == "img2img" { m.method.to_string() } else { format!("{}{p2p}", method_label(m.method)) };
-            let [psnr, lpips, mse, ssim, whole, edited] = m.values;
+            let [structure, psnr, lpips, mse, ssim, whole, edited] = m.values;
             t += &format!(
-                "| {label} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
+                cell(structure, 1e3),
                 cell(psnr, 1.0),
                 cell(lpips, 1e3),
                 cell(mse, 1e4),
@@ -433,7 +457,7 @@ impl Row for EditRow {
         if let Some(m) = means.first().filter(|m| m.nan.iter().any(|&n| n > 0)) {
             t += &format!(
                 "\nExcluded as NaN: {} of {} images from the background metrics (the mask leaves no unedited part), {} from CLIP edited (empty mask).\n",
-                m.nan[0], m.images, m.nan[5]
+                m.nan[1], m.images, m.nan[6]
             );
         }
         t
@@ -449,6 +473,7 @@ mod tests {
             id: "1".into(),
             method,
             editing_type_id: "0".into(),
+            structure: 0.0625,
             bg: Background { psnr, mse: 0.5, ssim: 0.25 },
             // NaN with the other background metrics (a mask with no unedited part)
             lpips: if psnr.is_nan() { f64::NAN } else { 0.125 },
@@ -465,20 +490,20 @@ mod tests {
     fn means_exclude_nan_and_rows_round_trip() {
         let rows = [row("edict", 30.0, 10.0), row("ddim", 20.0, 1.0), row("edict", f64::NAN, f64::NAN), row("edict", f64::INFINITY, 5.0)];
         let m = means(&rows);
-        assert_eq!((m[0].method, m[0].images, m[0].nan), ("edict", 3, [1, 1, 0, 0, 0, 1]));
-        assert_eq!((m[0].values[0], m[0].values[1], m[0].values[5], m[0].values[4]), (f64::INFINITY, 0.125, 7.5, 20.0));
-        assert_eq!((m[1].method, m[1].values[0]), ("ddim", 20.0));
+        assert_eq!((m[0].method, m[0].images, m[0].nan), ("edict", 3, [0, 1, 1, 0, 0, 0, 1]));
+        assert_eq!((m[0].values[0], m[0].values[1], m[0].values[2], m[0].values[6], m[0].values[5]), (0.0625, f64::INFINITY, 0.125, 7.5, 20.0));
+        assert_eq!((m[1].method, m[1].values[1]), ("ddim", 20.0));
         for r in &rows {
             let fields: Vec<String> = r.to_csv();
             let back = EditRow::from_csv(&fields.iter().map(|f| f.trim_matches('"').replace("\"\"", "\"")).collect::<Vec<_>>()).unwrap();
             assert_eq!(back.to_csv(), fields);
         }
         let md = EditRow::markdown(&Value::Null, &rows);
-        assert!(md.contains("| EDICT | inf | 125.00 | 5000.00 | 25.00 | 20.00 | 7.50 | 8 | 1.50 |"), "{md}");
+        assert!(md.contains("| EDICT | 62.50 | inf | 125.00 | 5000.00 | 25.00 | 20.00 | 7.50 | 8 | 1.50 |"), "{md}");
         assert!(md.contains("Excluded as NaN: 1 of 3 images"), "{md}");
-        // without --lpips the column has no value
-        let md = EditRow::markdown(&Value::Null, &[EditRow { lpips: f64::NAN, ..row("ddim", 20.0, 1.0) }]);
-        assert!(md.contains("| DDIM | 20.00 | – | 5000.00 |"), "{md}");
+        // without --lpips or --dino their columns have no value
+        let md = EditRow::markdown(&Value::Null, &[EditRow { lpips: f64::NAN, structure: f64::NAN, ..row("ddim", 20.0, 1.0) }]);
+        assert!(md.contains("| DDIM | – | 20.00 | – | 5000.00 |"), "{md}");
         assert!("edict".parse::<EditMethod>().is_ok() && "img2img".parse::<EditMethod>().is_ok());
         assert!("sdedit".parse::<EditMethod>().unwrap_err().contains("edict, bdia, belm, ddim or img2img"));
     }

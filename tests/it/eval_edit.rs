@@ -84,6 +84,36 @@ fn edict(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edict")).args(args).output().expect("runs edict")
 }
 
+/// A DINO folder of a 2-block, 16-wide ViT at DINO's 224² and patch 8 (smooth arbitrary values):
+/// the structure distance's plumbing; its numbers are checked on ViT-B/8 in `dino.rs`.
+fn tiny_dino() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-dino");
+    if dir.join("dino-vitb8.safetensors").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "image_size": 224}"#).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("cls_token".into(), vec![1, 1, 16]),
+        ("pos_embed".into(), vec![1, 785, 16]),
+        ("patch_embed.proj.weight".into(), vec![16, 3, 8, 8]),
+        ("patch_embed.proj.bias".into(), vec![16]),
+    ];
+    for b in 0..2 {
+        for (k, shape) in [("norm1.weight", vec![16]), ("norm1.bias", vec![16]), ("attn.qkv.weight", vec![48, 16]), ("attn.qkv.bias", vec![48]), ("attn.proj.weight", vec![16, 16]), ("attn.proj.bias", vec![16]), ("norm2.weight", vec![16]), ("norm2.bias", vec![16]), ("mlp.fc1.weight", vec![64, 16]), ("mlp.fc1.bias", vec![64]), ("mlp.fc2.weight", vec![16, 64]), ("mlp.fc2.bias", vec![16])] {
+            tensors.push((format!("blocks.{b}.{k}"), shape));
+        }
+    }
+    let bytes: Vec<Vec<u8>> = (tensors.iter().enumerate())
+        .map(|(t, (_, shape))| (0..shape.iter().product::<usize>()).flat_map(|i| (0.02 * ((i * 37 + t * 11) as f32).sin()).to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = (tensors.iter().zip(&bytes))
+        .map(|((k, shape), b)| (k.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("dino-vitb8.safetensors")).unwrap();
+    dir
+}
+
 /// `eval-edit` on the tiny model at 64² (512² costs ~4 s per UNet call of the tiny model on CPU).
 fn eval_edit(out: &Path, more: &[&str]) -> Output {
     let tiny = tiny_sd();
@@ -93,7 +123,7 @@ fn eval_edit(out: &Path, more: &[&str]) -> Output {
     args.extend(more);
     let mut c = Command::new(env!("CARGO_BIN_EXE_edict"));
     c.args(&args).arg("--model").arg(&tiny).arg("--clip").arg(&clip).arg("--data").arg(&data).arg("--out").arg(out);
-    c.arg("--lpips").arg(fixtures().join("tiny-lpips"));
+    c.arg("--lpips").arg(fixtures().join("tiny-lpips")).arg("--dino").arg(tiny_dino());
     c.output().expect("runs edict")
 }
 
@@ -146,6 +176,8 @@ fn eval_edit_runs_the_benchmark_shards_merge_and_resume() {
         assert!(!r["source_prompt"].as_str().unwrap().contains('['), "brackets stripped");
         let whole = r["clip_whole"].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&whole));
+        // the whole image's structure, whatever the mask
+        assert!(r["structure_distance"].as_f64().is_some_and(|d| d.is_finite() && d >= 0.0), "{r}");
         if r["id"] == "000000000002" {
             // the mask is the whole image: no background, and the edited part is the image
             assert!(r["psnr"].is_null() && r["lpips"].is_null() && r["mse"].is_null() && r["ssim"].is_null(), "{r}");
@@ -163,10 +195,11 @@ fn eval_edit_runs_the_benchmark_shards_merge_and_resume() {
         assert!((m["psnr"].as_f64().unwrap() - (psnrs[0] + psnrs[1]) / 2.0).abs() < 1e-12, "{m}");
     }
     let csv = std::fs::read_to_string(dir("full").join("results.csv")).unwrap();
-    assert_eq!(csv.lines().next().unwrap(), "id,method,editing_type_id,psnr,lpips,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt");
-    assert!(csv.lines().nth(7).unwrap().starts_with("\"000000000002\",edict,\"2\",NaN,NaN,NaN,NaN,"), "{csv}");
+    assert_eq!(csv.lines().next().unwrap(), "id,method,editing_type_id,structure_distance,psnr,lpips,mse,ssim,clip_whole,clip_edited,unet_evals,seconds,source_prompt,target_prompt");
+    let row = csv.lines().nth(7).unwrap();
+    assert!(row.starts_with("\"000000000002\",edict,\"2\",") && row.contains(",NaN,NaN,NaN,NaN,"), "{csv}");
     let md = std::fs::read_to_string(dir("full").join("results.md")).unwrap();
-    for want in ["| method | PSNR ↑ | LPIPS ×10³ ↓ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ |", "LPIPS on SqueezeNet `", "| EDICT |", "| DDIM |", "| img2img |", "Excluded as NaN: 1 of 3 images", "not the benchmark's 512²"] {
+    for want in ["| method | Structure ×10³ ↓ | PSNR ↑ | LPIPS ×10³ ↓ | MSE ×10⁴ ↓ | SSIM ×10² ↑ | CLIP whole ↑ | CLIP edited ↑ |", "LPIPS on SqueezeNet `", "key self-similarities `", "| EDICT |", "| DDIM |", "| img2img |", "Excluded as NaN: 1 of 3 images", "not the benchmark's 512²"] {
         assert!(md.contains(want), "results.md lacks {want}:\n{md}");
     }
 
@@ -186,7 +219,7 @@ fn eval_edit_runs_the_benchmark_shards_merge_and_resume() {
     assert_eq!(timeless(json(&dir("merged"))), timeless(full.clone()));
     let no_seconds = |d: &str| -> Vec<String> {
         let text = std::fs::read_to_string(dir(d).join("results.csv")).unwrap();
-        text.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 10).map(|(_, f)| f).collect::<Vec<_>>().join(",")).collect()
+        text.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 11).map(|(_, f)| f).collect::<Vec<_>>().join(",")).collect()
     };
     assert_eq!(no_seconds("merged"), no_seconds("full"));
     assert!(failed(merge("m2", &["s0"])).contains("shard 1/2 missing"));

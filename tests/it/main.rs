@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod clip;
 mod device_errors;
+mod dino;
 mod edict;
 mod eval;
 mod eval_edit;

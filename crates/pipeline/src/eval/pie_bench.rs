@@ -1,13 +1,14 @@
 //! PIE-Bench (Ju et al., *Direct Inversion*, ICLR 2024) as its own evaluation code computes it
 //! (cure-lab/PnPInversion `evaluation/evaluate.py`, `evaluation/matrics_calculator.py`): the
 //! `mapping_file.json` entries, the run-length-encoded edit masks, the background metrics of the
-//! unedited part (PSNR, MSE, SSIM, LPIPS) and the CLIP scores of the whole edited image and of
-//! its edited part.
+//! unedited part (PSNR, MSE, SSIM, LPIPS), the structure distance and the CLIP scores of the
+//! whole edited image and of its edited part.
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use edict_sd::models::clip_score::{ClipImageProcessor, ClipModel, clip_score};
+use edict_sd::models::dino_vit::{DinoVit, self_similarity};
 use edict_sd::models::lpips::Lpips;
 use edict_sd::tokenizer::ClipTokenizer;
 use image::RgbImage;
@@ -214,6 +215,86 @@ pub async fn background_lpips(net: &Lpips, source: &Rgb, edited: &Rgb, mask: &Ma
         (0..3).flat_map(|c| (0..w * h).map(move |i| (img.data[i * 3 + c] as f32 / 255.0 * (1 - mask.data[i]) as f32) * 2.0 - 1.0)).collect()
     };
     Ok(net.distance(&planes(source), &planes(edited), h, w).await?.0)
+}
+
+/// The side PIE-Bench's structure distance resizes to (`Resize(224, max_size=480)`; square
+/// images come out 224×224).
+pub const STRUCTURE_SIDE: usize = 224;
+
+/// ImageNet's channel statistics (`transforms.Normalize`), which the structure distance applies
+/// to 0–255 values, as the benchmark's code does.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// `calculate_structure_distance(src, tgt)`, the whole image (PIE-Bench's table's column): each
+/// image as 0–255 floats (not divided by 255), resized to 224² ([`resize_bilinear_aa`]),
+/// normalised with ImageNet's mean and std, then the MSE between the two self-similarity
+/// matrices of DINO ViT-B/8's last-layer keys. Square images only (PIE-Bench's are): a
+/// non-square one would need DINO's interpolated position embeddings.
+pub async fn structure_distance(net: &DinoVit, source: &Rgb, edited: &Rgb) -> Result<f64> {
+    let (w, h) = (source.width, source.height);
+    if (edited.width, edited.height) != (w, h) || w != h {
+        return Err(PipelineError::Invalid(format!(
+            "the structure distance needs two square images of one size, got {w}×{h} and {}×{}",
+            edited.width, edited.height
+        )));
+    }
+    let side = STRUCTURE_SIDE;
+    let sim = |img: &Rgb| -> Result<Tensor<2>> {
+        let planes: Vec<f32> = (0..3).flat_map(|c| (0..w * h).map(move |i| img.data[i * 3 + c] as f32)).collect();
+        let mut x = resize_bilinear_aa(&planes, 3, h, w, side, side);
+        for (c, plane) in x.chunks_mut(side * side).enumerate() {
+            plane.iter_mut().for_each(|v| *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(x, [1, 3, side, side]), net.device());
+        Ok(self_similarity(net.last_keys(x)?))
+    };
+    let (a, b) = (sim(source)?, sim(edited)?);
+    // row sums, then their sum on the host: a whole-tensor sum on the GPU uses atomics, whose
+    // order (and rounding) varies from run to run
+    let rows = edict_sd::device::backend::read((a - b).powi_scalar(2).sum_dim(1)).await?;
+    Ok(rows.iter().map(|&v| v as f64).sum::<f64>() / (rows.len() * rows.len()) as f64)
+}
+
+/// torch's `interpolate(mode="bilinear", align_corners=False, antialias=True)` (what torchvision's
+/// `Resize` does to tensors) of `c` planes from `h`×`w` to `oh`×`ow`: along each axis PIL's
+/// triangle filter, widened by the scale when shrinking, weights normalised per output pixel;
+/// along rows first, then along columns, in f32 with each tap fused (`fma(src, w, acc)`, as
+/// ATen's vectorised kernel accumulates).
+pub fn resize_bilinear_aa(planes: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+    let (across, down) = (aa_weights(w, ow), aa_weights(h, oh));
+    let mut rows = vec![0f32; c * h * ow];
+    for (src, dst) in planes.chunks(w).zip(rows.chunks_mut(ow)) {
+        for (o, (start, weights)) in dst.iter_mut().zip(&across) {
+            *o = weights.iter().zip(&src[*start..]).fold(0.0, |acc, (wt, v)| v.mul_add(*wt, acc));
+        }
+    }
+    let mut out = vec![0f32; c * oh * ow];
+    for (src, dst) in rows.chunks(h * ow).zip(out.chunks_mut(oh * ow)) {
+        for (y, (start, weights)) in down.iter().enumerate() {
+            for x in 0..ow {
+                dst[y * ow + x] = weights.iter().enumerate().fold(0.0, |acc, (j, wt)| src[(start + j) * ow + x].mul_add(*wt, acc));
+            }
+        }
+    }
+    out
+}
+
+/// Each output position's first input index and weights along an axis of `n` → `m` values
+/// (ATen's `_compute_indices_min_size_weights_aa`, bilinear filter).
+fn aa_weights(n: usize, m: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = n as f32 / m as f32;
+    let (support, invscale) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0, 1.0) };
+    (0..m)
+        .map(|i| {
+            let center = scale * (i as f32 + 0.5);
+            let lo = ((center - support + 0.5) as isize).max(0) as usize;
+            let hi = ((center + support + 0.5) as usize).min(n);
+            let raw: Vec<f32> = (lo..hi).map(|j| (1.0 - ((j as f32 - center + 0.5) * invscale).abs()).max(0.0)).collect();
+            let total: f32 = raw.iter().sum();
+            (lo, raw.iter().map(|w| if total != 0.0 { w / total } else { *w }).collect())
+        })
+        .collect()
 }
 
 /// `np.uint8(img * mask)`: the edited part, black elsewhere.

@@ -5,6 +5,7 @@ pub mod attention_control;
 pub mod autoencoder_tiny;
 pub mod clip_score;
 pub mod clip_text;
+pub mod dino_vit;
 pub mod embeddings;
 pub mod lpips;
 pub mod resnet;
