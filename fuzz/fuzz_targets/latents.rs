@@ -20,5 +20,5 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(back.latent, inv.latent);
     assert_eq!(back.pair, inv.pair);
     assert_eq!(back.prompt, inv.prompt);
-    assert_eq!(back.method, inv.method);
+    assert_eq!(back.settings, inv.settings);
 });

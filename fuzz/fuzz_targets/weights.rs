@@ -29,11 +29,11 @@ fn tiny_clip() -> ClipConfig {
 
 const LAYOUTS: [Layout; 3] = [
     // SD v1.x
-    Layout { unet_layers_per_block: 2, vae_blocks: 4 },
-    // the tiny test model's
-    Layout { unet_layers_per_block: 1, vae_blocks: 2 },
+    Layout { unet_layers_per_block: 2, vae_blocks: 4, text_layers: 12, text_2_layers: 0 },
+    // the tiny CLIP above (one layer), also as SDXL's second encoder
+    Layout { unet_layers_per_block: 1, vae_blocks: 2, text_layers: 1, text_2_layers: 1 },
     // degenerate: no layers, no blocks
-    Layout { unet_layers_per_block: 0, vae_blocks: 0 },
+    Layout { unet_layers_per_block: 0, vae_blocks: 0, text_layers: 0, text_2_layers: 0 },
 ];
 
 fn build(vb: &VarBuilder) {

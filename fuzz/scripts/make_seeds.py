@@ -175,6 +175,44 @@ mappings = {
 for name, m in mappings.items():
     out("pie_mapping", name, json.dumps(m).encode())
 
+# ---------------------------------------------------------------- LoRA files
+# (fuzz_targets/lora.rs resolves them against its small model: cross-attention width 4, 8
+# channels, a fused `in_proj` in the second text encoder, two layers per UNet block)
+def pair(module, down, up, dt="F32", alpha=None):
+    """A module's down and up tensors (suffix, shape), with a scalar f16 alpha when given."""
+    t = [(f"{module}.{d}", dt, shape, rng.standard_normal(int(np.prod(shape)))) for d, shape in (down, up)]
+    return t + ([(f"{module}.alpha", "F16", (), np.array(alpha))] if alpha else [])
+def kohya(module, down, up, **kw):
+    return pair(module, ("lora_down.weight", down), ("lora_up.weight", up), **kw)
+def peft(module, down, up, **kw):
+    return pair(module, ("lora_A.weight", down), ("lora_B.weight", up), **kw)
+ATTN2_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+loras = {
+    "kohya.safetensors": safetensors(
+        kohya("lora_unet_" + ATTN2_K.replace(".", "_"), (2, 4), (8, 2), dt="F16", alpha=1.0)
+        + kohya("lora_unet_down_blocks_0_resnets_0_conv1", (2, 8, 3, 3), (8, 2, 1, 1), alpha=4.0)
+        + kohya("lora_te_text_model_encoder_layers_0_self_attn_q_proj", (2, 4), (4, 2))),
+    "kohya_sgm.safetensors": safetensors(
+        kohya("lora_unet_input_blocks_1_0_in_layers_2", (1, 8, 3, 3), (8, 1, 1, 1))
+        + kohya("lora_unet_input_blocks_1_0_emb_layers_1", (1, 16), (8, 1))
+        + kohya("lora_unet_middle_block_1_proj_in", (1, 8), (8, 1))
+        + kohya("lora_te2_text_model_encoder_layers_0_self_attn_v_proj", (1, 4), (4, 1))),
+    "peft.safetensors": safetensors(
+        peft("unet." + ATTN2_K, (2, 4), (8, 2)) + peft("text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj", (1, 4), (4, 1)),
+        {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 4, "unet.alpha_pattern": {"attn2.to_k": 2},
+                                              "text_encoder_2.lora_alpha": 1, "text_encoder_2.use_rslora": True})}),
+    "tucker.safetensors": safetensors(kohya("lora_unet_down_blocks_0_resnets_0_conv1", (2, 8, 3, 3), (8, 2, 1, 1))
+                                      + [("lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", "F32", (2, 2, 3, 3), np.zeros(36))]),
+    "missing_up.safetensors": safetensors([("unet.mid_block.attentions.0.proj_in.lora_A.weight", "F32", (1, 8), np.ones(8))]),
+    "alpha_vector.safetensors": safetensors(kohya("lora_te_text_model_encoder_layers_0_self_attn_q_proj", (2, 4), (4, 2))
+                                            + [("lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha", "F32", (2,), np.ones(2))]),
+    "bad_pattern.safetensors": safetensors(peft("unet." + ATTN2_K, (2, 4), (8, 2)),
+                                           {"lora_adapter_metadata": json.dumps({"unet.alpha_pattern": {"(": 2}})}),
+    "wrong_shape.safetensors": safetensors(peft("unet." + ATTN2_K, (2, 5), (8, 2))),
+}
+for name, data in loras.items():
+    out("lora", name, data)
+
 # ---------------------------------------------------------------- images
 def save(img, fmt, **kw):
     b = io.BytesIO()
