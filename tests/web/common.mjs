@@ -124,6 +124,11 @@ export async function launch(tmp, flags, viewport = { width: 1280, height: 800 }
     args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
       '--disable-sync', '--no-first-run', '--disable-dev-shm-usage', ...flags],
   }).catch((e) => { throw new Error(`Chromium did not start: ${e.message.split('\n')[0]}`); });
+  // A click whose handler starts wasm work on SwiftShader (Edit, Cancel) holds the page's thread
+  // until that work first yields; with the native tests running beside (./build.sh test) that
+  // took over Playwright's 30 s default, failing a page that works. The waits on states keep
+  // their own limits.
+  ctx.setDefaultTimeout(180_000);
   return { ctx, page: ctx.pages()[0] || (await ctx.newPage()) };
 }
 
