@@ -61,6 +61,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def f32_state(model, skip: str) -> dict:
+    """`model`'s state dict as contiguous CPU f32 tensors, without the keys starting with `skip`;
+    a non-finite value is an error naming its tensor."""
+    import torch
+
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith(skip):
+            continue
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{k}: non-finite values")
+        state[k] = v.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    return state
+
+
 # ----------------------------------------------------------------------------------------------
 # lpips
 # ----------------------------------------------------------------------------------------------
@@ -71,17 +86,9 @@ def lpips_state(model) -> dict:
     state_dict names every head twice; only `lin{k}.*` is kept, as in the LPIPS release files.
     The scaling layer's shift/scale are non-persistent buffers (constants in the Rust port).
     """
-    import torch
-
     if getattr(model, "pnet_type", None) != "squeeze":
         raise ValueError(f"expected an _LPIPS with net='squeeze', got {getattr(model, 'pnet_type', type(model))!r}")
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("lins."):
-            continue
-        if not torch.isfinite(v).all():
-            raise ValueError(f"{k}: non-finite values")
-        state[k] = v.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    state = f32_state(model, skip="lins.")
     heads = [f"lin{k}.model.1.weight" for k in range(7)]
     missing = [k for k in heads if k not in state]
     if missing or len(state) != 57:
@@ -176,15 +183,7 @@ def dino_state(model) -> dict:
     Any `head.*` tensor is left out (the hub model has num_classes=0, so there is none); everything
     else must be exactly the 150 tensors of `dino_vitb8_keys()`, with those shapes.
     """
-    import torch
-
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("head."):
-            continue
-        if not torch.isfinite(v).all():
-            raise ValueError(f"{k}: non-finite values")
-        state[k] = v.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    state = f32_state(model, skip="head.")
     expected = dino_vitb8_keys()
     got = [(k, tuple(v.shape)) for k, v in state.items()]
     if got != expected:
