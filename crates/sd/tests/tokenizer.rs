@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use edict_sd::tokenizer::{BOS, ClipTokenizer, EOS, MAX_LEN};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // `cargo test` names the package at run time; a shared build cache may hold another clone's
+    // compile-time path
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from).join("../..")
 }
 
 /// `tests/fixtures/reference/tokens.json`; `EDICT_TOKENS_JSON` may point elsewhere (development).

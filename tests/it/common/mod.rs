@@ -13,8 +13,15 @@ use edict_sd::model::StableDiffusion;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+/// The checkout's root. `cargo test` names it when it runs the tests; the compile-time value is
+/// only a fallback, because a build cache shared between clones keeps the path of whichever
+/// clone compiled the binary.
+pub fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    root().join("tests/fixtures")
 }
 
 pub fn tiny_sd() -> PathBuf {
