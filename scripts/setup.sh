@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests need on a fresh Debian 12 machine (idempotent):
-# Mesa's lavapipe, a software Vulkan driver, so the wgpu tests run without a GPU.
+# Mesa's lavapipe, a software Vulkan driver, so the wgpu tests run without a GPU; CMake, which
+# builds libjpeg-turbo (the benchmarks' JPEG decoder) from the turbojpeg crate's source.
 set -euo pipefail
 need=()
-for p in mesa-vulkan-drivers libvulkan1 libegl1; do
+for p in mesa-vulkan-drivers libvulkan1 libegl1 cmake; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

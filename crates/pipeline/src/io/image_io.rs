@@ -71,12 +71,7 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
         .into_decoder()
         .map_err(|e| PipelineError::Image(e.to_string()))?;
     let (w, h) = decoder.dimensions();
-    if w as u64 * h as u64 > MAX_PIXELS {
-        return Err(PipelineError::Image(format!(
-            "{w}×{h} is too large (over {} megapixels); downscale it first",
-            MAX_PIXELS / (1024 * 1024)
-        )));
-    }
+    check_decodable(w as u64, h as u64)?;
     decoder
         .set_limits(limits)
         .map_err(|e| PipelineError::Image(e.to_string()))?;
@@ -86,6 +81,32 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
         img.apply_orientation(o);
     }
     Ok(flatten_on_white(img))
+}
+
+/// Decodes an image as Pillow's `Image.open(f).convert("RGB")` does, which is how benchmark
+/// scripts read their images: JPEGs through libjpeg-turbo with its default (accurate) DCT and
+/// smooth chroma upsampling, Pillow's decoder, bit for bit; no EXIF rotation. Other formats as
+/// [`decode`] (lossless, so the same pixels). Native only.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn decode_like_pil(bytes: &[u8]) -> Result<RgbImage> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return decode(bytes);
+    }
+    let bad = |e: turbojpeg::Error| PipelineError::Image(format!("JPEG: {e}"));
+    let header = turbojpeg::read_header(bytes).map_err(bad)?;
+    check_decodable(header.width as u64, header.height as u64)?;
+    let img = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB).map_err(bad)?;
+    let row = img.width * 3;
+    let pixels = img.pixels.chunks(img.pitch).take(img.height).flat_map(|r| &r[..row]).copied().collect();
+    RgbImage::from_raw(img.width as u32, img.height as u32, pixels).ok_or_else(|| PipelineError::Image("JPEG: short pixel buffer".into()))
+}
+
+/// Refuses, before decoding, an image above [`MAX_PIXELS`].
+fn check_decodable(w: u64, h: u64) -> Result<()> {
+    if w * h > MAX_PIXELS {
+        return Err(PipelineError::Image(format!("{w}×{h} is too large (over {} megapixels); downscale it first", MAX_PIXELS / (1024 * 1024))));
+    }
+    Ok(())
 }
 
 fn flatten_on_white(img: DynamicImage) -> RgbImage {
