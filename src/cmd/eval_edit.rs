@@ -177,7 +177,8 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
     for (i, e) in todo.iter().enumerate() {
         let path = a.data.join("annotation_images").join(&e.image_path);
         let bytes = std::fs::read(&path).with_context(|| format!("entry {}: cannot read {}", e.id, path.display()))?;
-        let img = image_io::decode(&bytes).with_context(|| path.display().to_string())?;
+        // as the benchmark's scripts read it (Pillow), so that its metrics are theirs
+        let img = image_io::decode_like_pil(&bytes).with_context(|| path.display().to_string())?;
         if img.dimensions() != (pie_bench::SIDE as u32, pie_bench::SIDE as u32) {
             let (w, h) = img.dimensions();
             bail!("entry {}: {} is {w}×{h}; PIE-Bench's images and masks are {side}×{side}", e.id, path.display(), side = pie_bench::SIDE);
@@ -185,7 +186,13 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
         let (img, _) = image_io::fit(img, size, a.size)?;
         let mask = Mask::decode(&e.mask).with_context(|| format!("entry {}", e.id))?.resized(a.size as usize);
         let source = image_io::from_rgb(&img);
-        let text = pollster::block_on(clip.text(&e.target_prompt))?;
+        let target = Target {
+            entry: e,
+            text: pollster::block_on(clip.text(&e.target_prompt))?,
+            structure: dino.as_ref().map(|net| pie_bench::Structure::of(net, &source)).transpose()?,
+            source,
+            mask,
+        };
         let latent = pollster::block_on(s.editor.encode(image_io::to_pixels(&img), a.size as usize, a.size as usize, None))?;
 
         let mut rows = Vec::new();
@@ -204,7 +211,7 @@ pub fn eval_edit(a: EvalEditArgs) -> Result<()> {
                 EditMethod::Img2img => pollster::block_on(s.editor.img2img(&latent, &e.target_prompt, &settings, a.seed, &mut obs))?,
             };
             let out = pollster::block_on(s.editor.decode(&edited))?;
-            let row = score(&scorers, e, method.name(), &source, &out, &mask, &text)?;
+            let row = score(&scorers, &target, method.name(), &out)?;
             write!(line, " {} {:.2} dB, CLIP {:.2}/{:.2};", method.name(), row.bg.psnr, row.clip_whole, row.clip_edited)?;
             rows.push(EditRow { unet_evals: s.editor.unet_calls - before, seconds: t.elapsed().as_secs_f64(), ..row });
         }
@@ -238,17 +245,29 @@ struct Scorers<'a> {
     dino: Option<&'a DinoVit>,
 }
 
+/// What each method's edit of one entry is scored against, computed once per entry.
+struct Target<'a> {
+    entry: &'a Entry,
+    source: Rgb,
+    mask: Mask,
+    /// the target prompt's CLIP embedding
+    text: Vec<f32>,
+    /// the source's side of the structure distance, with `--dino`
+    structure: Option<pie_bench::Structure>,
+}
+
 /// One edited image's row (without its cost): background metrics against the source, CLIP
 /// scores of the whole image and of the edited part (NaN when the mask is empty).
-fn score(scorers: &Scorers, e: &Entry, method: &'static str, source: &Rgb, out: &Rgb, mask: &Mask, text: &[f32]) -> Result<EditRow> {
+fn score(scorers: &Scorers, target: &Target, method: &'static str, out: &Rgb) -> Result<EditRow> {
+    let Target { entry: e, source, mask, text, structure } = target;
     let clip = scorers.clip;
     let lpips = match scorers.lpips {
         Some(net) => pollster::block_on(pie_bench::background_lpips(net, source, out, mask))?,
         None => f64::NAN,
     };
-    let structure = match scorers.dino {
-        Some(net) => pollster::block_on(pie_bench::structure_distance(net, source, out))?,
-        None => f64::NAN,
+    let structure = match (scorers.dino, structure) {
+        (Some(net), Some(from)) => pollster::block_on(from.distance(net, out))?,
+        _ => f64::NAN,
     };
     let clip_edited = match mask.edited() {
         0 => f64::NAN,
@@ -269,6 +288,13 @@ fn score(scorers: &Scorers, e: &Entry, method: &'static str, source: &Rgb, out: 
         target_prompt: e.target_prompt.clone(),
     })
 }
+
+/// Rows of PnPInversion's Table 1, in its seven columns and units.
+const PUBLISHED: [(&str, [f64; 7]); 3] = [
+    ("DDIM + P2P", [69.43, 17.87, 208.80, 219.88, 71.14, 25.01, 22.44]),
+    ("Null-text inversion + P2P", [13.44, 27.03, 60.67, 35.86, 84.11, 24.75, 21.86]),
+    ("PnP Inversion + P2P", [11.65, 27.22, 54.55, 32.86, 84.76, 25.02, 22.10]),
+];
 
 /// One PIE-Bench entry edited by one method.
 pub struct EditRow {
@@ -453,6 +479,16 @@ impl Row for EditRow {
                 m.unet_evals,
                 m.seconds
             );
+        }
+        if !s.is_null() {
+            for (label, values) in PUBLISHED {
+                let v = values.map(|v| format!("{v:.2}"));
+                t += &format!("| {label} (published) | {} | – | – |\n", v.join(" | "));
+            }
+            t += "\n(published): rows of PnPInversion's Table 1 as its authors print them (Ju et al., ICLR 2024; \
+                  github.com/cure-lab/PnPInversion, `scripts/compare_direct_inversion_with_other_inversion_techniques.png`): \
+                  Stable Diffusion 1.4, PIE-Bench's 700 images, their prompt-to-prompt code and settings; not run here, for scale. \
+                  EDICT is not in that table.\n";
         }
         if let Some(m) = means.first().filter(|m| m.nan.iter().any(|&n| n > 0)) {
             t += &format!(

@@ -111,7 +111,10 @@ fn structure_distance_matches_the_benchmark() {
         assert!(err < 1e-4, "{pair}: relative error {err:e}");
     }
     let a = rgb(&r["pair_a/img0"]);
-    let wide = Rgb { width: 128, height: 512, data: a.data };
+    let wide = Rgb { width: 128, height: 512, data: a.data.clone() };
     let e = pollster::block_on(structure_distance(&net, &wide, &wide)).unwrap_err().to_string();
-    assert!(e.contains("two square images"), "{e}");
+    assert!(e.contains("needs square images, got 128×512"), "{e}");
+    let small = Rgb { width: 128, height: 128, data: a.data[..128 * 128 * 3].to_vec() };
+    let e = pollster::block_on(structure_distance(&net, &a, &small)).unwrap_err().to_string();
+    assert!(e.contains("two images of one size"), "{e}");
 }

@@ -232,28 +232,52 @@ const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// matrices of DINO ViT-B/8's last-layer keys. Square images only (PIE-Bench's are): a
 /// non-square one would need DINO's interpolated position embeddings.
 pub async fn structure_distance(net: &DinoVit, source: &Rgb, edited: &Rgb) -> Result<f64> {
-    let (w, h) = (source.width, source.height);
-    if (edited.width, edited.height) != (w, h) || w != h {
-        return Err(PipelineError::Invalid(format!(
-            "the structure distance needs two square images of one size, got {w}×{h} and {}×{}",
-            edited.width, edited.height
-        )));
-    }
-    let side = STRUCTURE_SIDE;
-    let sim = |img: &Rgb| -> Result<Tensor<2>> {
-        let planes: Vec<f32> = (0..3).flat_map(|c| (0..w * h).map(move |i| img.data[i * 3 + c] as f32)).collect();
-        let mut x = resize_bilinear_aa(&planes, 3, h, w, side, side);
-        for (c, plane) in x.chunks_mut(side * side).enumerate() {
-            plane.iter_mut().for_each(|v| *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
+    Structure::of(net, source)?.distance(net, edited).await
+}
+
+/// A source image's side of [`structure_distance`], computed once and compared with each
+/// method's edit of it.
+pub struct Structure {
+    sim: Tensor<2>,
+    size: (usize, usize),
+}
+
+impl Structure {
+    /// The source's self-similarity matrix.
+    pub fn of(net: &DinoVit, source: &Rgb) -> Result<Self> {
+        let size = (source.width, source.height);
+        if size.0 != size.1 {
+            return Err(PipelineError::Invalid(format!("the structure distance needs square images, got {}×{}", size.0, size.1)));
         }
-        let x = Tensor::<4>::from_data(TensorData::new(x, [1, 3, side, side]), net.device());
-        Ok(self_similarity(net.last_keys(x)?))
-    };
-    let (a, b) = (sim(source)?, sim(edited)?);
-    // row sums, then their sum on the host: a whole-tensor sum on the GPU uses atomics, whose
-    // order (and rounding) varies from run to run
-    let rows = edict_sd::device::backend::read((a - b).powi_scalar(2).sum_dim(1)).await?;
-    Ok(rows.iter().map(|&v| v as f64).sum::<f64>() / (rows.len() * rows.len()) as f64)
+        Ok(Self { sim: self_similarity_of(net, source)?, size })
+    }
+
+    /// The distance from the source to `edited`, an image of the source's size.
+    pub async fn distance(&self, net: &DinoVit, edited: &Rgb) -> Result<f64> {
+        if (edited.width, edited.height) != self.size {
+            return Err(PipelineError::Invalid(format!(
+                "the structure distance needs two images of one size, got {}×{} and {}×{}",
+                self.size.0, self.size.1, edited.width, edited.height
+            )));
+        }
+        let b = self_similarity_of(net, edited)?;
+        // row sums, then their sum on the host: a whole-tensor sum on the GPU uses atomics, whose
+        // order (and rounding) varies from run to run
+        let rows = edict_sd::device::backend::read((self.sim.clone() - b).powi_scalar(2).sum_dim(1)).await?;
+        Ok(rows.iter().map(|&v| v as f64).sum::<f64>() / (rows.len() * rows.len()) as f64)
+    }
+}
+
+/// DINO's key self-similarity of a square image, preprocessed as the benchmark does.
+fn self_similarity_of(net: &DinoVit, img: &Rgb) -> Result<Tensor<2>> {
+    let (w, h, side) = (img.width, img.height, STRUCTURE_SIDE);
+    let planes: Vec<f32> = (0..3).flat_map(|c| (0..w * h).map(move |i| img.data[i * 3 + c] as f32)).collect();
+    let mut x = resize_bilinear_aa(&planes, 3, h, w, side, side);
+    for (c, plane) in x.chunks_mut(side * side).enumerate() {
+        plane.iter_mut().for_each(|v| *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(x, [1, 3, side, side]), net.device());
+    Ok(self_similarity(net.last_keys(x)?))
 }
 
 /// torch's `interpolate(mode="bilinear", align_corners=False, antialias=True)` (what torchvision's
