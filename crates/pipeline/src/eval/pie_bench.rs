@@ -232,6 +232,7 @@ const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// matrices of DINO ViT-B/8's last-layer keys. Square images only (PIE-Bench's are): a
 /// non-square one would need DINO's interpolated position embeddings.
 pub async fn structure_distance(net: &DinoVit, source: &Rgb, edited: &Rgb) -> Result<f64> {
+    same_size((source.width, source.height), edited)?;
     Structure::of(net, source)?.distance(net, edited).await
 }
 
@@ -254,18 +255,24 @@ impl Structure {
 
     /// The distance from the source to `edited`, an image of the source's size.
     pub async fn distance(&self, net: &DinoVit, edited: &Rgb) -> Result<f64> {
-        if (edited.width, edited.height) != self.size {
-            return Err(PipelineError::Invalid(format!(
-                "the structure distance needs two images of one size, got {}×{} and {}×{}",
-                self.size.0, self.size.1, edited.width, edited.height
-            )));
-        }
+        same_size(self.size, edited)?;
         let b = self_similarity_of(net, edited)?;
         // row sums, then their sum on the host: a whole-tensor sum on the GPU uses atomics, whose
         // order (and rounding) varies from run to run
         let rows = edict_sd::device::backend::read((self.sim.clone() - b).powi_scalar(2).sum_dim(1)).await?;
         Ok(rows.iter().map(|&v| v as f64).sum::<f64>() / (rows.len() * rows.len()) as f64)
     }
+}
+
+/// Refuses an edit whose size is not the source's.
+fn same_size(source: (usize, usize), edited: &Rgb) -> Result<()> {
+    if (edited.width, edited.height) != source {
+        return Err(PipelineError::Invalid(format!(
+            "the structure distance needs two images of one size, got {}×{} and {}×{}",
+            source.0, source.1, edited.width, edited.height
+        )));
+    }
+    Ok(())
 }
 
 /// DINO's key self-similarity of a square image, preprocessed as the benchmark does.
