@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::checkpoint::weights::VarBuilder;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::parse_config;
 use crate::layers::nn::{ConvSpec, conv2d, conv_forward, fused_qkv, layer_norm, linear};
 use crate::models::clip_text::{ClipAttention, ClipEncoderLayer};

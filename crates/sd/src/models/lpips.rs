@@ -7,9 +7,11 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor, TensorData};
+#[cfg(not(target_arch = "wasm32"))]
 use serde::Deserialize;
 
 use crate::checkpoint::weights::VarBuilder;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::parse_config;
 use crate::layers::nn::{ConvSpec, conv2d, conv_forward};
 use crate::{Result, SdError};
@@ -19,6 +21,7 @@ pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "lpips-squeeze.safetensors";
 
 /// `config.json`: which backbone the heads were trained on; only SqueezeNet is PIE-Bench's.
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug, Deserialize)]
 struct LpipsConfig {
     net_type: String,
