@@ -85,8 +85,9 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
 
 /// Decodes an image as Pillow's `Image.open(f).convert("RGB")` does, which is how benchmark
 /// scripts read their images: JPEGs through libjpeg-turbo with its default (accurate) DCT and
-/// smooth chroma upsampling, Pillow's decoder, bit for bit; no EXIF rotation. Other formats as
-/// [`decode`] (lossless, so the same pixels). Native only.
+/// smooth chroma upsampling, Pillow's decoder, bit for bit; no EXIF rotation. Other formats go
+/// through [`decode`], which gives Pillow's pixels for 8-bit RGB and grey files (not for alpha,
+/// which it composites on white where Pillow drops it). Native only.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn decode_like_pil(bytes: &[u8]) -> Result<RgbImage> {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
