@@ -150,7 +150,8 @@ async function browser(base, photo, tmp) {
     await fillForm(page, photo, { source: SOURCE, target: TARGET, steps: STEPS, strength: STRENGTH, size: SIZE });
     t = Date.now();
     await page.click('#edit');
-    const done = await waitLogged(page, ['done', 'failed', 'cancelled'], TIMEOUT_MS, 'stage');
+    // 'recovered': the device was lost (the GPU process gone) and the page is ready to retry
+    const done = await waitLogged(page, ['done', 'failed', 'cancelled', 'recovered'], TIMEOUT_MS, 'stage');
     results.web_edit_s = secs(t);
     results.web_wasm_peak_gib = (await wasmBytes(page)) / GIB;
     if (!check(done === 'done', `edit of a ${SIZE}x${SIZE} photo (${STEPS} steps, strength ${STRENGTH}) in ${results.web_edit_s.toFixed(1)} s: ${await page.textContent('#stage')}`)) {
