@@ -94,12 +94,15 @@ pub fn decode_like_pil(bytes: &[u8]) -> Result<RgbImage> {
         return decode(bytes);
     }
     let bad = |e: turbojpeg::Error| PipelineError::Image(format!("JPEG: {e}"));
-    let header = turbojpeg::read_header(bytes).map_err(bad)?;
-    check_decodable(header.width as u64, header.height as u64)?;
-    let img = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB).map_err(bad)?;
-    let row = img.width * 3;
-    let pixels = img.pixels.chunks(img.pitch).take(img.height).flat_map(|r| &r[..row]).copied().collect();
-    RgbImage::from_raw(img.width as u32, img.height as u32, pixels).ok_or_else(|| PipelineError::Image("JPEG: short pixel buffer".into()))
+    let mut decompressor = turbojpeg::Decompressor::new().map_err(bad)?;
+    let header = decompressor.read_header(bytes).map_err(bad)?;
+    let (width, height) = (header.width, header.height);
+    check_decodable(width as u64, height as u64)?;
+    // decoded straight into the image's rows
+    let mut img = RgbImage::new(width as u32, height as u32);
+    let output = turbojpeg::Image { pixels: &mut *img, width, pitch: 3 * width, height, format: turbojpeg::PixelFormat::RGB };
+    decompressor.decompress(bytes, output).map_err(bad)?;
+    Ok(img)
 }
 
 /// Refuses, before decoding, an image above [`MAX_PIXELS`].

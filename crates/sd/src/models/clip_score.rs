@@ -461,23 +461,22 @@ impl ClipImageProcessor {
 /// a fifth, up to 6 levels (tests/it/images.rs's photos).
 pub fn resize_bicubic_like_pil(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (w, h) = image.dimensions();
-    let mut out = image.clone();
-    if width != w {
+    let rows = (width != w).then(|| {
         let taps = pil_bicubic_taps(w, width);
-        out = RgbImage::from_fn(width, h, |x, y| {
+        RgbImage::from_fn(width, h, |x, y| {
             let (first, k) = &taps[x as usize];
             Rgb(pil_sum(k, |i| image.get_pixel(first + i, y).0))
-        });
+        })
+    });
+    if height == h {
+        return rows.unwrap_or_else(|| image.clone());
     }
-    if height != h {
-        let taps = pil_bicubic_taps(h, height);
-        let rows = out;
-        out = RgbImage::from_fn(width, height, |x, y| {
-            let (first, k) = &taps[y as usize];
-            Rgb(pil_sum(k, |i| rows.get_pixel(x, first + i).0))
-        });
-    }
-    out
+    let rows = rows.as_ref().unwrap_or(image);
+    let taps = pil_bicubic_taps(h, height);
+    RgbImage::from_fn(width, height, |x, y| {
+        let (first, k) = &taps[y as usize];
+        Rgb(pil_sum(k, |i| rows.get_pixel(x, first + i).0))
+    })
 }
 
 /// Pillow's `PRECISION_BITS` (32 − 8 − 2): weights are scaled by 2²² and rounded.
@@ -500,16 +499,17 @@ fn pil_bicubic_taps(in_size: u32, out_size: u32) -> Vec<(u32, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = 2.0 * filter_scale;
+    // Pillow multiplies by the reciprocal (dividing would round differently)
+    let inv = 1.0 / filter_scale;
+    let one = (1u32 << PIL_PRECISION_BITS) as f64;
     (0..out_size)
         .map(|o| {
             let center = (o as f64 + 0.5) * scale;
             // C's truncating (int) casts, as Pillow rounds the window's ends
             let first = ((center - support + 0.5) as i64).max(0);
             let end = ((center + support + 0.5) as i64).min(in_size as i64);
-            let inv = 1.0 / filter_scale;
             let weights: Vec<f64> = (first..end).map(|i| cubic((i as f64 - center + 0.5) * inv)).collect();
             let total: f64 = weights.iter().sum();
-            let one = (1u32 << PIL_PRECISION_BITS) as f64;
             let fixed = weights
                 .iter()
                 .map(|&v| {
