@@ -3,6 +3,12 @@
 //! weight files this way, so wasm memory never holds a whole file (SDXL's fp16 UNet alone is
 //! 5.1 GB; wasm32 has 4 GiB).
 //!
+//! Tensors of up to [`PACK_BYTES`] share device buffers of about that size ("packs"), each a
+//! view of its pack: one buffer per tensor costs more than the tensor where a buffer is host
+//! memory (Chromium's SwiftShader keeps each above about 1 MiB on the GPU process's heap, in
+//! 2 MiB steps out of 16 GiB of address space: one buffer per tensor turned SDXL's 12.9 GiB of
+//! f32 weights into 14.6 GiB and crashed the process at the first edit).
+//!
 //! Matrices stay on the device only: the layers that need one on the host in the usual layout
 //! (`linear`) take it transposed on the device instead. Tensors of other ranks up to
 //! [`HOST_COPY_ELEMENTS`] values (biases, norms, small convolutions: what the fingerprint and
@@ -19,11 +25,20 @@ use std::rc::Rc;
 
 use crate::checkpoint::lora::{Lora, Merges};
 use crate::checkpoint::single_file::{Layout as BlockLayout, Part};
-use crate::checkpoint::weights::{decode, upload};
+use crate::checkpoint::weights::{decode, decode_into, upload};
+use crate::device::backend::execution_error;
 use crate::{Result, SdError};
 
 /// Largest tensor (other than a matrix) also kept on the host.
 pub const HOST_COPY_ELEMENTS: usize = 1 << 16;
+
+/// The size a pack of device tensors is filled up to.
+pub const PACK_BYTES: usize = 64 << 20;
+
+/// Where tensors start and end in a pack, in bytes: WebGPU's largest
+/// `minStorageBufferOffsetAlignment`, at which burn slices a buffer without copying it. A tensor
+/// whose length is not a multiple of it gets a buffer of its own.
+const PACK_ALIGN: usize = 256;
 
 /// safetensors' own bound on a header.
 const MAX_HEADER_BYTES: usize = 100_000_000;
@@ -85,8 +100,6 @@ fn parse_header(header: &[u8]) -> std::result::Result<Vec<(String, Entry)>, Stri
 /// [`WeightStream::finish`]).
 pub struct WeightStream {
     name: String,
-    device: Device,
-    dtype: DType,
     /// The stored key → the key a network asks for (as the whole-file loaders map them).
     map: fn(&str) -> String,
     /// Bytes received and not yet consumed; `buf[0]` is the file's byte `at`.
@@ -99,14 +112,23 @@ pub struct WeightStream {
     /// LoRAs to merge, found in the header once it is in ([`Merges::resolve`]).
     loras: Option<(Vec<Rc<Lora>>, Part, BlockLayout)>,
     merges: Merges,
+    pack: Pack,
+}
+
+/// The pack being filled for a device and dtype: its values, and its tensors (key, shape, host
+/// copy, range in it).
+struct Pack {
+    device: Device,
+    dtype: DType,
+    values: Vec<f32>,
+    members: Vec<(String, Vec<usize>, Option<Vec<f32>>, std::ops::Range<usize>)>,
+    limit_bytes: usize,
 }
 
 impl WeightStream {
     pub fn new(name: impl Into<String>, device: &Device, dtype: DType, map: fn(&str) -> String) -> Self {
         Self {
             name: name.into(),
-            device: device.clone(),
-            dtype,
             map,
             buf: Vec::new(),
             at: 0,
@@ -115,6 +137,7 @@ impl WeightStream {
             tensors: HashMap::new(),
             loras: None,
             merges: Merges::default(),
+            pack: Pack { device: device.clone(), dtype, values: Vec::new(), members: Vec::new(), limit_bytes: PACK_BYTES },
         }
     }
 
@@ -152,24 +175,35 @@ impl WeightStream {
             }
             // within `buf`, whose length is a usize
             let raw = &self.buf[(range.start - self.at) as usize..(range.end - self.at) as usize];
-            let mut values = decode(*dtype, raw).ok_or_else(|| SdError::Dtype {
-                file: self.name.clone(),
-                key: key.clone(),
-                dtype: format!("{dtype:?}"),
-            })?;
+            let bad_dtype = || SdError::Dtype { file: self.name.clone(), key: key.clone(), dtype: format!("{dtype:?}") };
             let mapped = (self.map)(key);
-            self.merges.apply(&mapped, &mut values);
-            let keep = (shape.len() != 2 && values.len() <= HOST_COPY_ELEMENTS) || mapped.ends_with("token_embedding.weight");
-            let host = keep.then(|| values.clone());
-            let n = values.len();
-            let device = upload(values, [n], &self.device, self.dtype);
-            self.tensors.insert(mapped, StreamedTensor { shape: shape.clone(), device, host });
+            let n = shape.iter().product::<usize>();
+            let keep = (shape.len() != 2 && n <= HOST_COPY_ELEMENTS) || mapped.ends_with("token_embedding.weight");
+            if self.pack.takes(n) {
+                // decoded straight into the pack: no buffer of the tensor's size comes and goes
+                let at = self.pack.room(n, &mut self.tensors);
+                if !decode_into(*dtype, raw, &mut self.pack.values) {
+                    return Err(bad_dtype());
+                }
+                let values = &mut self.pack.values[at..];
+                self.merges.apply(&mapped, values);
+                let host = keep.then(|| values.to_vec());
+                self.pack.members.push((mapped, shape.clone(), host, at..at + n));
+            } else {
+                let mut values = decode(*dtype, raw).ok_or_else(bad_dtype)?;
+                self.merges.apply(&mapped, &mut values);
+                let host = keep.then(|| values.clone());
+                let device = upload(values, [n], &self.pack.device, self.pack.dtype);
+                self.tensors.insert(mapped, StreamedTensor { shape: shape.clone(), device, host });
+            }
             done = range.end;
             self.next += 1;
         }
         self.buf.drain(..(done - self.at) as usize);
         self.at = done;
-        Ok(())
+        // the uploads' bytes stay on the host until cubecl runs its queued work: without this,
+        // about 20 queued packs held 1.2 GiB of wasm memory
+        self.pack.device.flush().map_err(execution_error)
     }
 
     /// Parses the header once its bytes are in; false while they are not.
@@ -199,7 +233,7 @@ impl WeightStream {
     }
 
     /// The file's tensors; an error when it ended before all of them arrived.
-    pub fn finish(self) -> Result<StreamedFile> {
+    pub fn finish(mut self) -> Result<StreamedFile> {
         let total = self.layout.as_ref().map(|l| l.order.len());
         if total != Some(self.next) {
             let got = self.at + self.buf.len() as u64;
@@ -208,7 +242,44 @@ impl WeightStream {
                 Some(t) => format!("the file ended after {got} bytes, {} of its {t} tensors", self.next),
             }));
         }
+        self.pack.upload(&mut self.tensors);
+        self.pack.device.flush().map_err(execution_error)?;
         Ok(StreamedFile { name: self.name, tensors: self.tensors })
+    }
+}
+
+impl Pack {
+    /// Whether a tensor of `n` values goes into a pack: not larger than one, and of a length
+    /// that keeps the next tensor aligned.
+    fn takes(&self, n: usize) -> bool {
+        let bytes = n * self.dtype.size();
+        bytes <= self.limit_bytes && bytes.is_multiple_of(PACK_ALIGN)
+    }
+
+    /// Room for `n` more values (the pack uploaded first when they would not fit): where they
+    /// start.
+    fn room(&mut self, n: usize, tensors: &mut HashMap<String, StreamedTensor>) -> usize {
+        if (self.values.len() + n) * self.dtype.size() > self.limit_bytes {
+            self.upload(tensors);
+        }
+        if self.values.capacity() == 0 {
+            // the whole pack at once: a Vec doubling its way up would leave wasm memory (which
+            // never shrinks) fragmented by chunks of every size on the way
+            self.values.reserve_exact(self.limit_bytes / self.dtype.size());
+        }
+        self.values.len()
+    }
+
+    /// Uploads the pack and gives each of its tensors its view of it.
+    fn upload(&mut self, tensors: &mut HashMap<String, StreamedTensor>) {
+        if self.members.is_empty() {
+            return;
+        }
+        let n = self.values.len();
+        let pack = upload(std::mem::take(&mut self.values), [n], &self.device, self.dtype);
+        for (key, shape, host, range) in self.members.drain(..) {
+            tensors.insert(key, StreamedTensor { shape, device: pack.clone().slice(range), host });
+        }
     }
 }
 
@@ -258,6 +329,32 @@ mod tests {
         let mut s = WeightStream::new("f", &device, DType::F32, |k| k.to_string());
         let e = s.push(&[9, 0, 0, 0, 0, 0, 0, 0, b'{', b'x', 0, 0, 0, 0, 0, 0, 0]).err().unwrap().to_string();
         assert!(e.contains("bad header"), "{e}");
+    }
+
+    /// Tensors in packs (several per pack, a new pack when one is full), alone (larger than a
+    /// pack, or of a length off the pack's alignment), in f32 and f16: each reads back as stored.
+    #[test]
+    fn packed_tensors_read_back_as_stored() {
+        // small multiples of 1/8: exact in f16 too
+        let values = |n: usize, k: usize| (0..n).map(|i| ((i * 7 + k) % 97) as f32 / 8.0).collect::<Vec<f32>>();
+        let sizes = [64, 128, 3, 64, 512, 64, 300, 256, 64];
+        let tensors: Vec<(String, Vec<f32>, Vec<usize>)> = sizes.iter().enumerate().map(|(k, &n)| (format!("t{k}.weight"), values(n, k), vec![n])).collect();
+        let refs: Vec<(&str, Vec<f32>, Vec<usize>)> = tensors.iter().map(|(k, v, s)| (k.as_str(), v.clone(), s.clone())).collect();
+        let bytes = file(&refs);
+        let device = Device::flex();
+        for dtype in [DType::F32, DType::F16] {
+            let mut s = WeightStream::new("f", &device, dtype, |k| k.to_string());
+            // 1 KiB packs: 256 f32 values or 512 f16 ones
+            s.pack.limit_bytes = 1024;
+            for p in bytes.chunks(100) {
+                s.push(p).unwrap();
+            }
+            let f = s.finish().unwrap();
+            for (k, v, _) in &tensors {
+                let got: Vec<f32> = f.tensors[k].device.clone().into_data().convert::<f32>().iter::<f32>().collect();
+                assert_eq!(&got, v, "{k} in {dtype:?}");
+            }
+        }
     }
 
     /// The header of a file with `entries` (JSON objects by key), as bytes.

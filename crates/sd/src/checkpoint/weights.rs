@@ -191,12 +191,19 @@ fn trim_ones(stored: &[usize], rank: usize) -> &[usize] {
 
 /// Little-endian f32, f16 or bf16 values as f32; `None` for other dtypes.
 pub(crate) fn decode(dtype: StDtype, raw: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        StDtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        StDtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        StDtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => return None,
-    })
+    let mut values = Vec::new();
+    decode_into(dtype, raw, &mut values).then_some(values)
+}
+
+/// [`decode`], appending to `values`; false (and nothing appended) for other dtypes.
+pub(crate) fn decode_into(dtype: StDtype, raw: &[u8], values: &mut Vec<f32>) -> bool {
+    match dtype {
+        StDtype::F32 => values.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        StDtype::F16 => values.extend(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        StDtype::BF16 => values.extend(raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        _ => return false,
+    }
+    true
 }
 
 /// Host values as a device tensor in `dtype`.
