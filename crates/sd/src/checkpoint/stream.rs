@@ -32,7 +32,8 @@ use crate::{Result, SdError};
 /// Largest tensor (other than a matrix) also kept on the host.
 pub const HOST_COPY_ELEMENTS: usize = 1 << 16;
 
-/// The size a pack of device tensors is filled up to.
+/// The size a pack of device tensors is filled up to, in the device's dtype (its f32 values on
+/// the host take up to twice that for f16 networks).
 pub const PACK_BYTES: usize = 64 << 20;
 
 /// Where tensors start and end in a pack, in bytes: WebGPU's largest
@@ -249,11 +250,12 @@ impl WeightStream {
 }
 
 impl Pack {
-    /// Whether a tensor of `n` values goes into a pack: not larger than one, and of a length
-    /// that keeps the next tensor aligned.
+    /// Whether a tensor of `n` values goes into a pack: not empty (an empty view of a pack is
+    /// no saving, and an empty tensor keeps the upload it always had), not larger than a pack,
+    /// and of a length that keeps the next tensor aligned.
     fn takes(&self, n: usize) -> bool {
         let bytes = n * self.dtype.size();
-        bytes <= self.limit_bytes && bytes.is_multiple_of(PACK_ALIGN)
+        n > 0 && bytes <= self.limit_bytes && bytes.is_multiple_of(PACK_ALIGN)
     }
 
     /// Room for `n` more values (the pack uploaded first when they would not fit): where they
