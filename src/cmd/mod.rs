@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use edict_pipeline::io::image_io::{self, Size};
 use edict_pipeline::io::latents;
-use edict_pipeline::editor::{Editor, Quiet, Rgb};
+use edict_pipeline::editor::{Editor, MemoryLimit, Quiet, Rgb};
 use edict_pipeline::ops::{self, Photo};
 use edict_pipeline::settings::{Method, Settings};
 use edict_sd::device::backend::{Backend, device};
@@ -258,7 +258,7 @@ pub fn open(m: &ModelArgs) -> Result<Session> {
     bars.note(&format!("loaded {model_name} (fingerprint {}) on {backend} ({:.1}s)", model.fingerprint, t.elapsed().as_secs_f64()));
     let mut editor = Editor::new(model, dev);
     // on the CPU, images too large for the memory left are refused (GPUs report failed allocations)
-    editor.free_memory = (backend == Backend::Cpu).then_some(available_memory as fn() -> Option<u64>);
+    editor.memory = (backend == Backend::Cpu).then_some(MemoryLimit::Host(available_memory));
     Ok(Session { editor, model_name, bars })
 }
 

@@ -500,7 +500,8 @@ async function screenshots(page, name, full) {
 }
 
 /**
- * The edit controls through the page: a word weight on no target's word is refused at once; a
+ * The edit controls through the page: on SwiftShader an 8192×8192 image is refused at once (the
+ * VAE alone would overflow its buffer heap); a word weight on no target's word is refused at once; a
  * prompt-to-prompt edit (partial windows) into two targets with a word weight equals the CLI's
  * with the same flags, per target, with the preview drawn for both stages (and screenshots taken
  * during and after it); editing a saved pair into two targets works, and the wasm module's word
@@ -509,6 +510,15 @@ async function screenshots(page, name, full) {
  * edit's images bit for bit.
  */
 async function testControls(page, web, cli, cliP2pDone) {
+  if (/swiftshader/i.test(await page.textContent('#gpu-status'))) {
+    for (const id of ['width', 'height']) await page.fill(`#${id}`, '8192');
+    await page.click('#edit');
+    const heap = await waitState(page, ['invalid', 'busy'], 10_000);
+    const heapMsg = await page.textContent('#message');
+    check(heap === 'invalid' && /8192×8192 image needs at least 16\.0 GiB .*SwiftShader/.test(heapMsg),
+      `on SwiftShader an image its buffer heap cannot hold is refused at once by the wasm module's check: "${heapMsg.slice(0, 200)}…"`);
+    for (const id of ['width', 'height']) await page.fill(`#${id}`, `${SIZE}`);
+  }
   await page.fill('#reweight', 'zebra=2');
   await page.click('#edit');
   const bad = await waitState(page, ['invalid', 'busy'], 10_000);

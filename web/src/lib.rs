@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, DeviceKind};
+use edict_pipeline::editor::{MemoryLimit, SWIFTSHADER_HEAP_BYTES};
 use edict_sd::config::{Precision, SdConfigs};
 use wasm_bindgen::prelude::*;
 
@@ -133,8 +134,17 @@ impl Gpu {
         }
     }
 
+    /// The bound on image sizes this adapter cannot report itself: SwiftShader (Chromium's
+    /// software WebGPU) keeps buffers on the GPU process's heap, which dies when it is full.
+    pub(crate) fn memory_limit(&self, weight_bytes: u64) -> Option<MemoryLimit> {
+        let i = &self.info;
+        let named = [&i.name, &i.driver, &i.driver_info].iter().any(|s| s.to_lowercase().contains("swiftshader"));
+        named.then_some(MemoryLimit::SwiftShader { weights: weight_bytes })
+    }
+
     /// What the model needs at its native image size, as a sentence for the page; an error
-    /// when its largest buffer exceeds the adapter's limits (before anything is downloaded).
+    /// when its largest buffer exceeds the adapter's limits or, on SwiftShader, its weights
+    /// leave no room for a 64×64 image (before anything is downloaded).
     pub(crate) fn check_limits(&self, c: &SdConfigs, precision: Precision) -> Result<String, JsError> {
         let side = c.default_long_side() as usize;
         let f = c.footprint(precision, side, side);
@@ -151,10 +161,28 @@ impl Gpu {
             )));
         }
         let gb = |b: u64| b as f64 / 1e9;
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let heap = match self.memory_limit(f.weight_bytes) {
+            None => String::new(),
+            Some(limit) => match limit.largest_square(&c.vae, c.vae_precision(precision).element_bytes()) {
+                Some(fits) => format!(
+                    " On SwiftShader (software WebGPU) all buffers share a {:.1} GiB heap, which images above about {fits}×{fits} overflow.",
+                    gib(SWIFTSHADER_HEAP_BYTES)
+                ),
+                None => {
+                    return Err(JsError::new(&format!(
+                        "this model's weights take {:.1} GiB in {precision}, which leaves no room for images on the \
+                         {:.1} GiB heap SwiftShader (software WebGPU) keeps all buffers on; use a GPU",
+                        gib(f.weight_bytes),
+                        gib(SWIFTSHADER_HEAP_BYTES)
+                    )));
+                }
+            },
+        };
         Ok(format!(
             "This model needs about {:.1} GB of GPU memory in {precision}: {:.1} GB of weights ({:.1} M values) \
              and at least {:.1} GB more while the VAE works on a {side}×{side} image. Its largest buffer is \
-             {} MiB; this adapter allows {} MiB.",
+             {} MiB; this adapter allows {} MiB.{heap}",
             gb(f.weight_bytes + f.activation_bytes),
             gb(f.weight_bytes),
             f.device_parameters as f64 / 1e6,

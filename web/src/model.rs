@@ -145,7 +145,11 @@ impl ModelBuilder {
         let warning = model.unused_keys.first().map(|k| {
             format!("{} weights in the files were not used (e.g. {k})", model.unused_keys.len())
         });
-        Ok(Session::new(Editor::new(model, gpu.device.clone()), gpu.lost.clone(), name, precision, warning))
+        let side = model.configs.default_long_side() as usize;
+        let weight_bytes = model.configs.footprint(precision, side, side).weight_bytes;
+        let mut editor = Editor::new(model, gpu.device.clone());
+        editor.memory = gpu.memory_limit(weight_bytes);
+        Ok(Session::new(editor, gpu.lost.clone(), name, precision, warning))
     }
 }
 

@@ -341,14 +341,17 @@ impl Session {
         self.preview_decoder_repo.to_string()
     }
 
-    /// Checks `options` (and, given `targets`, the edit into them against the model's tokens)
-    /// before any work, with the error the operation would end in.
+    /// Checks `options` (a given image size against the memory the device can give it, and,
+    /// given `targets`, the edit into them against the model's tokens) before any work, with
+    /// the error the operation would end in.
     pub fn check(&self, options: JsValue, targets: Option<Vec<String>>) -> Result<(), JsError> {
         let o = Options::read(options).map_err(crate::js_err)?;
         let editor = self.editor.borrow();
         let ed = editor.as_ref().ok_or_else(|| JsError::new("another operation is still running on this model"))?;
         o.settings.validate(&ed.schedule).map_err(crate::js_err)?;
-        o.size().map_err(crate::js_err)?;
+        if let Size::Exact { width, height } = o.size().map_err(crate::js_err)? {
+            ed.check_fits_memory(width as usize, height as usize).map_err(crate::js_err)?;
+        }
         if let Some(targets) = targets {
             ed.check_edit(&o.controls.spec(targets).map_err(crate::js_err)?).map_err(crate::js_err)?;
         }

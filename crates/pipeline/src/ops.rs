@@ -25,9 +25,11 @@ pub struct Photo {
 /// Sizes a decoded photo for the model (`size`, else the model's native long side) and encodes
 /// it; `seed` samples the VAE posterior instead of taking its mean.
 pub async fn encode_photo(ed: &mut Editor, img: RgbImage, size: Size, seed: Option<u64>, obs: &mut dyn Observer) -> Result<Photo> {
-    let (img, sizing) = image_io::fit(img, size, ed.model.configs.default_long_side())?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    ed.check_fits_memory(w, h)?;
+    let long_side = ed.model.configs.default_long_side();
+    let (w, h) = image_io::fitting(img.dimensions(), size, long_side)?.size;
+    ed.check_fits_memory(w as usize, h as usize)?;
+    let (img, sizing) = image_io::fit(img, size, long_side)?;
+    let (w, h) = (w as usize, h as usize);
     obs.vae(Progress { stage: "encode", done: 0, total: 1 });
     let latent = ed.encode(image_io::to_pixels(&img), h, w, seed).await?;
     obs.vae(Progress { stage: "encode", done: 1, total: 1 });

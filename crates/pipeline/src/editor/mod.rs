@@ -108,9 +108,9 @@ pub struct Editor {
     warmed: Vec<WarmShape>,
     /// Warm-up calls made so far.
     pub warm_up_calls: usize,
-    /// Where the device's memory is the host's (the CPU backend): how much can still be
-    /// allocated, read before each image-sized step ([`Self::check_fits_memory`]).
-    pub free_memory: Option<fn() -> Option<u64>>,
+    /// What bounds image-sized steps' memory where overrunning it would not fail cleanly, read
+    /// before each of them ([`Self::check_fits_memory`]).
+    pub memory: Option<MemoryLimit>,
     /// Decodes the live previews instead of the linear latent→RGB map ([`Self::set_preview_decoder`]).
     preview_decoder: Option<AutoencoderTiny>,
 }
@@ -152,7 +152,7 @@ impl Editor {
             unet_calls: 0,
             warmed: Vec::new(),
             warm_up_calls: 0,
-            free_memory: None,
+            memory: None,
             preview_decoder: None,
         }
     }
@@ -183,11 +183,11 @@ impl Editor {
     }
 
     /// Refuses a `width`×`height` image whose VAE activations cannot fit in what
-    /// [`Self::free_memory`] reports ([`check_memory`]); GPU allocations that fail are reported
-    /// by the device instead.
+    /// [`Self::memory`] leaves ([`check_memory`]); elsewhere GPU allocations that fail are
+    /// reported by the device instead.
     pub fn check_fits_memory(&self, width: usize, height: usize) -> Result<()> {
-        match self.free_memory.and_then(|free| free()) {
-            Some(available) => check_memory(&self.model.configs.vae, width, height, self.vae_dtype().size(), available),
+        match self.memory.and_then(|m| m.available()) {
+            Some((available, held)) => check_memory(&self.model.configs.vae, width, height, self.vae_dtype().size(), available, &held),
             None => Ok(()),
         }
     }
@@ -332,15 +332,62 @@ impl Editor {
     }
 }
 
-/// Refuses an image size whose VAE activations cannot fit in `available` bytes (the CPU
-/// backend's free memory), rather than run for minutes and be killed by the OS.
-pub fn check_memory(vae: &VaeConfig, width: usize, height: usize, element_bytes: usize, available: u64) -> Result<()> {
+/// Buffers SwiftShader holds before Chromium's GPU process dies. They live on that process's
+/// PartitionAlloc heap: 16 GiB of address space, each buffer above about 1 MiB reserved in 2 MiB
+/// steps, so 64 MiB weight packs (`edict_sd::checkpoint::stream::PACK_BYTES`) fill it at
+/// 16 GiB × 64/66 (a probe page fitted 15.6 GiB of 50 MiB buffers, Chromium 156).
+pub const SWIFTSHADER_HEAP_BYTES: u64 = (16 << 30) / 66 * 64;
+
+/// What bounds the memory of image-sized steps where running past it fails badly.
+#[derive(Debug, Clone, Copy)]
+pub enum MemoryLimit {
+    /// The host's memory (the CPU backend; the OS kills the process that exhausts it): what can
+    /// still be allocated, read each time.
+    Host(fn() -> Option<u64>),
+    /// SwiftShader's heap ([`SWIFTSHADER_HEAP_BYTES`]), of which the weights hold `weights`
+    /// bytes; overrunning it kills the browser's GPU process.
+    SwiftShader { weights: u64 },
+}
+
+impl MemoryLimit {
+    /// Bytes image-sized steps can still take, and what holds the rest, for the error.
+    pub fn available(&self) -> Option<(u64, String)> {
+        match *self {
+            Self::Host(free) => free().map(|b| (b, String::new())),
+            Self::SwiftShader { weights } => Some((
+                SWIFTSHADER_HEAP_BYTES.saturating_sub(weights),
+                format!(
+                    " (SwiftShader, the browser's software WebGPU, keeps all buffers on a {:.1} GiB heap and the \
+                     weights take {:.1} GiB)",
+                    gib(SWIFTSHADER_HEAP_BYTES),
+                    gib(weights)
+                ),
+            )),
+        }
+    }
+
+    /// The largest square image side, a multiple of 64, whose VAE activations in
+    /// `element_bytes` fit ([`check_memory`]); `None` when not even 64×64 does.
+    pub fn largest_square(&self, vae: &VaeConfig, element_bytes: usize) -> Option<usize> {
+        let (available, _) = self.available()?;
+        let per_pixel = vae.activation_bytes(1, 1, element_bytes).max(1);
+        let side = ((available / per_pixel) as f64).sqrt() as usize / 64 * 64;
+        (side > 0).then_some(side)
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Refuses an image size whose VAE activations cannot fit in `available` bytes (`held`: what
+/// takes the rest, said in the error), rather than run for minutes and be killed.
+pub fn check_memory(vae: &VaeConfig, width: usize, height: usize, element_bytes: usize, available: u64, held: &str) -> Result<()> {
     let need = vae.activation_bytes(width, height, element_bytes);
     if need > available {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         return Err(PipelineError::Invalid(format!(
             "a {width}×{height} image needs at least {:.1} GiB of memory in the VAE, but {:.1} GiB is \
-             available; use a smaller size or a GPU",
+             available{held}; use a smaller size or a GPU",
             gib(need),
             gib(available)
         )));
@@ -358,8 +405,31 @@ mod tests {
         // 4 tensors × 256 channels × 4 bytes at 1024²: 4 GiB
         assert_eq!(sd.activation_bytes(1024, 1024, 4), 4 << 30);
         assert_eq!(sd.activation_bytes(1024, 1024, 2), 2 << 30);
-        assert!(check_memory(&sd, 1024, 1024, 4, 5 << 30).is_ok());
-        let err = check_memory(&sd, 1024, 1024, 4, 3 << 30).unwrap_err().to_string();
+        assert!(check_memory(&sd, 1024, 1024, 4, 5 << 30, "").is_ok());
+        let err = check_memory(&sd, 1024, 1024, 4, 3 << 30, "").unwrap_err().to_string();
         assert!(err.starts_with("a 1024×1024 image needs at least 4.0 GiB of memory in the VAE, but 3.0 GiB"), "{err}");
+    }
+
+    /// SDXL in f32 (SwiftShader has no shader-f16) on SwiftShader's heap: its weights on the
+    /// device leave room for 832² images, not its native 1024².
+    #[test]
+    fn swiftshader_heap_holds_sdxl_f32_up_to_832() {
+        let sdxl = edict_sd::config::SdConfigs::sdxl();
+        let weights = sdxl.footprint(edict_sd::config::Precision::F32, 1024, 1024).weight_bytes;
+        let limit = MemoryLimit::SwiftShader { weights };
+        let (available, held) = limit.available().unwrap();
+        assert_eq!(SWIFTSHADER_HEAP_BYTES, 16_659_267_072);
+        assert_eq!(available, SWIFTSHADER_HEAP_BYTES - weights);
+        assert_eq!(limit.largest_square(&sdxl.vae, 4), Some(832));
+        assert!(check_memory(&sdxl.vae, 832, 832, 4, available, &held).is_ok());
+        let err = check_memory(&sdxl.vae, 1024, 1024, 4, available, &held).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "a 1024×1024 image needs at least 4.0 GiB of memory in the VAE, but 3.0 GiB is available (SwiftShader, \
+             the browser's software WebGPU, keeps all buffers on a 15.5 GiB heap and the weights take 12.5 GiB); \
+             use a smaller size or a GPU"
+        );
+        // weights past the heap leave nothing, not an underflow
+        assert_eq!(MemoryLimit::SwiftShader { weights: 20 << 30 }.largest_square(&sdxl.vae, 4), None);
     }
 }

@@ -128,48 +128,59 @@ fn flatten_on_white(img: DynamicImage) -> RgbImage {
     })
 }
 
-/// Sizes `img` by `size`, `long_side` being the model's default; returns the result and a
-/// sentence saying what was done.
-pub fn fit(img: RgbImage, size: Size, long_side: u32) -> Result<(RgbImage, String)> {
-    let (w, h) = img.dimensions();
+/// What [`fit`] does to a `w`×`h` image: resize to `resized`, then centre-crop to `size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fitting {
+    pub resized: (u32, u32),
+    pub size: (u32, u32),
+}
+
+/// How [`fit`] sizes a `w`×`h` image by `size`, `long_side` being the model's default: known
+/// before any pixel is touched, so a size that cannot run is refused first.
+pub fn fitting((w, h): (u32, u32), size: Size, long_side: u32) -> Result<Fitting> {
     match size {
-        Size::Exact { width, height } if (w, h) == (width, height) => {
-            Ok((img, format!("{w}×{h}, used as is")))
-        }
-        Size::Exact { width, height } => Ok((
-            image::imageops::resize(&img, width, height, FilterType::Lanczos3),
-            format!("{w}×{h} resized to {width}×{height}"),
-        )),
+        Size::Exact { width, height } => Ok(Fitting { resized: (width, height), size: (width, height) }),
         Size::Auto => {
-            let long = w.max(h);
-            let scale = long_side as f64 / long as f64;
-            let (rw, rh) = (
-                ((w as f64 * scale).round() as u32).max(1),
-                ((h as f64 * scale).round() as u32).max(1),
-            );
-            let (cw, ch) = (rw / 64 * 64, rh / 64 * 64);
-            if cw == 0 || ch == 0 {
+            let scale = long_side as f64 / w.max(h) as f64;
+            let resized = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+            let size = (resized.0 / 64 * 64, resized.1 / 64 * 64);
+            if size.0 == 0 || size.1 == 0 {
                 return Err(PipelineError::Image(format!(
                     "{w}×{h} is too narrow: at long side {long_side} the short side is under 64 pixels"
                 )));
             }
-            let resized = if (rw, rh) == (w, h) {
-                img
-            } else {
-                image::imageops::resize(&img, rw, rh, FilterType::Lanczos3)
-            };
-            let (x0, y0) = ((rw - cw) / 2, (rh - ch) / 2);
-            let cropped = image::imageops::crop_imm(&resized, x0, y0, cw, ch).to_image();
-            let mut what = format!("{w}×{h}");
-            if (rw, rh) != (w, h) {
-                what += &format!(" resized to {rw}×{rh}");
-            }
-            if (cw, ch) != (rw, rh) {
-                what += &format!(", centre-cropped to {cw}×{ch} (multiples of 64)");
-            }
-            Ok((cropped, what))
+            Ok(Fitting { resized, size })
         }
     }
+}
+
+/// Sizes `img` by `size`, `long_side` being the model's default ([`fitting`]); returns the
+/// result and a sentence saying what was done.
+pub fn fit(img: RgbImage, size: Size, long_side: u32) -> Result<(RgbImage, String)> {
+    let (w, h) = img.dimensions();
+    let Fitting { resized: (rw, rh), size: (cw, ch) } = fitting((w, h), size, long_side)?;
+    if let Size::Exact { .. } = size {
+        return Ok(if (w, h) == (cw, ch) {
+            (img, format!("{w}×{h}, used as is"))
+        } else {
+            (image::imageops::resize(&img, cw, ch, FilterType::Lanczos3), format!("{w}×{h} resized to {cw}×{ch}"))
+        });
+    }
+    let resized = if (rw, rh) == (w, h) {
+        img
+    } else {
+        image::imageops::resize(&img, rw, rh, FilterType::Lanczos3)
+    };
+    let (x0, y0) = ((rw - cw) / 2, (rh - ch) / 2);
+    let cropped = image::imageops::crop_imm(&resized, x0, y0, cw, ch).to_image();
+    let mut what = format!("{w}×{h}");
+    if (rw, rh) != (w, h) {
+        what += &format!(" resized to {rw}×{rh}");
+    }
+    if (cw, ch) != (rw, rh) {
+        what += &format!(", centre-cropped to {cw}×{ch} (multiples of 64)");
+    }
+    Ok((cropped, what))
 }
 
 /// `[1, 3, h, w]` pixels in [−1, 1] for the VAE.
@@ -213,6 +224,7 @@ mod tests {
         let (out, what) = fit(img, Size::Auto, 512).unwrap();
         assert_eq!(out.dimensions(), (512, 256));
         assert!(what.contains("1000×600 resized to 512×307"), "{what}");
+        assert_eq!(fitting((1000, 600), Size::Auto, 512).unwrap(), Fitting { resized: (512, 307), size: (512, 256) });
         let same = RgbImage::new(512, 512);
         assert_eq!(fit(same, Size::Auto, 512).unwrap().0.dimensions(), (512, 512));
         assert!(fit(RgbImage::new(2000, 20), Size::Auto, 512).is_err());
