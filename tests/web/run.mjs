@@ -19,8 +19,9 @@
 //     model, and a retry must give the same image; then a wgpu error traps
 //     the wasm module mid-edit, and the page must reload itself, say what failed, restore the
 //     photo and the form, and load the model again from the download cache.
-//     On that reloaded page, the edit controls: a word weight on a word of no target is
-//     refused at once; a prompt-to-prompt edit (partial windows) into two targets with a word
+//     On that reloaded page, on SwiftShader, an 8192x8192 size is refused at once (its VAE
+//     activations alone overflow SwiftShader's buffer heap). The edit controls: a word weight on
+//     a word of no target is refused at once; a prompt-to-prompt edit (partial windows) into two targets with a word
 //     weight must give, per target, the CLI's image with the same flags (PSNR >= 35 dB); the
 //     live preview must have been drawn after every UNet call (a tile per target); editing its
 //     saved pair again, with the word weight written in a target as (fluffy:2), must give the
