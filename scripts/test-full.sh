@@ -186,7 +186,7 @@ if [[ "${WEB:-1}" != 0 ]]; then
   if [[ ! -d tests/web/node_modules/playwright-core ]]; then
     fail "page: tests/web/node_modules is missing (./build.sh test-web installs it)"
   else
-    # SDXL on SwiftShader: encoding the photo and prompt took 42 min and a UNet call over 9.5 min
+    # SDXL on SwiftShader: 43 min from Edit to the end of the first UNet call, 20 min per call after
     # (dev machine, 2026-12-07), so 2 steps (4 UNet calls) and 4 hours
     [[ $FAMILY == sdxl ]] && export EDICT_FULL_STEPS="${EDICT_FULL_STEPS:-2}" EDICT_FULL_TIMEOUT_S="${EDICT_FULL_TIMEOUT_S:-14400}"
     EDICT_BIN="$EDICT" EDICT_FULL_JSON="$OUT/web.json" node tests/web/full.mjs "$MODEL" || fail "page: tests/web/full.mjs (see above)"

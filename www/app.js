@@ -50,11 +50,11 @@ async function startGpu() {
       'Check chrome://gpu, or try another browser.');
   }
   await wasm.default();
-  state.gpu = await wasm.initGpu();
-  const info = (state.gpuInfo = JSON.parse(state.gpu.info()));
   // wgpu leaves the adapter's name empty in browsers; WebGPU's own GPUAdapterInfo has it
   const ai = adapter.info || {};
-  info.adapter ||= ai.description || [ai.vendor, ai.architecture, ai.device].filter(Boolean).join(' ') || 'WebGPU adapter';
+  state.gpu = await wasm.initGpu(ai.description || [ai.vendor, ai.architecture, ai.device].filter(Boolean).join(' '));
+  const info = (state.gpuInfo = JSON.parse(state.gpu.info()));
+  info.adapter ||= 'WebGPU adapter';
   $('gpu-status').textContent = `GPU: ${info.adapter}; shader-f16: ${info.shader_f16 ? 'yes' : 'no'}; ` +
     `largest storage buffer ${mib(Math.min(info.max_storage_buffer_binding_size, info.max_buffer_size))}.`;
   if (!info.shader_f16) {

@@ -56,6 +56,8 @@ pub struct Gpu {
     shader_f16: bool,
     limits: wgpu::Limits,
     info: wgpu::AdapterInfo,
+    /// The adapter's name: wgpu's, else the page's from WebGPU's `GPUAdapterInfo`.
+    adapter: String,
 }
 
 /// Acquires a WebGPU device. burn (cubecl) requests every feature the adapter has and its
@@ -63,8 +65,10 @@ pub struct Gpu {
 /// says whether they suffice. After a device is lost, call again for a new one: a runtime
 /// cannot be initialised twice, so each later call registers another device selector (in
 /// browsers every selector but the low-power one asks for the high-performance adapter).
+/// `adapter` names the adapter as the page reads it from WebGPU's `GPUAdapterInfo` (wgpu leaves
+/// the name empty in browsers): it tells SwiftShader apart ([`Gpu::memory_limit`]).
 #[wasm_bindgen(js_name = initGpu)]
-pub async fn init_gpu() -> Result<Gpu, JsError> {
+pub async fn init_gpu(adapter: String) -> Result<Gpu, JsError> {
     static INITS: AtomicUsize = AtomicUsize::new(0);
     let mut options = Device::wgpu_options();
     match INITS.fetch_add(1, Ordering::Relaxed) {
@@ -81,12 +85,14 @@ pub async fn init_gpu() -> Result<Gpu, JsError> {
     setup.device.set_device_lost_callback(move |_, message| {
         let _ = flag.0.set(if message.is_empty() { "destroyed".into() } else { message });
     });
+    let info = setup.adapter.get_info();
     Ok(Gpu {
         device,
         lost,
         shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
         limits: setup.device.limits(),
-        info: setup.adapter.get_info(),
+        adapter: if info.name.is_empty() { adapter } else { info.name.clone() },
+        info,
     })
 }
 
@@ -102,7 +108,7 @@ impl Gpu {
     pub fn info(&self) -> String {
         let l = &self.limits;
         serde_json::json!({
-            "adapter": self.info.name,
+            "adapter": self.adapter,
             "vendor": self.info.vendor,
             "device": self.info.device,
             "driver": self.info.driver,
@@ -138,7 +144,7 @@ impl Gpu {
     /// software WebGPU) keeps buffers on the GPU process's heap, which dies when it is full.
     pub(crate) fn memory_limit(&self, weight_bytes: u64) -> Option<MemoryLimit> {
         let i = &self.info;
-        let named = [&i.name, &i.driver, &i.driver_info].iter().any(|s| s.to_lowercase().contains("swiftshader"));
+        let named = [&self.adapter, &i.driver, &i.driver_info].iter().any(|s| s.to_lowercase().contains("swiftshader"));
         named.then_some(MemoryLimit::SwiftShader { weights: weight_bytes })
     }
 
