@@ -390,6 +390,53 @@ fn sdxl_folder_and_single_file_run_end_to_end() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(), "the single file's edit differs from the folder's");
 }
 
+/// An SDXL hub id already in the Hugging Face cache loads from it with no network (the second text
+/// encoder and tokenizer included; `--precision f16` takes the fp16 variant files) and edits as
+/// its folder does, bit for bit.
+#[test]
+fn sdxl_hub_id_loads_from_the_hf_cache() {
+    let t = Tmp::new("sdxl-hub");
+    let folder = fixtures().join("tiny-sdxl");
+    // the cache's layout: hub/models--{org}--{name}/refs/main names the snapshot holding the files
+    let repo = Path::new(&t.path("hf")).join("hub/models--test--tiny-sdxl");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for dir in std::fs::read_dir(&folder).unwrap() {
+        let dir = dir.unwrap().path();
+        let to = repo.join("snapshots/0123abcd").join(dir.file_name().unwrap());
+        if dir.is_file() {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&dir, &to).unwrap();
+            continue;
+        }
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let inp = t.path("in.png");
+    write_photo(&inp, 64, 64);
+    let edit = |model: &str, out: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_edict"))
+            .args(["edit", "--model", model, "--precision", "f16", "--backend", "cpu", "--steps", "4", "--strength", "0.5"])
+            .args(["--width", "64", "--height", "64", "--image", &inp, "--source", "a photo of a cat", "--target", "a photo of a dog", "--out", out])
+            .env("HF_HOME", t.path("hf"))
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{model}: {err}");
+        err
+    };
+    let (a, b) = (t.path("folder.png"), t.path("hub.png"));
+    edit(&folder.display().to_string(), &a);
+    let err = edit("test/tiny-sdxl", &b);
+    assert!(!err.contains("downloading"), "every file should come from the cache: {err}");
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "the hub id's edit differs from the folder's");
+}
+
 /// Several targets with prompt-to-prompt, word weights and a live preview, from a photo and from
 /// saved latents (same images); the controls' mistakes are one clear line each.
 #[test]
