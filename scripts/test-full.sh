@@ -186,8 +186,8 @@ if [[ "${WEB:-1}" != 0 ]]; then
   if [[ ! -d tests/web/node_modules/playwright-core ]]; then
     fail "page: tests/web/node_modules is missing (./build.sh test-web installs it)"
   else
-    # SDXL on SwiftShader: 43 min from Edit to the end of the first UNet call, 20 min per call after
-    # (dev machine, 2026-12-07), so 2 steps (4 UNet calls) and 4 hours
+    # SDXL on SwiftShader: 1 h 43 min for the edit at 2 steps (4 UNet calls of about 20 min; dev
+    # machine, 2026-12-07), so 2 steps and a 4-hour limit
     [[ $FAMILY == sdxl ]] && export EDICT_FULL_STEPS="${EDICT_FULL_STEPS:-2}" EDICT_FULL_TIMEOUT_S="${EDICT_FULL_TIMEOUT_S:-14400}"
     EDICT_BIN="$EDICT" EDICT_FULL_JSON="$OUT/web.json" node tests/web/full.mjs "$MODEL" || fail "page: tests/web/full.mjs (see above)"
     [[ -f "$OUT/web.json" ]] && web="$(jq -r '"load \(.web_load_s // "—") s, wasm memory \(.web_wasm_after_load_gib // "—") GiB after load, \(.web_wasm_peak_gib // "—") GiB peak, edit \(.web_edit_s // "—") s (CLI cpu edit \(.cli_edit_s // "—") s)"' "$OUT/web.json")"
