@@ -6,12 +6,19 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
+fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edict"));
+    c.args(args).env_remove("RUST_BACKTRACE");
+    c
+}
+
 fn edict(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edict"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("edict runs")
+    command(args).output().expect("edict runs")
+}
+
+/// Runs `edict` with the Hugging Face cache at `hf_home` and the hub unreachable.
+fn edict_offline(args: &[&str], hf_home: &str) -> Output {
+    command(args).env("HF_HOME", hf_home).env("HF_ENDPOINT", "http://127.0.0.1:9").output().expect("edict runs")
 }
 
 fn ok(args: &[&str]) -> Output {
@@ -307,14 +314,11 @@ fn bad_input_is_one_clear_line() {
 fn unreachable_hub_says_how_to_use_local_files() {
     let t = Tmp::new("hub");
     write_photo(&t.path("in.png"), 64, 64);
-    let out = Command::new(env!("CARGO_BIN_EXE_edict"))
-        .args(["edit", "--model", "nobody/no-such-model", "--backend", "cpu", "--quiet", "--image", &t.path("in.png")])
-        .args(["--source", "a", "--target", "b", "--out", &t.path("out.png")])
-        .env("HF_HOME", t.path("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
+    let (inp, out) = (t.path("in.png"), t.path("out.png"));
+    let out = edict_offline(
+        &["edit", "--model", "nobody/no-such-model", "--backend", "cpu", "--quiet", "--image", &inp, "--source", "a", "--target", "b", "--out", &out],
+        &t.path("hf"),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("local diffusers folder"), "{err}");
@@ -401,31 +405,17 @@ fn sdxl_hub_id_loads_from_the_hf_cache() {
     let repo = Path::new(&t.path("hf")).join("hub/models--test--tiny-sdxl");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    for dir in std::fs::read_dir(&folder).unwrap() {
-        let dir = dir.unwrap().path();
-        let to = repo.join("snapshots/0123abcd").join(dir.file_name().unwrap());
-        if dir.is_file() {
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&dir, &to).unwrap();
-            continue;
-        }
-        std::fs::create_dir_all(&to).unwrap();
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_dir(&folder, &repo.join("snapshots/0123abcd"));
     let inp = t.path("in.png");
     write_photo(&inp, 64, 64);
     let edit = |model: &str, out: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_edict"))
-            .args(["edit", "--model", model, "--precision", "f16", "--backend", "cpu", "--steps", "4", "--strength", "0.5"])
-            .args(["--width", "64", "--height", "64", "--image", &inp, "--source", "a photo of a cat", "--target", "a photo of a dog", "--out", out])
-            .env("HF_HOME", t.path("hf"))
-            .env("HF_ENDPOINT", "http://127.0.0.1:9")
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .unwrap();
+        let out = edict_offline(
+            &[
+                "edit", "--model", model, "--precision", "f16", "--backend", "cpu", "--steps", "4", "--strength", "0.5", "--width", "64", "--height", "64",
+                "--image", &inp, "--source", "a photo of a cat", "--target", "a photo of a dog", "--out", out,
+            ],
+            &t.path("hf"),
+        );
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{model}: {err}");
         err
